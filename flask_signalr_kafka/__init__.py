@@ -1,0 +1,25 @@
+"""A Kafka backplane for Flask-SocketIO, wire-compatible with the .NET
+SignalR backplane Ascentis.SignalR.Kafka."""
+from .addressing import user
+from .errors import (
+    AckTimeoutError,
+    BrokerUnavailableError,
+    KafkaBackplaneError,
+    MalformedRecord,
+    TopicCreationError,
+)
+from .manager import KafkaManager
+from .topics import KafkaTopicConfig, TopicSpec
+
+__all__ = [
+    "AckTimeoutError",
+    "BrokerUnavailableError",
+    "KafkaBackplaneError",
+    "KafkaManager",
+    "KafkaTopicConfig",
+    "MalformedRecord",
+    "TopicCreationError",
+    "TopicSpec",
+    "user",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,71 @@
+"""Ids for the records that expect an Ack, and what to do when one arrives.
+
+A remote group change blocks its caller on :meth:`AckWaiter.wait`; a remote
+callback registers a function that runs with the client's answer. Ids come
+from one per-server counter starting at 1 and wrap inside a signed 32-bit int,
+as the .NET reader needs.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .errors import AckTimeoutError
+
+_MAX_ID = 2**31 - 1
+_SWEEP_EVERY = 10.0
+
+
+class AckWaiter:
+    def __init__(self) -> None:
+        self._last_id = 0
+        self._pending: dict[int, tuple[float, Callable[[list], Any]]] = {}
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY
+
+    def register(self, on_ack: Callable[[list], Any], ttl: float) -> int:
+        """Reserve an id whose Ack calls ``on_ack(args)`` once, if it comes
+        within ``ttl`` seconds."""
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        self._last_id = self._last_id % _MAX_ID + 1
+        self._pending[self._last_id] = (now + ttl, on_ack)
+        return self._last_id
+
+    def resolve(self, ack_id: int, args: list | None) -> bool:
+        """Run what waits for ``ack_id``; ``False`` if nothing does."""
+        entry = self._pending.pop(ack_id, None)
+        if entry is None:
+            return False
+        entry[1](args if args is not None else [])
+        return True
+
+    def discard(self, ack_id: int) -> None:
+        self._pending.pop(ack_id, None)
+
+    def wait(self, publish: Callable[[int], Any], timeout: float, what: str) -> None:
+        """Reserve an id, ``publish(id)`` the command, and block until its Ack.
+
+        :raises AckTimeoutError: no Ack within ``timeout`` seconds.
+        """
+        done = threading.Event()
+        ack_id = self.register(lambda args: done.set(), timeout)
+        try:
+            publish(ack_id)
+            if not done.wait(timeout):
+                raise AckTimeoutError(
+                    f"no server acknowledged {what} within {timeout:g} s "
+                    "(is that connection still connected?)"
+                )
+        finally:
+            self.discard(ack_id)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + _SWEEP_EVERY
+        for ack_id in [i for i, (deadline, _) in self._pending.items() if deadline < now]:
+            del self._pending[ack_id]

@@ -1,0 +1,168 @@
+"""The consumer loop: one greenlet per topic reading every partition.
+
+Each server must see every record, so there is no consumer group (nothing to
+join, nothing left behind in the cluster when a dyno restarts): the loop
+assigns itself all partitions and seeks each to its log end, which fixes the
+starting position before it reports ready. It keeps its own positions, so a
+loop that crashes is restarted where it stopped, and it checks the log ends
+now and then: a log end behind our position means the broker lost the topic
+(restarted, or the topic was recreated), and we start over at its beginning.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from kafka import KafkaConsumer, TopicPartition
+
+from .errors import MalformedRecord
+
+logger = logging.getLogger(__name__)
+
+
+class TopicConsumer:
+    """Consumes one topic in a greenlet and hands each record to ``handler``.
+
+    :param topic: the topic name.
+    :param handler: called with each ``ConsumerRecord``; raises
+                    :class:`MalformedRecord` for a record to skip.
+    :param config: keyword arguments for ``kafka.KafkaConsumer``.
+    :param on_missing_topic: called when the topic has vanished from the
+                             cluster; it should recreate it.
+    :param check_interval: seconds between log-end checks.
+    """
+
+    poll_timeout_ms = 1000
+    restart_delay = 1.0
+
+    def __init__(
+        self,
+        topic: str,
+        handler: Callable[[Any], None],
+        config: dict,
+        on_missing_topic: Callable[[], None] | None = None,
+        check_interval: float = 10.0,
+    ) -> None:
+        self.topic = topic
+        self.handler = handler
+        self.config = config
+        self.on_missing_topic = on_missing_topic
+        self.check_interval = check_interval
+        self.ready = threading.Event()
+        self.positions: dict[TopicPartition, int] = {}
+        self._started = False
+        self._greenlet: gevent.Greenlet | None = None
+        self._consumer: KafkaConsumer | None = None
+
+    def start(self) -> None:
+        self._greenlet = gevent.spawn(self._run)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(timeout=timeout)
+            self._greenlet = None
+
+    @property
+    def running(self) -> bool:
+        return self._greenlet is not None and not self._greenlet.dead
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._consume()
+            except gevent.GreenletExit:
+                raise
+            except Exception:
+                logger.exception(
+                    "consumer of %s failed; restarting in %.1f s", self.topic, self.restart_delay
+                )
+                gevent.sleep(self.restart_delay)
+
+    def _consume(self) -> None:
+        consumer = self._consumer = KafkaConsumer(**self.config)
+        try:
+            partitions = self._assign(consumer)
+            self.ready.set()
+            next_check = time.monotonic() + self.check_interval
+            while True:
+                batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                for tp, records in batches.items():
+                    for record in records:
+                        self._dispatch(record)
+                        self.positions[tp] = record.offset + 1
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + self.check_interval
+                    if self._lost_log(consumer, partitions):
+                        return  # reassign from scratch on a fresh consumer
+        finally:
+            self._consumer = None
+            consumer.close()
+
+    def _assign(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+        """Assign every partition and seek each to a fixed position: where
+        we stopped, else the log end at startup and the log start later."""
+        while not (ids := consumer.partitions_for_topic(self.topic)):
+            logger.warning("topic %s does not exist; creating it", self.topic)
+            if self.on_missing_topic is not None:
+                self.on_missing_topic()
+            gevent.sleep(self.restart_delay)
+        partitions = [TopicPartition(self.topic, p) for p in sorted(ids)]
+        consumer.assign(partitions)
+        new = [tp for tp in partitions if tp not in self.positions]
+        if new and self._started:
+            # A partition (or a recreated topic) that appeared while we ran
+            # holds only records we must deliver.
+            self.positions.update(consumer.beginning_offsets(new))
+        elif new:
+            # Some brokers answer "latest" with less than the true log end:
+            # we may then see a few older records, never miss a newer one.
+            self.positions.update(consumer.end_offsets(new))
+        self._started = True
+        for tp in partitions:
+            consumer.seek(tp, self.positions[tp])
+        return partitions
+
+    def _lost_log(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
+        """Whether the topic changed under us: it vanished, it has other
+        partitions, or a log ends behind our position (the broker lost its
+        data). The log end is the high watermark of our last fetch, which
+        is exact, where a ListOffsets lookup may not be."""
+        ids = consumer.partitions_for_topic(self.topic)
+        if len(ids) != len(partitions):
+            logger.warning("topic %s now has %d partitions; reassigning", self.topic, len(ids))
+            if not ids:
+                self.positions.clear()
+            return True
+        lost = False
+        for tp in partitions:
+            end = consumer.highwater(tp)
+            if end is not None and end < self.positions[tp]:
+                logger.warning(
+                    "%s partition %d ends at offset %d, behind our position %d: the broker "
+                    "lost this log (restarted, or the topic was recreated); reading it from "
+                    "the start",
+                    tp.topic, tp.partition, end, self.positions[tp],
+                )
+                self.positions[tp] = 0
+                lost = True
+        return lost
+
+    def _dispatch(self, record: Any) -> None:
+        try:
+            self.handler(record)
+        except MalformedRecord as exc:
+            logger.warning(
+                "skipping malformed record at %s partition %d offset %d: %s",
+                record.topic, record.partition, record.offset, exc,
+            )
+        except gevent.GreenletExit:
+            raise
+        except Exception:
+            logger.exception(
+                "error handling record at %s partition %d offset %d; skipped",
+                record.topic, record.partition, record.offset,
+            )

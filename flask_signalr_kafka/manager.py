@@ -1,0 +1,553 @@
+"""The client manager: python-socketio's Manager, with Kafka between servers.
+
+Every operation is applied on this server at once, as python-socketio's own
+managers do, and published for the others; each server applies the records
+of the others to its own clients only. Records are those of the .NET backplane
+Ascentis.SignalR.Kafka (see :mod:`.records`), so .NET servers can share the
+topics.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+import gevent
+import gevent.monkey
+from bidict import ValueDuplicationError
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from socketio import Manager
+from socketio.packet import Packet
+
+from . import hub_protocol, records, topics
+from .ack_waiter import AckWaiter
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, make_sid, route
+from .consumer import TopicConsumer
+from .errors import BrokerUnavailableError, MalformedRecord
+from .producer import Publisher, StickyPartitioner
+from .records import (
+    ADD,
+    OP_CLOSE_ROOM,
+    OP_DISCONNECT,
+    REMOVE,
+    AckExt,
+    GroupCommandExt,
+    InvocationExt,
+)
+from .topics import KafkaTopicConfig
+
+logger = logging.getLogger("flask_signalr_kafka")
+
+_live_managers: weakref.WeakSet[KafkaManager] = weakref.WeakSet()
+
+
+class KafkaManager(Manager):
+    """A python-socketio client manager that uses Kafka as its backplane.
+
+    :param bootstrap_servers: ``"host:port"`` or a list of them; fills
+                              ``bootstrap_servers`` of the three configs.
+    :param producer_config: keyword arguments for ``kafka.KafkaProducer``.
+    :param consumer_config: keyword arguments for ``kafka.KafkaConsumer``.
+    :param admin_config: keyword arguments for ``kafka.KafkaAdminClient``.
+                         The three configs win over the shorthand and over
+                         our defaults (security, SASL, SSL, linger, ...).
+    :param topic_config: the topic names and creation specs.
+    :param await_produce: ``True`` makes an emit wait for the broker and raise
+                          its error; ``False`` (default) returns at once and
+                          logs delivery errors.
+    :param ack_timeout: seconds a remote join or leave waits for its ack.
+    :param write_only: ``True`` for a process that serves no clients: it only
+                       publishes (``mgr.emit(...)`` then ``mgr.close()``).
+    :param hub_protocols: SignalR frames written in every record. ``"json"``
+                          is always written; add ``"messagepack"`` when .NET
+                          clients use MessagePack. Emits with binary data
+                          always carry a messagepack frame too.
+    :param connect_timeout: seconds to wait for the cluster at startup before
+                            raising :class:`BrokerUnavailableError`.
+    :param callback_timeout: seconds a callback for a client on another
+                             server stays registered waiting for its answer.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap_servers: str | list[str] | None = None,
+        *,
+        producer_config: dict[str, Any] | None = None,
+        consumer_config: dict[str, Any] | None = None,
+        admin_config: dict[str, Any] | None = None,
+        topic_config: KafkaTopicConfig | None = None,
+        await_produce: bool = False,
+        ack_timeout: float = 30.0,
+        write_only: bool = False,
+        hub_protocols: Iterable[str] = (hub_protocol.JSON,),
+        connect_timeout: float = 10.0,
+        callback_timeout: float = 120.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__()
+        self.logger = logger
+        self.topic_config = _check_instance(
+            topic_config or KafkaTopicConfig(), KafkaTopicConfig, "topic_config"
+        )
+        self.await_produce = bool(await_produce)
+        self.ack_timeout = _positive(ack_timeout, "ack_timeout")
+        self.connect_timeout = _positive(connect_timeout, "connect_timeout")
+        self.callback_timeout = _positive(callback_timeout, "callback_timeout")
+        self.write_only = bool(write_only)
+        self.hub_protocols = _check_protocols(hub_protocols)
+        self.server_name = f"{socket.gethostname()}_{uuid.uuid4().hex}"
+        self._server_key = self.server_name.encode()
+
+        producer_config = _check_config(producer_config, KafkaProducer, "producer_config")
+        consumer_config = _check_config(consumer_config, KafkaConsumer, "consumer_config")
+        admin_config = _check_config(admin_config, KafkaAdminClient, "admin_config")
+        servers = _check_servers(bootstrap_servers)
+        if servers is None and not all(
+            "bootstrap_servers" in c for c in (producer_config, consumer_config, admin_config)
+        ):
+            raise ValueError(
+                "KafkaManager needs a broker: pass bootstrap_servers='host:9092' "
+                "(or bootstrap_servers in each of producer_config, consumer_config "
+                "and admin_config)"
+            )
+        common = {
+            "bootstrap_servers": servers,
+            "bootstrap_timeout_ms": int(self.connect_timeout * 1000),
+        }
+        client_id = self.server_name
+        self.producer_config = {
+            **common,
+            "client_id": client_id,
+            "linger_ms": 1,
+            "partitioner": StickyPartitioner(),
+            **producer_config,
+        }
+        self.consumer_config = {
+            **common,
+            "client_id": client_id,
+            # No consumer group: every server reads every partition.
+            "group_id": None,
+            "enable_auto_commit": False,
+            # Apache Kafka answers a fetch as soon as data arrives; this bounds
+            # the wait on brokers that hold it until the deadline.
+            "fetch_max_wait_ms": 100,
+            **consumer_config,
+        }
+        self.admin_config = {**common, "client_id": client_id, **admin_config}
+
+        self._acks = AckWaiter()
+        self._publisher: Publisher | None = None
+        self._consumers: list[TopicConsumer] = []
+        self._start_lock = threading.Lock()
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def set_server(self, server) -> None:
+        super().set_server(server)
+        # Consume from now on, not from the first client: a server must see
+        # group commands and sends for its clients as soon as it can have any.
+        self._start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until this server consumes every partition of the six topics
+        from a fixed position, so that any record published afterwards is
+        delivered. ``False`` if that takes longer than ``timeout`` seconds."""
+        if self.write_only:
+            raise RuntimeError("a write_only manager consumes nothing: nothing to wait for")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for consumer in self._consumers:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not consumer.ready.wait(remaining):
+                return False
+        return bool(self._consumers)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, stop consuming, and close every Kafka client."""
+        if self._closed:
+            return
+        self._closed = True
+        _live_managers.discard(self)
+        if self._publisher is not None:
+            try:
+                self._publisher.flush(timeout)
+            except Exception:
+                self._log().exception("could not flush the records queued for Kafka")
+        for consumer in self._consumers:
+            consumer.stop()
+        if self._publisher is not None:
+            self._publisher.close(timeout)
+
+    def _start(self) -> None:
+        """Create missing topics, connect the producer, start the consumers."""
+        with self._start_lock:
+            if self._publisher is not None:
+                return
+            if self._closed:
+                raise RuntimeError("this KafkaManager was closed")
+            if not gevent.monkey.is_module_patched("socket"):
+                self._log().warning(
+                    "gevent has not patched the standard library: call "
+                    "gevent.monkey.patch_all() before importing flask or kafka"
+                )
+            self._create_topics()
+            self._publisher = self._connect(
+                Publisher, self.producer_config, self.topic_config, self.await_produce
+            )
+            if not self.write_only:
+                self._start_consumers()
+            _watch_for_exit(self)
+
+    def _start_consumers(self) -> None:
+        handlers: dict[str, Callable[[Any], None]] = {
+            topics.ACK: self._handle_ack,
+            topics.GROUP_MGMT: self._handle_group_mgmt,
+            topics.SEND_ALL: partial(self._handle_invocation, SEND_ALL),
+            topics.SEND_CONN: partial(self._handle_invocation, SEND_CONN),
+            topics.SEND_GROUP: partial(self._handle_invocation, SEND_GROUP),
+            topics.SEND_USER: partial(self._handle_invocation, SEND_USER),
+        }
+        for base, handler in handlers.items():
+            consumer = TopicConsumer(
+                self.topic_config.name(base),
+                handler,
+                self.consumer_config,
+                on_missing_topic=self._create_topics,
+            )
+            consumer.start()
+            self._consumers.append(consumer)
+        self._log().info(
+            "kafka backplane %s consuming %s",
+            self.server_name, ", ".join(self.topic_config.names.values()),
+        )
+
+    def _create_topics(self) -> None:
+        admin = self._connect(KafkaAdminClient, **self.admin_config)
+        try:
+            topics.ensure_topics(admin, self.topic_config, self._servers())
+        finally:
+            admin.close()
+
+    def _connect(self, factory: Callable, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except (KafkaTimeoutError, KafkaConnectionError) as exc:
+            raise BrokerUnavailableError(
+                f"could not reach Kafka at {self._servers()} within "
+                f"{self.connect_timeout:g} s ({exc}): check bootstrap_servers, the "
+                "security settings, and that the broker runs"
+            ) from exc
+
+    def _servers(self) -> str:
+        servers = self.admin_config.get("bootstrap_servers")
+        return servers if isinstance(servers, str) else ",".join(servers or ())
+
+    # -- connections ---------------------------------------------------------
+
+    def pre_connect(self, eio_sid, namespace):
+        """As python-socketio's, but the sid has a shape that every server
+        recognises as a connection id (see :mod:`.addressing`)."""
+        sid = make_sid(self.server.eio.generate_id())
+        try:
+            self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+        except ValueDuplicationError:
+            return None  # already connected
+        self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+        self.pending_connect.setdefault(namespace, []).append(sid)
+        return sid
+
+    def is_local(self, sid: str, namespace: str) -> bool:
+        """Whether ``sid`` is a connection of this server, including one that
+        is still connecting or already disconnecting."""
+        return self.server is not None and self.is_sid_room(namespace, sid)
+
+    def can_disconnect(self, sid, namespace):
+        if self.is_local(sid, namespace):
+            return super().can_disconnect(sid, namespace)
+        self._publish_command(OP_DISCONNECT, "", sid, namespace)
+        return False
+
+    # -- rooms ---------------------------------------------------------------
+
+    def enter_room(self, sid, namespace, room, eio_sid=None):
+        if self.is_local(sid, namespace):
+            return super().enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._change_remote_group(ADD, sid, namespace, room)
+
+    def leave_room(self, sid, namespace, room):
+        if self.is_local(sid, namespace):
+            return super().leave_room(sid, namespace, room)
+        self._change_remote_group(REMOVE, sid, namespace, room)
+
+    def close_room(self, room, namespace):
+        namespace = namespace or "/"
+        if self.server is not None:
+            super().close_room(room, namespace)
+        self._publish_command(OP_CLOSE_ROOM, room, "", namespace)
+
+    def _change_remote_group(self, action: int, sid: str, namespace: str, room: str) -> None:
+        """Publish a GroupCommand for a connection held elsewhere and block
+        until its owner acks it."""
+        if self.write_only:
+            raise RuntimeError(
+                "a write_only manager cannot change the rooms of a connection: "
+                "it does not consume the acks"
+            )
+        self._start()
+        what = f"{'joining' if action == ADD else 'leaving'} room {room!r} for {sid}"
+
+        def publish(ack_id: int) -> None:
+            command = GroupCommandExt(ack_id, self.server_name, action, room, sid, namespace)
+            self._publisher.send(topics.GROUP_MGMT, room, records.encode(command))
+
+        self._acks.wait(publish, self.ack_timeout, what)
+
+    def _publish_command(self, op: int, group: str, sid: str, namespace: str) -> None:
+        """Publish a close-room or disconnect command; .NET servers hold no
+        connection with that id and ignore it."""
+        self._start()
+        command = GroupCommandExt(0, self.server_name, REMOVE, group, sid, namespace, op)
+        self._publisher.send(topics.GROUP_MGMT, group, records.encode(command))
+
+    # -- emitting --------------------------------------------------------------
+
+    def emit(self, event, data, namespace=None, room=None, skip_sid=None,
+             callback=None, to=None, **kwargs):
+        """Emit to one connection, a room, a user, a list of those, or all
+        connections of the namespace, on every server.
+
+        The parameters are those of :meth:`socketio.Server.emit`.
+        """
+        namespace = namespace or "/"
+        target = to if to is not None else room
+        if kwargs.get("ignore_queue"):
+            return super().emit(event, data, namespace, room=target,
+                                skip_sid=skip_sid, callback=callback)
+        if callback is not None and self.server is None:
+            raise ValueError(
+                "callbacks need a Socket.IO server to receive the answer; a "
+                "write_only manager cannot use them"
+            )
+        if self._publisher is None:
+            self._start()
+        targets = target if isinstance(target, (list, tuple)) else [target]
+        value = None
+        callback_id = 0
+        for one in targets:
+            if self.is_local(one, namespace):
+                # The one shortcut of the .NET backplane: a local connection
+                # is written directly.
+                super().emit(event, data, namespace, room=one, skip_sid=skip_sid, callback=callback)
+                continue
+            base, key = route(one)
+            if base != SEND_CONN and self.server is not None:
+                super().emit(event, data, namespace, room=one, skip_sid=skip_sid, callback=callback)
+            if value is None:
+                if callback is not None:
+                    callback_id = self._acks.register(
+                        lambda args: callback(*args), self.callback_timeout
+                    )
+                value = self._invocation(event, data, namespace, skip_sid, callback_id)
+            self._publisher.send(base, key, value)
+
+    def _invocation(self, event: str, data: Any, namespace: str, skip_sid: Any,
+                    callback_id: int) -> bytes:
+        """Encode the Invocation record of an emit, once for all its targets."""
+        if isinstance(data, tuple):
+            arguments = list(data)
+        elif data is None:
+            arguments = []
+        else:
+            arguments = [data]
+        protocols = self.hub_protocols
+        if hub_protocol.MESSAGEPACK not in protocols and Packet.data_is_binary(arguments):
+            protocols = protocols + (hub_protocol.MESSAGEPACK,)
+        if skip_sid is None:
+            excluded = []
+        elif isinstance(skip_sid, (list, tuple, set)):
+            excluded = list(skip_sid)
+        else:
+            excluded = [skip_sid]
+        return records.encode(InvocationExt(
+            excluded,
+            hub_protocol.encode_frames(event, arguments, protocols),
+            origin=self.server_name,
+            namespace=namespace,
+            callback_id=callback_id,
+        ))
+
+    # -- consuming -------------------------------------------------------------
+
+    def _handle_invocation(self, base: str, record) -> None:
+        invocation = records.decode(record.value, InvocationExt)
+        if invocation.origin == self.server_name:
+            return  # delivered locally when it was emitted
+        namespace = invocation.namespace
+        if base == SEND_ALL:
+            room = None
+        else:
+            room = _key(record)
+            if base == SEND_USER:
+                room = USER_PREFIX + room
+            elif base == SEND_CONN and not self.is_local(room, namespace):
+                return
+        event, arguments = hub_protocol.decode_frames(invocation.frames)
+        callback = None
+        if invocation.callback_id and invocation.origin:
+            callback = partial(self._answer_callback, invocation.origin, invocation.callback_id)
+        super().emit(event, tuple(arguments), namespace, room=room,
+                     skip_sid=invocation.excluded, callback=callback)
+
+    def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:
+        """Send a client's answer back to the server that asked for it."""
+        value = records.encode(AckExt(callback_id, list(args)))
+        self._publisher.send(topics.ACK, origin, value)
+
+    def _handle_ack(self, record) -> None:
+        if record.key != self._server_key:
+            return  # an ack for another server
+        ack = records.decode(record.value, AckExt)
+        self._acks.resolve(ack.id, ack.args)
+
+    def _handle_group_mgmt(self, record) -> None:
+        command = records.decode(record.value, GroupCommandExt)
+        namespace = command.namespace
+        if command.op == OP_CLOSE_ROOM:
+            if command.server_name != self.server_name:
+                self._handle_close_room(command.group, namespace)
+            return
+        sid = command.connection_id
+        if not self.is_local(sid, namespace):
+            return  # only the server that holds the connection acts
+        if command.op == OP_DISCONNECT:
+            self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+            return
+        try:
+            if command.action == ADD:
+                self.basic_enter_room(sid, namespace, command.group)
+            else:
+                self.basic_leave_room(sid, namespace, command.group)
+        except ValueError as exc:
+            self._log().warning("group command for %s in %s refused: %s", sid, command.group, exc)
+        # Always ack, even when nothing changed: the sender only waits.
+        ack = records.encode(records.Ack(command.id))
+        self._publisher.send(topics.ACK, command.server_name, ack)
+
+    def _handle_close_room(self, room: str, namespace: str) -> None:
+        try:
+            self.basic_close_room(room, namespace)
+        except ValueError as exc:
+            self._log().warning("close_room(%r) refused: %s", room, exc)
+
+    def _log(self) -> logging.Logger:
+        return self.logger or logger
+
+
+def _key(record) -> str:
+    if record.key is None:
+        raise MalformedRecord("record has no key")
+    try:
+        return record.key.decode()
+    except UnicodeDecodeError:
+        raise MalformedRecord("record key is not UTF-8") from None
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+def _check_instance(value: Any, cls: type, name: str) -> Any:
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}, not {type(value).__name__}")
+    return value
+
+
+def _check_servers(servers: Any) -> str | list[str] | None:
+    if servers is None:
+        return None
+    items = [servers] if isinstance(servers, str) else servers
+    if not isinstance(items, (list, tuple)) or not items or not all(
+        isinstance(s, str) and s.strip() for s in items
+    ):
+        raise ValueError(
+            f"bootstrap_servers must be 'host:port' or a list of them, not {servers!r}"
+        )
+    return servers if isinstance(servers, str) else list(servers)
+
+
+def _check_config(config: Any, client: type, name: str) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"{name} must be a dict of {client.__name__} keyword arguments")
+    unknown = sorted(set(config) - set(client.DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(
+            f"{name} has settings {client.__name__} does not know: {', '.join(unknown)} "
+            "(see the kafka-python documentation for its keyword arguments)"
+        )
+    if name == "producer_config" and config.get("acks") == 0:
+        logger.warning("producer_config acks=0: delivery errors go unseen and records can be lost")
+    return dict(config)
+
+
+def _check_protocols(protocols: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(protocols, str):
+        protocols = (protocols,)
+    chosen = tuple(dict.fromkeys(protocols))
+    unknown = [p for p in chosen if p not in hub_protocol.PROTOCOLS]
+    if unknown:
+        raise ValueError(
+            f"hub_protocols {unknown} unknown: use {list(hub_protocol.PROTOCOLS)}"
+        )
+    if hub_protocol.JSON not in chosen:
+        chosen = (hub_protocol.JSON,) + chosen  # .NET aborts clients whose frame is missing
+    return chosen
+
+
+def _watch_for_exit(manager: KafkaManager) -> None:
+    """Flush every live manager when the process exits, SIGTERM included: a
+    dyno stopped by its platform must not drop what it already emitted."""
+    global _exit_hooks_installed
+    if not _exit_hooks_installed:
+        _exit_hooks_installed = True
+        atexit.register(_close_all)
+        _install_sigterm_flush()
+    _live_managers.add(manager)
+
+
+def _close_all() -> None:
+    for manager in list(_live_managers):
+        manager.close()
+
+
+_exit_hooks_installed = False
+
+
+def _install_sigterm_flush() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return  # the server (gunicorn, ...) handles SIGTERM and exits through atexit
+
+    def on_sigterm() -> None:
+        _close_all()
+        watcher.cancel()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    watcher = gevent.signal_handler(signal.SIGTERM, on_sigterm)

@@ -1,0 +1,74 @@
+"""The one Kafka producer a process shares between all its greenlets."""
+from __future__ import annotations
+
+import logging
+import random
+
+import gevent
+from kafka import KafkaProducer
+from kafka.partitioner import DefaultPartitioner
+
+from .topics import KafkaTopicConfig
+
+logger = logging.getLogger(__name__)
+
+# A greenlet emitting in a tight loop never lets the producer's IO greenlet
+# run: records pile up unsent until it yields. Yield every so often.
+_YIELD_EVERY = 64
+
+
+class StickyPartitioner(DefaultPartitioner):
+    """Keyed records hash as usual (murmur2, like every Kafka client); a
+    process sends its unkeyed records (send-all) to one partition, so the
+    broadcasts of one server reach every other server in order."""
+
+    def __init__(self) -> None:
+        self._slot = random.randrange(1 << 30)
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        if serialized_key is None and topic in cluster.topics():
+            partitions = sorted(cluster.partitions_for_topic(topic))
+            return partitions[self._slot % len(partitions)]
+        return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+
+
+class Publisher:
+    """Sends backplane records.
+
+    :param config: keyword arguments for ``kafka.KafkaProducer``.
+    :param topics: the topic names.
+    :param await_produce: ``True`` to block each send until the broker has
+                          it and raise its error; ``False`` to return at once
+                          and log delivery errors.
+    """
+
+    def __init__(self, config: dict, topics: KafkaTopicConfig, await_produce: bool) -> None:
+        self.topics = topics
+        self.await_produce = await_produce
+        self.producer = KafkaProducer(**config)
+        self._sends = 0
+
+    def send(self, base: str, key: str | None, value: bytes) -> None:
+        """Publish ``value`` on the topic of ``base``, keyed by ``key``."""
+        topic = self.topics.names[base]
+        future = self.producer.send(
+            topic, value=value, key=None if key is None else key.encode()
+        )
+        if self.await_produce:
+            future.get()
+            return
+        future.add_errback(_log_failure, topic, key)
+        self._sends += 1
+        if self._sends % _YIELD_EVERY == 0:
+            gevent.sleep(0)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.producer.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.producer.close(timeout)
+
+
+def _log_failure(topic: str, key: str | None, error: Exception) -> None:
+    target = "everyone" if key is None else repr(key)
+    logger.error("lost a record for %s on %s: %s", target, topic, error)

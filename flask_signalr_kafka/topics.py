@@ -1,0 +1,126 @@
+"""Topic naming and creation for the six backplane topics."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka.errors import for_code
+
+from .errors import TopicCreationError
+
+logger = logging.getLogger(__name__)
+
+ACK = "ack"
+GROUP_MGMT = "group-mgmt"
+SEND_ALL = "send-all"
+SEND_CONN = "send-conn"
+SEND_GROUP = "send-group"
+SEND_USER = "send-user"
+BASE_NAMES = (ACK, GROUP_MGMT, SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How a topic is created when it is missing (an existing topic is used
+    as it is).
+
+    :param num_partitions: partitions of the new topic.
+    :param replication_factor: replicas of each partition.
+    :param configs: topic configs, e.g. ``{"retention.ms": "3600000"}``.
+    """
+
+    num_partitions: int = 10
+    replication_factor: int = 1
+    configs: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_partitions", "replication_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TopicSpec.{name} must be a positive int, not {value!r}")
+
+
+@dataclass(frozen=True)
+class KafkaTopicConfig:
+    """The six topic names (``<prefix>-<base>``, or the bare base name when
+    the prefix is blank) and the spec each is created with.
+
+    :param prefix: prepended verbatim, with a hyphen, to every topic name.
+    :param ack: ... :param send_user: a :class:`TopicSpec` per topic.
+    """
+
+    prefix: str = ""
+    ack: TopicSpec | None = None
+    group_mgmt: TopicSpec | None = None
+    send_all: TopicSpec | None = None
+    send_conn: TopicSpec | None = None
+    send_group: TopicSpec | None = None
+    send_user: TopicSpec | None = None
+    names: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str):
+            raise TypeError(f"KafkaTopicConfig prefix must be a str, not {self.prefix!r}")
+        for base in BASE_NAMES:
+            field_name = base.replace("-", "_")
+            spec = getattr(self, field_name)
+            if spec is not None and not isinstance(spec, TopicSpec):
+                raise TypeError(f"KafkaTopicConfig {field_name} must be a TopicSpec, not {spec!r}")
+        prefix = self.prefix.strip() and self.prefix
+        object.__setattr__(
+            self, "names", {base: f"{prefix}-{base}" if prefix else base for base in BASE_NAMES}
+        )
+
+    def name(self, base: str) -> str:
+        """The topic name of a base name such as ``"send-all"``."""
+        return self.names[base]
+
+    def spec(self, base: str) -> TopicSpec:
+        return getattr(self, base.replace("-", "_")) or TopicSpec()
+
+
+def ensure_topics(admin: Any, topic_config: KafkaTopicConfig, servers: str) -> list[str]:
+    """Create the backplane topics that do not exist yet; return their names.
+
+    :param admin: a connected ``kafka.KafkaAdminClient``.
+    :param servers: the bootstrap servers, for error messages.
+    :raises TopicCreationError: a topic is missing and the cluster refused it.
+    """
+    existing = set(admin.list_topics())
+    missing = {
+        name: base for base, name in topic_config.names.items() if name not in existing
+    }
+    if not missing:
+        return []
+    request = {}
+    for name, base in missing.items():
+        spec = topic_config.spec(base)
+        request[name] = {
+            "num_partitions": spec.num_partitions,
+            "replication_factor": spec.replication_factor,
+            "configs": dict(spec.configs or {}),
+        }
+    try:
+        result = admin.create_topics(request, raise_errors=False)
+    except Exception as exc:
+        raise TopicCreationError(
+            f"could not create topics {sorted(missing)} on {servers}: {exc}"
+        ) from exc
+    created = []
+    for topic in result.get("topics", []):
+        code = topic.get("error_code", 0)
+        if code == 0:
+            created.append(topic["name"])
+        elif code != _TOPIC_ALREADY_EXISTS:
+            error = for_code(code)
+            detail = topic.get("error_message") or error.__name__
+            raise TopicCreationError(
+                f"could not create topic {topic['name']!r} on {servers}: {detail}. "
+                "Create it by hand or grant this client CREATE on the cluster."
+            )
+    if created:
+        logger.info("created topics %s", ", ".join(sorted(created)))
+    return created
