@@ -1,0 +1,187 @@
+"""Real parts for the integration tests: server processes running
+tests/server_app.py, Socket.IO clients that record what they receive, and a
+plain kafka-python reader of the raw topics."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import socketio
+from kafka import KafkaConsumer, TopicPartition
+
+from flask_signalr_kafka.broker import free_port
+
+SERVER_APP = Path(__file__).parent.parent / "server_app.py"
+
+
+def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def unique(label="x"):
+    return f"{label}-{uuid.uuid4().hex[:10]}"
+
+
+class ServerProcess:
+    """tests/server_app.py in its own process: gevent, Flask-SocketIO and a
+    KafkaManager, like one dyno."""
+
+    def __init__(self, bootstrap, prefix, label, log_dir, **env):
+        self.port = free_port()
+        self.label = label
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_dir) / f"{prefix}-{label}.log"
+        self.env = dict(
+            os.environ, BOOTSTRAP=bootstrap, PREFIX=prefix, PORT=str(self.port),
+            SERVER_LABEL=label, **{k: str(v) for k, v in env.items()},
+        )
+        self.process = None
+
+    def start(self, ready_timeout=30.0):
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVER_APP)], env=self.env, stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self.ready, ready_timeout, 0.05, f"server {self.label} ready")
+        return self
+
+    def ready(self):
+        if self.process.poll() is not None:
+            raise AssertionError(f"server {self.label} exited: {self.log()[-2000:]}")
+        try:
+            return requests.get(self.url + "/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=None):
+        if self.process and self.process.poll() is None:
+            if sig is None:
+                self.process.terminate()
+            else:
+                self.process.send_signal(sig)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+class Client:
+    """A real socketio.Client that records every event it receives."""
+
+    def __init__(self, server, user=None, namespaces=("/",), answers=None):
+        self.server = server
+        self.events = []  # (namespace, event, args)
+        self._cond = threading.Condition()
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("*", self._record)
+        for ns in namespaces:
+            if ns != "/":
+                self.sio.on("*", self._record_ns(ns), namespace=ns)
+        for event, fn in (answers or {}).items():
+            self.sio.on(event, fn)
+        self.disconnected = threading.Event()
+        self.sio.on("disconnect", lambda *a: self.disconnected.set())
+        self.sio.connect(server.url, transports=["websocket"], namespaces=list(namespaces),
+                         auth={"user": user} if user else None, wait_timeout=10)
+
+    def _record(self, event, *args):
+        with self._cond:
+            self.events.append(("/", event, args))
+            self._cond.notify_all()
+
+    def _record_ns(self, ns):
+        def record(event, *args):
+            with self._cond:
+                self.events.append((ns, event, args))
+                self._cond.notify_all()
+        return record
+
+    @property
+    def sid(self):
+        return self.sio.get_sid()
+
+    def sid_in(self, namespace):
+        return self.sio.get_sid(namespace)
+
+    def call(self, event, data=None, namespace="/", timeout=40):
+        return self.sio.call(event, data, namespace=namespace, timeout=timeout)
+
+    def got(self, event, namespace="/"):
+        with self._cond:
+            return [args for ns, ev, args in self.events if ev == event and ns == namespace]
+
+    def wait_for(self, event, args, namespace="/", timeout=10.0):
+        """Wait until ``event`` arrived with exactly ``args`` (a tuple)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while args not in self.got(event, namespace):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"client on {self.server.label} never got {event}{args!r} in "
+                        f"{namespace}; it got {self.events!r}"
+                    )
+                self._cond.wait(remaining)
+
+    def close(self):
+        self.sio.disconnect()
+
+
+class RawTopic:
+    """A plain kafka-python reader of one backplane topic, from its start."""
+
+    def __init__(self, bootstrap, topic):
+        self.topic = topic
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                      enable_auto_commit=False, fetch_max_wait_ms=20)
+        partitions = wait_until(lambda: self.consumer.partitions_for_topic(topic), 10,
+                                what=f"topic {topic}")
+        tps = [TopicPartition(topic, p) for p in partitions]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records = []
+
+    def read_until(self, predicate, timeout=10.0, what="record"):
+        """Read until ``predicate(record)`` holds for a record; return it."""
+        deadline = time.monotonic() + timeout
+        for record in self.records:
+            if predicate(record):
+                return record
+        while time.monotonic() < deadline:
+            for batch in self.consumer.poll(timeout_ms=200).values():
+                self.records.extend(batch)
+                for record in batch:
+                    if predicate(record):
+                        return record
+        raise AssertionError(f"no {what} on {self.topic} after {timeout:g} s")
+
+    def drain(self, quiet=0.5):
+        """Everything on the topic, once nothing new came for ``quiet`` s."""
+        while True:
+            batches = self.consumer.poll(timeout_ms=int(quiet * 1000))
+            if not batches:
+                return self.records
+            for batch in batches.values():
+                self.records.extend(batch)
+
+    def close(self):
+        self.consumer.close()

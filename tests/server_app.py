@@ -1,0 +1,103 @@
+"""A Flask-SocketIO server with the KafkaManager, driven by the integration
+tests: each test asks it, through Socket.IO events, to do what an app would.
+
+Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
+SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated).
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import logging  # noqa: E402
+import os  # noqa: E402
+
+from flask import Flask, request  # noqa: E402
+from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_room  # noqa: E402
+
+from flask_signalr_kafka import AckTimeoutError, KafkaManager, KafkaTopicConfig, user  # noqa: E402
+
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
+                    format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+mgr = KafkaManager(
+    bootstrap_servers=os.environ["BOOTSTRAP"],
+    topic_config=KafkaTopicConfig(prefix=os.environ.get("PREFIX", "")),
+    ack_timeout=float(os.environ.get("ACK_TIMEOUT", "30")),
+    hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
+    consumer_config={"fetch_max_wait_ms": 20},
+)
+app = Flask(__name__)
+socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
+LABEL = os.environ.get("SERVER_LABEL", mgr.server_name)
+
+
+@app.get("/ready")
+def ready():
+    return ("ready", 200) if mgr.wait_ready(0) else ("starting", 503)
+
+
+def register(namespace):
+    @socketio.on("connect", namespace=namespace)
+    def on_connect(auth=None):
+        if auth and auth.get("user"):
+            join_room(user(auth["user"]))
+
+    @socketio.on("whoami", namespace=namespace)
+    def on_whoami():
+        return {"sid": request.sid, "server": LABEL}
+
+    @socketio.on("join", namespace=namespace)
+    def on_join(msg):
+        return _group(join_room, msg)
+
+    @socketio.on("leave", namespace=namespace)
+    def on_leave(msg):
+        return _group(leave_room, msg)
+
+    @socketio.on("emit", namespace=namespace)
+    def on_emit(msg):
+        """Emit as the test asks: {event, data, to, skip_sid, namespace,
+        args (a list sent as several arguments), user (a user() target)}."""
+        data = tuple(msg["args"]) if "args" in msg else msg.get("data")
+        to = user(msg["user"]) if "user" in msg else msg.get("to")
+        socketio.emit(msg["event"], data, to=to, skip_sid=msg.get("skip_sid"),
+                      namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @socketio.on("call", namespace=namespace)
+    def on_call(msg):
+        try:
+            return {"answer": socketio.call(msg["event"], msg.get("data"), to=msg["to"],
+                                            namespace=msg.get("namespace", namespace),
+                                            timeout=msg.get("timeout", 10))}
+        except Exception as exc:  # the test reads the error
+            return {"error": type(exc).__name__}
+
+    @socketio.on("kick", namespace=namespace)
+    def on_kick(msg):
+        disconnect(msg["sid"], namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @socketio.on("close", namespace=namespace)
+    def on_close(msg):
+        close_room(msg["room"], namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @socketio.on("rooms", namespace=namespace)
+    def on_rooms():
+        return sorted(r for r in socketio.server.rooms(request.sid, namespace) if r != request.sid)
+
+
+def _group(action, msg):
+    try:
+        action(msg["room"], sid=msg.get("sid"), namespace=msg.get("namespace"))
+    except AckTimeoutError:
+        return "timeout"
+    return "ok"
+
+
+for ns in ("/", "/chat"):
+    register(ns)
+
+if __name__ == "__main__":
+    socketio.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_output=False)
