@@ -87,7 +87,7 @@ def decode_messagepack(frame: bytes) -> tuple[str, list]:
 
 
 def _invocation(kind: Any, target: Any, arguments: Any) -> tuple[str, list]:
-    if kind != INVOCATION:
+    if type(kind) is not int or kind != INVOCATION:  # True == 1 in Python
         raise MalformedRecord(f"frame type {kind!r} is not an invocation (1)")
     if not isinstance(target, str) or not isinstance(arguments, list):
         raise MalformedRecord("invocation frame without a string target and an argument array")

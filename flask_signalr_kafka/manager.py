@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import signal
 import socket
@@ -99,7 +100,9 @@ class KafkaManager(Manager):
         super().__init__()
         self.logger = logger
         self.topic_config = _check_instance(
-            topic_config or KafkaTopicConfig(), KafkaTopicConfig, "topic_config"
+            KafkaTopicConfig() if topic_config is None else topic_config,
+            KafkaTopicConfig,
+            "topic_config",
         )
         self.await_produce = bool(await_produce)
         self.ack_timeout = _positive(ack_timeout, "ack_timeout")
@@ -465,7 +468,9 @@ def _key(record) -> str:
 
 
 def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value < math.inf
+    ):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     return float(value)
 

@@ -25,6 +25,7 @@ mgr = KafkaManager(
     ack_timeout=float(os.environ.get("ACK_TIMEOUT", "30")),
     hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
     consumer_config={"fetch_max_wait_ms": 20},
+    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
@@ -62,6 +63,13 @@ def register(namespace):
         to = user(msg["user"]) if "user" in msg else msg.get("to")
         socketio.emit(msg["event"], data, to=to, skip_sid=msg.get("skip_sid"),
                       namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @socketio.on("burst", namespace=namespace)
+    def on_burst(msg):
+        """Emit ``n`` numbered messages to a room without waiting for Kafka."""
+        for i in range(msg["n"]):
+            socketio.emit("burst", [msg["tag"], i], to=msg["room"], namespace=namespace)
         return "ok"
 
     @socketio.on("call", namespace=namespace)
