@@ -134,6 +134,12 @@ class KafkaManager(Manager):
             **common,
             "client_id": client_id,
             "linger_ms": 1,
+            # An idempotent producer never recovers once the cluster forgets
+            # its producer id (a topic recreated, an in-memory broker
+            # restarted): it retries UnknownProducerId forever. A backplane
+            # prefers a rare duplicate on retry to a dyno that goes mute.
+            "enable_idempotence": False,
+            "acks": "all",
             "partitioner": StickyPartitioner(),
             **producer_config,
         }

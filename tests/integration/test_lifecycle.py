@@ -1,0 +1,156 @@
+"""Startup, shutdown and faults: topic creation, write-only emitters, an
+unreachable broker, SIGTERM, and a broker that loses its topics."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import socketio
+from harness import unique, wait_until
+from kafka import KafkaAdminClient
+
+from flask_signalr_kafka import (
+    BrokerUnavailableError,
+    KafkaManager,
+    KafkaTopicConfig,
+    TopicSpec,
+)
+from flask_signalr_kafka.broker import Broker, free_port
+
+BASES = ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
+
+
+def partitions(admin, topic):
+    described = admin.describe_topics([topic])
+    return len(described[0]["partitions"])
+
+
+def test_topics_created_with_their_specs_and_existing_ones_kept(broker):
+    prefix = unique("spec")
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics({f"{prefix}-send-all": {"num_partitions": 2, "replication_factor": 1}})
+    mgr = KafkaManager(
+        bootstrap_servers=broker.bootstrap,
+        write_only=True,
+        topic_config=KafkaTopicConfig(prefix=prefix, ack=TopicSpec(num_partitions=3),
+                                      send_all=TopicSpec(num_partitions=7)),
+    )
+    mgr.emit("e", "x")  # a write-only manager connects at its first emit
+    mgr.close()
+    existing = set(admin.list_topics())
+    assert {f"{prefix}-{b}" for b in BASES} <= existing
+    assert partitions(admin, f"{prefix}-ack") == 3
+    assert partitions(admin, f"{prefix}-send-user") == 10
+    assert partitions(admin, f"{prefix}-send-all") == 2  # existed: used as it is
+    admin.close()
+
+
+def test_unreachable_broker_fails_fast_naming_the_servers():
+    address = f"127.0.0.1:{free_port()}"
+    mgr = KafkaManager(bootstrap_servers=address, connect_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match=address):
+        socketio.Server(client_manager=mgr)
+    assert time.monotonic() - started < 10
+    writer = KafkaManager(bootstrap_servers=address, connect_timeout=1, write_only=True)
+    with pytest.raises(BrokerUnavailableError, match=address):
+        writer.emit("e", "x")
+
+
+EMITTER = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import os, sys
+    from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, user
+    mgr = KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], write_only=True,
+                       topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]))
+    tag, room, alice, sid = sys.argv[1:5]
+    mgr.emit("job", [tag, "all"], namespace="/")
+    mgr.emit("job", [tag, "room"], to=room)
+    mgr.emit("job", [tag, "room="], room=room)
+    mgr.emit("job", [tag, "user"], to=user(alice))
+    mgr.emit("job", [tag, "sid"], to=sid)
+    mgr.close()
+""")
+
+
+def test_write_only_emitter_reaches_all_rooms_users_and_sids(fleet, connect):
+    alice, room, tag = unique("alice"), unique("room"), unique("job")
+    member = connect(fleet.a)
+    member.call("join", {"room": room})
+    tab = connect(fleet.b, user=alice)
+    target = connect(fleet.b)
+    env = dict(os.environ, BOOTSTRAP=fleet.broker.bootstrap, PREFIX=fleet.prefix)
+    subprocess.run([sys.executable, "-c", EMITTER, tag, room, alice, target.sid],
+                   env=env, check=True, timeout=60)
+    member.wait_for("job", ([tag, "all"],))
+    member.wait_for("job", ([tag, "room"],))
+    member.wait_for("job", ([tag, "room="],))
+    tab.wait_for("job", ([tag, "user"],))
+    target.wait_for("job", ([tag, "sid"],))
+    assert ([tag, "sid"],) not in tab.got("job")
+
+
+def test_sigterm_flushes_what_was_emitted(new_fleet):
+    # A long linger keeps the burst queued in the producer when SIGTERM lands:
+    # only the flush on SIGTERM can get it out.
+    server = new_fleet.server("A", LINGER_MS=5000)
+    reader = new_fleet.raw("send-group")
+    client = new_fleet.client(server)
+    room, tag = unique("room"), unique("burst")
+    assert client.call("burst", {"n": 200, "room": room, "tag": tag}) == "ok"
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(15) == -signal.SIGTERM
+    records = reader.drain()
+    assert sum(tag.encode() in r.value for r in records) == 200
+
+
+def test_no_consumer_groups_are_left_behind(new_fleet):
+    admin = KafkaAdminClient(bootstrap_servers=new_fleet.broker.bootstrap)
+    before = set(admin.list_groups())
+    new_fleet.server("A")
+    new_fleet.server("B")
+    assert set(admin.list_groups()) == before
+    admin.close()
+
+
+def test_recovers_when_the_broker_loses_its_topics(artifacts):
+    """An in-memory broker restarted on the same port has no topics; the
+    servers must notice, recreate them and deliver again."""
+    from conftest import Fleet
+
+    port = free_port()
+    log = open(artifacts / "tansu-restart.log", "ab")
+    broker = Broker(port=port, log=log).start()
+    fleet = Fleet(broker, artifacts)
+    try:
+        a, b = fleet.server("A"), fleet.server("B")
+        sender, receiver = fleet.client(a), fleet.client(b)
+        first = unique("before")
+        sender.call("emit", {"event": "e", "data": first})
+        receiver.wait_for("e", (first,))
+        broker.stop()
+        broker = Broker(port=port, log=log).start()
+        fleet.broker = broker
+
+        def delivered():
+            word = unique("after")
+            sender.call("emit", {"event": "e", "data": word})
+            try:
+                receiver.wait_for("e", (word,), timeout=1)
+                return True
+            except AssertionError:
+                return False
+
+        wait_until(delivered, 60, 0.1, "delivery after the broker restart")
+        # Every later message arrives too.
+        for _ in range(5):
+            word = unique("steady")
+            sender.call("emit", {"event": "e", "data": word})
+            receiver.wait_for("e", (word,), timeout=5)
+    finally:
+        fleet.close()
+        broker.stop()
+        log.close()
