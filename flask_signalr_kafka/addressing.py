@@ -38,7 +38,7 @@ def user(user_id: str) -> str:
 
 def user_id_of(room: str) -> str | None:
     """The user id if ``room`` is a :func:`user` room, else ``None``."""
-    if isinstance(room, str) and room.startswith(USER_PREFIX):
+    if isinstance(room, str) and room.startswith(USER_PREFIX) and len(room) > len(USER_PREFIX):
         return room[len(USER_PREFIX) :]
     return None
 

@@ -32,7 +32,16 @@ from socketio.packet import Packet
 
 from . import hub_protocol, records, topics
 from .ack_waiter import AckWaiter
-from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, make_sid, route
+from .addressing import (
+    SEND_ALL,
+    SEND_CONN,
+    SEND_GROUP,
+    SEND_USER,
+    USER_PREFIX,
+    looks_like_sid,
+    make_sid,
+    route,
+)
 from .consumer import TopicConsumer
 from .errors import BrokerUnavailableError, MalformedRecord
 from .producer import Publisher, StickyPartitioner
@@ -285,7 +294,8 @@ class KafkaManager(Manager):
     def can_disconnect(self, sid, namespace):
         if self.is_local(sid, namespace):
             return super().can_disconnect(sid, namespace)
-        self._publish_command(OP_DISCONNECT, "", sid, namespace)
+        if looks_like_sid(sid):  # others are no connection a Python server holds
+            self._publish_command(OP_DISCONNECT, "", sid, namespace)
         return False
 
     # -- rooms ---------------------------------------------------------------
@@ -352,6 +362,7 @@ class KafkaManager(Manager):
         if self._publisher is None:
             self._start()
         targets = target if isinstance(target, (list, tuple)) else [target]
+        skip_sid = _sid_list(skip_sid)
         value = None
         callback_id = 0
         for one in targets:
@@ -371,7 +382,7 @@ class KafkaManager(Manager):
                 value = self._invocation(event, data, namespace, skip_sid, callback_id)
             self._publisher.send(base, key, value)
 
-    def _invocation(self, event: str, data: Any, namespace: str, skip_sid: Any,
+    def _invocation(self, event: str, data: Any, namespace: str, skip_sid: list[str],
                     callback_id: int) -> bytes:
         """Encode the Invocation record of an emit, once for all its targets."""
         if isinstance(data, tuple):
@@ -383,14 +394,8 @@ class KafkaManager(Manager):
         protocols = self.hub_protocols
         if hub_protocol.MESSAGEPACK not in protocols and Packet.data_is_binary(arguments):
             protocols = protocols + (hub_protocol.MESSAGEPACK,)
-        if skip_sid is None:
-            excluded = []
-        elif isinstance(skip_sid, (list, tuple, set)):
-            excluded = list(skip_sid)
-        else:
-            excluded = [skip_sid]
         return records.encode(InvocationExt(
-            excluded,
+            skip_sid,
             hub_protocol.encode_frames(event, arguments, protocols),
             origin=self.server_name,
             namespace=namespace,
@@ -462,6 +467,15 @@ class KafkaManager(Manager):
 
     def _log(self) -> logging.Logger:
         return self.logger or logger
+
+
+def _sid_list(skip_sid: Any) -> list[str]:
+    """``skip_sid`` as the list python-socketio's Manager and the record take."""
+    if skip_sid is None:
+        return []
+    if isinstance(skip_sid, (list, tuple, set)):
+        return list(skip_sid)
+    return [skip_sid]
 
 
 def _key(record) -> str:
