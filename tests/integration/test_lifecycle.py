@@ -154,3 +154,34 @@ def test_recovers_when_the_broker_loses_its_topics(artifacts):
         fleet.close()
         broker.stop()
         log.close()
+
+
+def test_await_produce_raises_and_fire_and_forget_logs(artifacts, caplog):
+    """With the broker gone, await_produce=True raises the produce error to the
+    emitter; await_produce=False returns and logs the lost record's target."""
+    from kafka.errors import KafkaError
+
+    timeouts = {"request_timeout_ms": 800, "delivery_timeout_ms": 1000, "max_block_ms": 1000,
+                "reconnect_backoff_max_ms": 200}
+    with open(artifacts / "tansu-produce.log", "ab") as log, Broker(log=log) as broker:
+        prefix = unique("produce")
+        managers = [
+            KafkaManager(bootstrap_servers=broker.bootstrap, write_only=True,
+                         await_produce=waits, producer_config=timeouts,
+                         topic_config=KafkaTopicConfig(prefix=prefix))
+            for waits in (True, False)
+        ]
+        for mgr in managers:
+            mgr.emit("e", "connected", to="warmup")
+        managers[0]._publisher.flush(5)
+        managers[1]._publisher.flush(5)
+    waiting, fire_and_forget = managers
+    with pytest.raises(KafkaError):
+        waiting.emit("e", "lost", to="room-a")
+    caplog.set_level("ERROR", logger="flask_signalr_kafka")
+    fire_and_forget.emit("e", "lost", to="room-b")  # returns at once
+    wait_until(lambda: "lost a record for 'room-b'" in caplog.text, 10,
+               what="the delivery error logged")
+    assert f"{prefix}-send-group" in caplog.text
+    for mgr in managers:
+        mgr.close(timeout=1)
