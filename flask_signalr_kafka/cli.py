@@ -1,21 +1,28 @@
-"""The ``flask-signalr-kafka`` command line."""
+"""The ``flask-signalr-kafka`` command line (also ``python -m flask_signalr_kafka``).
+
+Every command but ``broker`` finds the cluster as the sample app does: from
+``--bootstrap-servers``, else the Heroku-style ``KAFKA_*`` variables, else the
+embedded broker at 127.0.0.1:9092.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from .broker import DEFAULT_PORT, BrokerNotFound, broker_command
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    """Run the embedded Tansu broker in the foreground until Ctrl-C."""
+    """Run the embedded Tansu broker in the foreground until Ctrl-C
+    (development only: it keeps everything in memory)."""
     try:
         command = broker_command(args.port, args.host)
     except BrokerNotFound as exc:
-        print(f"flask-signalr-kafka: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     print(f"Tansu broker on {args.host}:{args.port} (in memory; Ctrl-C stops it)", flush=True)
     process = subprocess.Popen(command)
     try:
@@ -29,22 +36,173 @@ def cmd_broker(args: argparse.Namespace) -> int:
             return process.wait()
 
 
+def cmd_create_topics(args: argparse.Namespace) -> int:
+    """Create the six backplane topics that are missing; existing ones are
+    left as they are. Idempotent: what a release phase runs."""
+    manager = _manager(args)
+    created = manager.create_topics()
+    names = manager.topic_config.names.values()
+    print(f"created: {', '.join(created)}" if created else "all topics exist")
+    print(f"topics: {', '.join(names)}")
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    """Send an event to every client, a room, a user or a connection, on
+    every server of the fleet."""
+    from .addressing import user
+
+    manager = _manager(args)
+    to = args.room or args.sid or (user(args.user) if args.user else None)
+    data = tuple(_parse(d) for d in args.data)
+    manager.emit(args.event, data[0] if len(data) == 1 else data or None,
+                 namespace=args.namespace, to=to)
+    manager.close()
+    print(f"sent {args.event!r} to {to or 'everyone'} [{args.namespace}]")
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow the six topics and print every record decoded: the tool for
+    "why did my message not arrive"."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    manager = _manager(args)
+    consumer = KafkaConsumer(**manager.consumer_config)
+    partitions = []
+    for name in manager.topic_config.names.values():
+        ids = consumer.partitions_for_topic(name)
+        if not ids:
+            print(f"# topic {name} does not exist (yet)", file=sys.stderr)
+        partitions += [TopicPartition(name, p) for p in sorted(ids)]
+    consumer.assign(partitions)
+    if args.from_beginning:
+        consumer.seek_to_beginning(*partitions)
+    else:
+        consumer.seek_to_end(*partitions)
+    servers = ",".join(manager.producer_config["bootstrap_servers"])
+    print(f"# following {len(partitions)} partitions on {servers} (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    bases = {name: base for base, name in manager.topic_config.names.items()}
+    seen = 0
+    try:
+        while args.max_records is None or seen < args.max_records:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    print(describe(bases[record.topic], record), flush=True)
+                    seen += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def describe(base: str, record: Any) -> str:
+    """One line for a backplane record: where it is and what it says."""
+    from . import hub_protocol, records
+    from .errors import MalformedRecord
+
+    key = None if record.key is None else record.key.decode(errors="replace")
+    head = f"{base} p{record.partition}@{record.offset} key={key!r}"
+    try:
+        if base == "ack":
+            ack = records.decode(record.value, records.AckExt)
+            answer = "" if ack.args is None else f" answer={ack.args!r}"
+            return f"{head} ack id={ack.id}{answer}"
+        if base == "group-mgmt":
+            cmd = records.decode(record.value, records.GroupCommandExt)
+            what = {records.OP_CLOSE_ROOM: "close-room", records.OP_DISCONNECT: "disconnect"}.get(
+                cmd.op, "add" if cmd.action == records.ADD else "remove"
+            )
+            return (f"{head} {what} group={cmd.group!r} connection={cmd.connection_id!r} "
+                    f"ns={cmd.namespace} id={cmd.id} from={cmd.server_name}")
+        inv = records.decode(record.value, records.InvocationExt)
+        target, arguments = hub_protocol.decode_frames(inv.frames)
+        origin = inv.origin or "(.NET)"
+        return (f"{head} ns={inv.namespace} target={target!r} args={arguments!r} "
+                f"excluded={inv.excluded!r} protocols={sorted(inv.frames)} origin={origin}"
+                + (f" callback={inv.callback_id}" if inv.callback_id else ""))
+    except MalformedRecord as exc:
+        return f"{head} MALFORMED: {exc}"
+
+
+def _manager(args: argparse.Namespace):
+    from .manager import KafkaManager
+    from .topics import KafkaTopicConfig
+
+    kwargs: dict[str, Any] = {
+        "topic_config": KafkaTopicConfig(prefix=args.prefix),
+        "write_only": True,
+        "connect_timeout": args.timeout,
+    }
+    if args.bootstrap_servers:
+        kwargs["bootstrap_servers"] = args.bootstrap_servers.split(",")
+    return KafkaManager.from_env(**kwargs)
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _fail(message: str) -> int:
+    print(f"flask-signalr-kafka: {message}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flask-signalr-kafka",
-        description="Tools for the flask-signalr-kafka backplane.",
+        prog="flask-signalr-kafka", description="Tools for the flask-signalr-kafka backplane."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    broker = commands.add_parser(
-        "broker", help="run the embedded Tansu broker (development only)",
-        description=cmd_broker.__doc__,
-    )
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=func.__doc__)
+        sub.set_defaults(func=func)
+        if func is not cmd_broker:
+            sub.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
+                             help="default: KAFKA_URL, else 127.0.0.1:9092")
+            sub.add_argument("--prefix", default="", help="topic prefix (default: none)")
+            sub.add_argument("--timeout", type=float, default=10.0,
+                             help="seconds to reach the cluster (default %(default)s)")
+        return sub
+
+    broker = command("broker", cmd_broker, "run the embedded Tansu broker (development only)")
     broker.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
     broker.add_argument("--host", default="127.0.0.1", help="default %(default)s")
-    broker.set_defaults(func=cmd_broker)
+
+    command("create-topics", cmd_create_topics, "create the missing backplane topics")
+
+    tail = command("tail", cmd_tail, "print every backplane record as it arrives")
+    tail.add_argument("--from-beginning", action="store_true",
+                      help="start at the oldest record, not the newest")
+    tail.add_argument("--max-records", type=int, metavar="N", help="stop after N records")
+
+    emit = command("emit", cmd_emit, "send an event to clients from the shell")
+    emit.add_argument("event")
+    emit.add_argument("data", nargs="*",
+                      help="arguments, each JSON if it parses, else a string")
+    target = emit.add_mutually_exclusive_group()
+    target.add_argument("--room")
+    target.add_argument("--user")
+    target.add_argument("--sid")
+    emit.add_argument("--namespace", default="/")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    from .errors import KafkaBackplaneError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (KafkaBackplaneError, ValueError) as exc:
+        return _fail(str(exc))
+    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        where = args.bootstrap_servers or "the servers of KAFKA_URL (or 127.0.0.1:9092)"
+        return _fail(f"could not reach Kafka at {where}: {exc}")

@@ -9,6 +9,7 @@ topics.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import math
 import os
@@ -18,7 +19,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -43,6 +44,7 @@ from .addressing import (
     route,
 )
 from .consumer import TopicConsumer
+from .env_config import settings_from_env
 from .errors import BrokerUnavailableError, MalformedRecord
 from .producer import Publisher, StickyPartitioner
 from .records import (
@@ -138,7 +140,7 @@ class KafkaManager(Manager):
             "bootstrap_servers": servers,
             "bootstrap_timeout_ms": int(self.connect_timeout * 1000),
         }
-        client_id = self.server_name
+        client_id = self.topic_config.tenant_prefix + self.server_name
         self.producer_config = {
             **common,
             "client_id": client_id,
@@ -170,6 +172,31 @@ class KafkaManager(Manager):
         self._consumers: list[TopicConsumer] = []
         self._start_lock = threading.Lock()
         self._closed = False
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> KafkaManager:
+        """A manager for the Kafka the environment describes, in the config
+        vars of Apache Kafka on Heroku (``KAFKA_URL``, ``KAFKA_TRUSTED_CERT``,
+        ``KAFKA_CLIENT_CERT``, ``KAFKA_CLIENT_CERT_KEY``, ``KAFKA_PREFIX``);
+        the embedded broker's address when ``KAFKA_URL`` is unset.
+
+        :param environ: the variables to read; ``os.environ`` by default.
+        :param kwargs: other :class:`KafkaManager` arguments; config dicts
+                       given here win over the SSL settings from the
+                       environment.
+        """
+        settings = settings_from_env(environ)
+        topic_config = kwargs.pop("topic_config", None) or KafkaTopicConfig()
+        if settings["tenant_prefix"]:
+            topic_config = dataclasses.replace(
+                topic_config, tenant_prefix=settings["tenant_prefix"]
+            )
+        for name in ("producer_config", "consumer_config", "admin_config"):
+            kwargs[name] = {**settings["client_config"], **(kwargs.get(name) or {})}
+        kwargs.setdefault("bootstrap_servers", settings["bootstrap_servers"])
+        return cls(topic_config=topic_config, **kwargs)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -215,12 +242,12 @@ class KafkaManager(Manager):
                 return
             if self._closed:
                 raise RuntimeError("this KafkaManager was closed")
-            if not gevent.monkey.is_module_patched("socket"):
+            if not self.write_only and not gevent.monkey.is_module_patched("socket"):
                 self._log().warning(
                     "gevent has not patched the standard library: call "
                     "gevent.monkey.patch_all() before importing flask or kafka"
                 )
-            self._create_topics()
+            self.create_topics()
             self._publisher = self._connect(
                 Publisher, self.producer_config, self.topic_config, self.await_produce
             )
@@ -242,7 +269,7 @@ class KafkaManager(Manager):
                 self.topic_config.name(base),
                 handler,
                 self.consumer_config,
-                on_missing_topic=self._create_topics,
+                on_missing_topic=self.create_topics,
             )
             consumer.start()
             self._consumers.append(consumer)
@@ -251,10 +278,16 @@ class KafkaManager(Manager):
             self.server_name, ", ".join(self.topic_config.names.values()),
         )
 
-    def _create_topics(self) -> None:
+    def create_topics(self) -> list[str]:
+        """Create the backplane topics that are missing (what a release phase
+        runs); return the names created.
+
+        :raises BrokerUnavailableError: the cluster cannot be reached.
+        :raises TopicCreationError: the cluster refused a topic.
+        """
         admin = self._connect(KafkaAdminClient, **self.admin_config)
         try:
-            topics.ensure_topics(admin, self.topic_config, self._servers())
+            return topics.ensure_topics(admin, self.topic_config, self._servers())
         finally:
             admin.close()
 

@@ -49,7 +49,10 @@ class KafkaTopicConfig:
     the prefix is blank) and the spec each is created with.
 
     :param prefix: prepended verbatim, with a hyphen, to every topic name.
-    :param ack: ... :param send_user: a :class:`TopicSpec` per topic.
+    :param ack, group_mgmt, send_all, send_conn, send_group, send_user: the
+        :class:`TopicSpec` of each topic; ``None`` for the default spec.
+    :param tenant_prefix: prepended verbatim, without a hyphen, to the whole
+        name: a multi-tenant cluster's prefix (Heroku's ``KAFKA_PREFIX``).
     """
 
     prefix: str = ""
@@ -59,19 +62,25 @@ class KafkaTopicConfig:
     send_conn: TopicSpec | None = None
     send_group: TopicSpec | None = None
     send_user: TopicSpec | None = None
+    tenant_prefix: str = ""
     names: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prefix, str):
-            raise TypeError(f"KafkaTopicConfig prefix must be a str, not {self.prefix!r}")
+        for name in ("prefix", "tenant_prefix"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"KafkaTopicConfig {name} must be a str, not {value!r}")
         for base in BASE_NAMES:
             field_name = base.replace("-", "_")
             spec = getattr(self, field_name)
             if spec is not None and not isinstance(spec, TopicSpec):
                 raise TypeError(f"KafkaTopicConfig {field_name} must be a TopicSpec, not {spec!r}")
         prefix = self.prefix.strip() and self.prefix
+        tenant = self.tenant_prefix
         object.__setattr__(
-            self, "names", {base: f"{prefix}-{base}" if prefix else base for base in BASE_NAMES}
+            self,
+            "names",
+            {base: f"{tenant}{prefix}-{base}" if prefix else tenant + base for base in BASE_NAMES},
         )
 
     def name(self, base: str) -> str:

@@ -52,7 +52,7 @@ def test_construction_does_no_io():
 def test_the_network_guard_works():
     mgr = KafkaManager(BROKER)
     with pytest.raises(AssertionError, match="Kafka client"):
-        mgr._create_topics()
+        mgr.create_topics()
     with pytest.raises(AssertionError, match="network"):
         socket.create_connection(("127.0.0.1", 9))
 
