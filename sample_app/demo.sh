@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# `make demo`: the embedded broker, the chat topics, and three web dynos from
+# the Procfile, all in the foreground; Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/${VENV:-.venv}/bin:$PATH"
+DYNOS=${DYNOS:-3}
+
+if (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+  echo "Port 9092 is taken: the demo starts its own broker there. Stop what uses it." >&2
+  exit 1
+fi
+flask-signalr-kafka broker --port 9092 &
+broker=$!
+dynos=
+stop() {
+  trap - INT TERM EXIT
+  if [ -n "$dynos" ]; then
+    kill -TERM "$dynos" 2>/dev/null || true
+    wait "$dynos" 2>/dev/null || true
+  fi
+  kill "$broker" 2>/dev/null || true
+  wait "$broker" 2>/dev/null || true
+  exit 0
+}
+trap stop INT TERM EXIT
+until (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; do sleep 0.1; done
+
+flask-signalr-kafka create-topics --prefix "${CHAT_TOPIC_PREFIX:-chat}"
+echo
+echo "Three dynos of the chat; open two of them side by side:"
+for i in $(seq 0 $((DYNOS - 1))); do echo "  http://127.0.0.1:$((5000 + i))"; done
+echo "Ctrl-C stops the dynos and the broker."
+echo
+honcho start -f Procfile -c web="$DYNOS" web &
+dynos=$!
+wait "$dynos"

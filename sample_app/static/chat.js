@@ -1,0 +1,46 @@
+// The chat page: one Socket.IO connection to the dyno that served the page.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  let socket;
+
+  function show(kind, text, meta) {
+    const li = document.createElement("li");
+    li.className = kind;
+    li.textContent = text;
+    if (meta) {
+      const span = document.createElement("span");
+      span.className = "meta";
+      span.textContent = "  " + meta;
+      li.appendChild(span);
+    }
+    $("log").prepend(li);
+  }
+
+  $("login").addEventListener("submit", (event) => {
+    event.preventDefault();
+    // websocket only: several dynos behind one address need no sticky sessions.
+    socket = io({ transports: ["websocket"], auth: { name: $("name").value.trim() } });
+    socket.on("welcome", (me) => {
+      $("login").hidden = true;
+      $("chat").hidden = false;
+      $("me").textContent = `You are ${me.name}, on dyno ${me.dyno}; your connection id is ${me.sid}`;
+      $("me").dataset.sid = me.sid;
+    });
+    socket.on("line", (line) => {
+      const where = line.kind === "private" ? `private to ${line.to}`
+        : line.kind === "all" ? "everyone" : line.room;
+      show(line.kind, `[${where}] ${line.from}: ${line.text}`, `sent from dyno ${line.dyno}`);
+    });
+    socket.on("connect_error", (err) => show("error", `cannot connect: ${err.message}`));
+  });
+
+  const room = () => $("room").value.trim();
+  const text = () => { const t = $("text").value; $("text").value = ""; return t; };
+  $("join").onclick = () => socket.emit("join", { room: room() });
+  $("leave").onclick = () => socket.emit("leave", { room: room() });
+  $("say").onclick = () => socket.emit("say", { room: room(), text: text() });
+  $("shout").onclick = () => socket.emit("shout", { text: text() });
+  $("whisper").onclick = () => socket.emit("whisper", { to: $("to").value.trim(), text: text() });
+  $("pull").onclick = () => socket.emit("pull", { sid: $("pull-sid").value.trim(), room: room() },
+    (answer) => { if (!answer.ok) show("error", answer.error); });
+})();
