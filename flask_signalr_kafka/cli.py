@@ -71,6 +71,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         consumer.seek_to_beginning(*partitions)
     else:
         consumer.seek_to_end(*partitions)
+    for tp in partitions:
+        consumer.position(tp)  # fix the start now: what comes after is printed
     servers = ",".join(manager.producer_config["bootstrap_servers"])
     print(f"# following {len(partitions)} partitions on {servers} (Ctrl-C stops)",
           file=sys.stderr, flush=True)

@@ -3,17 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from flask_signalr_kafka.broker import Broker
-
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import RawTopic, ServerProcess, unique  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def broker(artifacts):
-    with open(artifacts / "tansu.log", "ab") as log, Broker(log=log) as b:
-        yield b
 
 
 class Fleet:

@@ -1,0 +1,149 @@
+"""The sample chat in a real browser: two pages on two dynos (gunicorn, as in
+the Procfile) talk through Kafka. Headless Debian Chromium via Selenium."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from flask_signalr_kafka.broker import free_port
+
+ROOT = Path(__file__).parent.parent.parent
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+# Skipped only outside CI: there `make test` installs the browser first.
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and not os.environ.get("CI"),
+    reason="needs Debian's chromium and chromium-driver (make test installs them)",
+)
+
+
+def start_dyno(broker, prefix, log_dir, name):
+    port = free_port()
+    env = dict(os.environ, KAFKA_URL=f"kafka://{broker.bootstrap}", CHAT_TOPIC_PREFIX=prefix,
+               PORT=str(port), DYNO=name)
+    # The Procfile's web command, for one dyno.
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    log = open(Path(log_dir) / f"browser-{name}.log", "ab")
+    process = subprocess.Popen(
+        [str(gunicorn), "--worker-class",
+         "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "--workers", "1",
+         "--bind", f"127.0.0.1:{port}", "--no-control-socket", "sample_app.app:app"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(url + "/socket.io.min.js", timeout=1).status_code == 200:
+                return process, url
+        except requests.RequestException:
+            pass
+        assert process.poll() is None, f"dyno {name} exited; see {log.name}"
+        assert time.monotonic() < deadline, f"dyno {name} did not start; see {log.name}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def dynos(broker, artifacts):
+    prefix = f"browser-{uuid.uuid4().hex[:8]}"
+    started = [start_dyno(broker, prefix, artifacts, f"web.{i}") for i in (1, 2)]
+    yield [url for _, url in started]
+    for process, _ in started:
+        process.terminate()
+        process.wait(15)
+
+
+@pytest.fixture
+def browser(artifacts):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    drivers = []
+
+    def open_page(url):
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--window-size=1000,800"):
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={artifacts}/chromium-{uuid.uuid4().hex[:8]}")
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        drivers.append(driver)
+        driver.get(url)
+        return driver
+
+    yield open_page
+    for driver in drivers:
+        driver.quit()
+    for leftover in artifacts.glob("chromium-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def log_has(driver, text, timeout=15):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: text in d.find_element("id", "log").text,
+        message=f"the page never showed {text!r}",
+    )
+
+
+def sign_in(driver, name):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element("id", "name").send_keys(name)
+    driver.find_element("id", "connect").click()
+    WebDriverWait(driver, 15).until(lambda d: d.find_element("id", "me").text)
+    return driver.find_element("id", "me").get_attribute("data-sid")
+
+
+def fill(driver, field, value):
+    element = driver.find_element("id", field)
+    element.clear()
+    element.send_keys(value)
+
+
+def test_two_dynos_chat_in_a_real_browser(dynos, browser, artifacts):
+    alice_page, bob_page = browser(dynos[0]), browser(dynos[1])
+    assert "web.1" in alice_page.find_element("id", "dyno").text
+    assert "web.2" in bob_page.find_element("id", "dyno").text
+    alice, bob = f"alice{uuid.uuid4().hex[:4]}", f"bob{uuid.uuid4().hex[:4]}"
+    sign_in(alice_page, alice)
+    bob_sid = sign_in(bob_page, bob)
+
+    # One room, joined from both dynos: a line typed on web.1 shows on web.2.
+    for page in (alice_page, bob_page):
+        page.find_element("id", "join").click()
+    log_has(alice_page, f"[lobby] {bob}: joined lobby")
+    fill(alice_page, "text", "hello from web.1")
+    alice_page.find_element("id", "say").click()
+    log_has(bob_page, f"[lobby] {alice}: hello from web.1")
+    assert "sent from dyno web.1" in bob_page.find_element("id", "log").text
+
+    # A private message reaches the user on the other dyno.
+    fill(alice_page, "to", bob)
+    fill(alice_page, "text", "psst, only you")
+    alice_page.find_element("id", "whisper").click()
+    log_has(bob_page, f"[private to {bob}] {alice}: psst, only you")
+
+    # A remote join: alice puts bob's connection (held by web.2) in a room.
+    fill(alice_page, "room", "backstage")
+    alice_page.find_element("id", "join").click()
+    fill(alice_page, "pull-sid", bob_sid)
+    alice_page.find_element("id", "pull").click()
+    log_has(bob_page, f"pulled {bob_sid} into backstage")
+    fill(alice_page, "text", "welcome backstage")
+    alice_page.find_element("id", "say").click()
+    log_has(bob_page, f"[backstage] {alice}: welcome backstage")
+
+    alice_page.save_screenshot(str(artifacts / "browser-web1.png"))
+    bob_page.save_screenshot(str(artifacts / "browser-web2.png"))
+    assert (artifacts / "browser-web2.png").stat().st_size > 0
