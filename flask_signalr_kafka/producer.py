@@ -20,16 +20,34 @@ _YIELD_EVERY = 64
 class StickyPartitioner(DefaultPartitioner):
     """Keyed records hash as usual (murmur2, like every Kafka client); a
     process sends its unkeyed records (send-all) to one partition, so the
-    broadcasts of one server reach every other server in order."""
+    broadcasts of one server reach every other server in order.
+
+    kafka-python's murmur2 is pure Python, so the partition of each key is
+    remembered (per partition count; the memo is dropped when it grows big).
+    """
+
+    _MEMO_SIZE = 50_000
 
     def __init__(self) -> None:
         self._slot = random.randrange(1 << 30)
+        self._memo: dict[tuple[bytes, int], int] = {}
 
     def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
-        if serialized_key is None and topic in cluster.topics():
-            partitions = sorted(cluster.partitions_for_topic(topic))
-            return partitions[self._slot % len(partitions)]
-        return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        if serialized_key is None:
+            return sorted(partitions)[self._slot % len(partitions)]
+        memo_key = (serialized_key, len(partitions))
+        partition = self._memo.get(memo_key)
+        if partition is None:
+            if len(self._memo) >= self._MEMO_SIZE:
+                self._memo.clear()
+            partition = super().partition(
+                topic, key, serialized_key, value, serialized_value, cluster
+            )
+            self._memo[memo_key] = partition
+        return partition
 
 
 class Publisher:

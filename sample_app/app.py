@@ -25,6 +25,8 @@ SOCKETIO_JS = Path(__file__).parent.parent / "node_modules/socket.io-client/dist
 mgr = KafkaManager.from_env(
     topic_config=KafkaTopicConfig(prefix=TOPIC_PREFIX),
     ack_timeout=10,
+    # The embedded dev broker answers a fetch only at its deadline: keep it short.
+    consumer_config=None if "KAFKA_URL" in os.environ else {"fetch_max_wait_ms": 20},
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")

@@ -277,3 +277,45 @@ def test_acks_0_is_warned_about(caplog):
     caplog.clear()
     KafkaManager(BROKER, producer_config={"acks": "all"}, consumer_config={"client_id": "c"})
     assert not any("acks" in r.getMessage() for r in caplog.records)
+
+
+def test_binary_detection_matches_python_socketio():
+    from socketio.packet import Packet
+
+    from flask_signalr_kafka.manager import _has_binary
+
+    cases = [[], [1, "x"], [b"x"], [{"a": [1, {"b": bytearray(b"y")}]}], [{"a": "b"}],
+             ["text", 2.5, None, True], [{"k": {"n": [1, 2, 3]}}]]
+    for data in cases:
+        assert _has_binary(data) == Packet.data_is_binary(data), data
+    # Tuples nest too in our records (python-socketio does not look in them).
+    assert _has_binary([(1, 2, (b"z",))])
+
+
+def test_partitioner_remembers_keys_and_keeps_unkeyed_records_on_one_partition():
+    from kafka.partitioner.default import murmur2
+
+    from flask_signalr_kafka.producer import StickyPartitioner
+
+    class Cluster:
+        def __init__(self, n):
+            self.n = n
+
+        def topics(self):
+            return {"t"}
+
+        def partitions_for_topic(self, topic):
+            return set(range(self.n))
+
+        def available_partitions_for_topic(self, topic):
+            return set(range(self.n))
+
+    partitioner = StickyPartitioner()
+    for n in (10, 3):
+        cluster = Cluster(n)
+        for key in (b"room-1", b"sid~abc", b"alice"):
+            expected = (murmur2(key) & 0x7FFFFFFF) % n
+            assert partitioner.partition("t", key, key, b"", b"", cluster) == expected
+            assert partitioner.partition("t", key, key, b"", b"", cluster) == expected
+        unkeyed = {partitioner.partition("t", None, None, b"", b"", cluster) for _ in range(50)}
+        assert len(unkeyed) == 1
