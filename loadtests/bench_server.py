@@ -1,0 +1,102 @@
+"""One dyno of the benchmark: a python-socketio server on gevent with the
+backplane named by BACKEND, and a small HTTP control API for the driver.
+
+BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``stock-kafka``
+(python-socketio's KafkaManager, see StockKafkaManager) or ``redis``
+(python-socketio's RedisManager). Env: PORT, BOOTSTRAP, PREFIX, REDIS_URL,
+FETCH_MAX_WAIT_MS (ours only; default: the manager's own default).
+"""
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+
+import gevent  # noqa: E402
+import socketio  # noqa: E402
+from gevent import pywsgi  # noqa: E402
+from geventwebsocket.handler import WebSocketHandler  # noqa: E402
+
+BACKEND = os.environ["BACKEND"]
+ROOM = "bench"
+
+
+class StockKafkaManager(socketio.KafkaManager):
+    """python-socketio's KafkaManager, with the one fix kafka-python 3 needs:
+    the value is encoded to bytes (its ``_publish`` passes a str, which
+    kafka-python 3 rejects with TypeError). Everything else is its design:
+    one topic, JSON, a flush after every emit."""
+
+    def _publish(self, data):
+        self.producer.send(self.channel, value=self.json.dumps(data).encode())
+        self.producer.flush()
+
+
+def make_manager():
+    if BACKEND == "ours":
+        from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
+
+        consumer = {}
+        if os.environ.get("FETCH_MAX_WAIT_MS"):
+            consumer["fetch_max_wait_ms"] = int(os.environ["FETCH_MAX_WAIT_MS"])
+        return KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], consumer_config=consumer,
+                            topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]))
+    if BACKEND == "stock-kafka":
+        return StockKafkaManager("kafka://" + os.environ["BOOTSTRAP"],
+                                 channel=os.environ["PREFIX"])
+    if BACKEND == "redis":
+        return socketio.RedisManager(os.environ["REDIS_URL"], channel=os.environ["PREFIX"])
+    raise SystemExit(f"unknown BACKEND {BACKEND!r}")
+
+
+mgr = make_manager()
+sio = socketio.Server(client_manager=mgr, async_mode="gevent")
+
+
+@sio.on("connect")
+def on_connect(sid, environ, auth=None):
+    sio.enter_room(sid, ROOM)
+
+
+def burst(target, n, rate):
+    """Emit ``n`` messages ``[seq, send time]`` to ``target``, at ``rate``
+    per second (0: as fast as the server goes)."""
+    to = None if target == "all" else target
+    started = time.time()
+    for seq in range(n):
+        if rate:
+            delay = started + seq / rate - time.time()
+            if delay > 0:
+                gevent.sleep(delay)
+        elif seq % 64 == 0:
+            gevent.sleep(0)  # let the backplane's IO greenlets run
+        sio.emit("m", (seq, time.time()), to=to)
+    return time.time() - started
+
+
+def control(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/ready":
+        ready = getattr(mgr, "wait_ready", lambda t: True)(0)
+        start_response("200 OK" if ready else "503 Starting", [("Content-Type", "text/plain")])
+        return [b"ready" if ready else b"starting"]
+    if path == "/sids":
+        sids = [sid for sid, _ in mgr.get_participants("/", ROOM)]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(sids).encode()]
+    if path == "/burst":
+        body = json.loads(environ["wsgi.input"].read() or b"{}")
+        seconds = burst(body["target"], body["n"], body.get("rate", 0))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"seconds": seconds}).encode()]
+    start_response("404 Not Found", [])
+    return [b""]
+
+
+app = socketio.WSGIApp(sio, control)
+
+if __name__ == "__main__":
+    pywsgi.WSGIServer(("127.0.0.1", int(os.environ["PORT"])), app, log=None,
+                      handler_class=WebSocketHandler).serve_forever()
