@@ -36,6 +36,11 @@ demo: $(VENV)/.installed node_modules/.package-lock.json
 bench: $(VENV)/.installed /usr/bin/redis-server
 	$(PY) loadtests/bench.py
 
+# The Locust load kit against the `make demo` dynos (started when none
+# answer); USERS, SPAWN_RATE, DURATION, PROCESSES override its defaults.
+loadtest: $(VENV)/.installed node_modules/.package-lock.json
+	bash loadtests/run_loadtest.sh
+
 # Lint, then every unit and integration test; the tests start the embedded
 # broker (and the server processes) themselves and stop them at the end.
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver lint

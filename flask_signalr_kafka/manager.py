@@ -400,30 +400,38 @@ class KafkaManager(Manager):
             )
         if self._publisher is None:
             self._start()
-        targets = target if isinstance(target, (list, tuple)) else [target]
+        if isinstance(target, (list, tuple)):
+            targets = list(dict.fromkeys(target))
+        else:
+            targets = [target]
         skip_sid = _sid_list(skip_sid)
-        value = None
+        if self.server is not None:
+            # This server's clients at once, each once however many of the
+            # targets it is in, as python-socketio delivers a list. A local
+            # sid is a room of its own: the .NET backplane's one shortcut.
+            super().emit(event, data, namespace, room=targets if len(targets) > 1 else target,
+                         skip_sid=skip_sid, callback=callback)
+        frames = None
         callback_id = 0
-        for one in targets:
+        for index, one in enumerate(targets):
             if self.is_local(one, namespace):
-                # The one shortcut of the .NET backplane: a local connection
-                # is written directly.
-                super().emit(event, data, namespace, room=one, skip_sid=skip_sid, callback=callback)
                 continue
-            base, key = route(one)
-            if base != SEND_CONN and self.server is not None:
-                super().emit(event, data, namespace, room=one, skip_sid=skip_sid, callback=callback)
-            if value is None:
+            if frames is None:
+                frames = self._frames(event, data)
                 if callback is not None:
                     callback_id = self._acks.register(
                         lambda args: callback(*args), self.callback_timeout
                     )
-                value = self._invocation(event, data, namespace, skip_sid, callback_id)
-            self._publisher.send(base, key, value)
+            record = InvocationExt(
+                skip_sid, frames, origin=self.server_name, namespace=namespace,
+                callback_id=callback_id,
+                earlier_targets=[t for t in targets[:index] if t is not None],
+            )
+            base, key = route(one)
+            self._publisher.send(base, key, records.encode(record))
 
-    def _invocation(self, event: str, data: Any, namespace: str, skip_sid: list[str],
-                    callback_id: int) -> bytes:
-        """Encode the Invocation record of an emit, once for all its targets."""
+    def _frames(self, event: str, data: Any) -> dict[str, bytes]:
+        """The hub-protocol frames of an emit, encoded once for all targets."""
         if isinstance(data, tuple):
             arguments = list(data)
         elif data is None:
@@ -433,13 +441,7 @@ class KafkaManager(Manager):
         protocols = self.hub_protocols
         if hub_protocol.MESSAGEPACK not in protocols and _has_binary(arguments):
             protocols = protocols + (hub_protocol.MESSAGEPACK,)
-        return records.encode(InvocationExt(
-            skip_sid,
-            hub_protocol.encode_frames(event, arguments, protocols),
-            origin=self.server_name,
-            namespace=namespace,
-            callback_id=callback_id,
-        ))
+        return hub_protocol.encode_frames(event, arguments, protocols)
 
     # -- consuming -------------------------------------------------------------
 
@@ -460,8 +462,14 @@ class KafkaManager(Manager):
         callback = None
         if invocation.callback_id and invocation.origin:
             callback = partial(self._answer_callback, invocation.origin, invocation.callback_id)
+        excluded = invocation.excluded
+        if invocation.earlier_targets:
+            excluded = excluded + [
+                sid for earlier in invocation.earlier_targets
+                for sid, _ in self.get_participants(namespace, earlier)
+            ]
         super().emit(event, tuple(arguments), namespace, room=room,
-                     skip_sid=invocation.excluded, callback=callback)
+                     skip_sid=excluded, callback=callback)
 
     def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:
         """Send a client's answer back to the server that asked for it."""

@@ -42,11 +42,15 @@ class InvocationExt(Invocation):
     :param namespace: Socket.IO namespace; ``"/"`` for .NET records.
     :param callback_id: non-zero when the writer waits for the client's
                         answer, which comes back as an :class:`AckExt`.
+    :param earlier_targets: for an emit to a list, the targets before this
+                            record's: their members got it from an earlier
+                            record, so each connection gets it once.
     """
 
     origin: str = ""
     namespace: str = "/"
     callback_id: Int32 = 0
+    earlier_targets: list[str] = msgspec.field(default_factory=list)
 
 
 class GroupCommand(msgspec.Struct, array_like=True):

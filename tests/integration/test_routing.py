@@ -92,18 +92,33 @@ def test_user_emit_reaches_every_tab_on_send_user(fleet, connect, raw):
     assert bob.got("pm") == []
 
 
-def test_list_of_targets_is_one_record_per_target(fleet, connect, raw):
-    room = unique("room")
-    a, b, c = connect(fleet.a), connect(fleet.b), connect(fleet.b)
-    b.call("join", {"room": room})
+def test_list_of_targets_is_one_record_per_target_and_one_delivery_per_client(
+        fleet, connect, raw):
+    room, alice = unique("room"), unique("alice")
+    a, local_member = connect(fleet.a), connect(fleet.a)
+    b, c = connect(fleet.b), connect(fleet.b, user=alice)
+    for client in (local_member, b, c):
+        client.call("join", {"room": room})
+    readers = {base: raw(base) for base in ("send-group", "send-conn", "send-user")}
     data = unique("multi")
-    readers = {base: raw(base) for base in ("send-group", "send-conn")}
-    a.call("emit", {"event": "multi", "data": data, "to": [room, c.sid]})
-    b.wait_for("multi", (data,))
-    c.wait_for("multi", (data,))
+    # c is in all three targets, local_member in the room and named by sid.
+    a.call("emit", {"event": "multi", "data": data,
+                    "to": [room, c.sid, "user:" + alice, local_member.sid]})
+    for client in (b, c, local_member):
+        client.wait_for("multi", (data,))
     group = readers["send-group"].read_until(lambda r: data.encode() in r.value)
     conn = readers["send-conn"].read_until(lambda r: data.encode() in r.value)
-    assert (group.key, conn.key) == (room.encode(), c.sid.encode())
+    to_user = readers["send-user"].read_until(lambda r: data.encode() in r.value)
+    assert (group.key, conn.key, to_user.key) == (room.encode(), c.sid.encode(), alice.encode())
+    # Each connection once, as python-socketio delivers a list: a later
+    # message proves the duplicates were not merely slow.
+    marker = unique("after")
+    a.call("emit", {"event": "multi", "data": marker, "to": [room]})
+    for client in (b, c, local_member):
+        client.wait_for("multi", (marker,))
+        assert client.got("multi") == [(data,), (marker,)]
+    assert not [r for r in readers["send-conn"].records
+                if local_member.sid.encode() in r.key]  # local: written directly
 
 
 def test_skip_sid_is_the_excluded_list(fleet, connect, raw):

@@ -173,8 +173,9 @@ def test_ext_round_trip_keeps_extension_values():
         ),
         (
             records.InvocationExt,
-            mp([["a"], {"json": b"j"}, "o", "/x", 3, "future"]),
-            {"excluded": ["a"], "origin": "o", "namespace": "/x", "callback_id": 3},
+            mp([["a"], {"json": b"j"}, "o", "/x", 3, ["r"], "future"]),
+            {"excluded": ["a"], "origin": "o", "namespace": "/x", "callback_id": 3,
+             "earlier_targets": ["r"]},
         ),
     ],
 )
