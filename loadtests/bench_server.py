@@ -18,6 +18,7 @@ import gevent  # noqa: E402
 import socketio  # noqa: E402
 from gevent import pywsgi  # noqa: E402
 from geventwebsocket.handler import WebSocketHandler  # noqa: E402
+from pacing import paced  # noqa: E402
 
 BACKEND = os.environ["BACKEND"]
 ROOM = "bench"
@@ -65,12 +66,8 @@ def burst(target, n, rate):
     per second (0: as fast as the server goes)."""
     to = None if target == "all" else target
     started = time.time()
-    for seq in range(n):
-        if rate:
-            delay = started + seq / rate - time.time()
-            if delay > 0:
-                gevent.sleep(delay)
-        elif seq % 64 == 0:
+    for seq in paced(n, rate):
+        if not rate and seq % 64 == 0:
             gevent.sleep(0)  # let the backplane's IO greenlets run
         sio.emit("m", (seq, time.time()), to=to)
     return time.time() - started

@@ -12,6 +12,7 @@ import sys
 import time
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from pacing import paced
 
 
 def consume(bootstrap, topic, expected, fetch_max_wait_ms):
@@ -43,11 +44,7 @@ def produce(bootstrap, topic, n, rate):
                              enable_idempotence=False)
     padding = b"x" * 80
     started = time.time()
-    for seq in range(n):
-        if rate:
-            delay = started + seq / rate - time.time()
-            if delay > 0:
-                time.sleep(delay)
+    for _ in paced(n, rate):
         producer.send(topic, value=b"%20.6f" % time.time() + padding)
     producer.flush()
     print(json.dumps({"seconds": time.time() - started}), flush=True)
