@@ -56,7 +56,6 @@ class TopicConsumer:
         self.positions: dict[TopicPartition, int] = {}
         self._started = False
         self._greenlet: gevent.Greenlet | None = None
-        self._consumer: KafkaConsumer | None = None
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
@@ -83,7 +82,7 @@ class TopicConsumer:
                 gevent.sleep(self.restart_delay)
 
     def _consume(self) -> None:
-        consumer = self._consumer = KafkaConsumer(**self.config)
+        consumer = KafkaConsumer(**self.config)
         try:
             partitions = self._assign(consumer)
             self.ready.set()
@@ -99,7 +98,6 @@ class TopicConsumer:
                     if self._lost_log(consumer, partitions):
                         return  # reassign from scratch on a fresh consumer
         finally:
-            self._consumer = None
             consumer.close()
 
     def _assign(self, consumer: KafkaConsumer) -> list[TopicPartition]:
