@@ -185,3 +185,34 @@ def test_await_produce_raises_and_fire_and_forget_logs(artifacts, caplog):
     assert f"{prefix}-send-group" in caplog.text
     for mgr in managers:
         mgr.close(timeout=1)
+
+
+CLOSER = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import gc, os, sys, threading
+    import gevent
+    from flask import Flask
+    from flask_socketio import SocketIO
+    from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
+    before = {t.ident for t in threading.enumerate()}
+    mgr = KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"],
+                       topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]))
+    SocketIO(Flask(__name__), client_manager=mgr, async_mode="gevent")
+    assert mgr.wait_ready(20), "not ready"
+    mgr.emit("bye", "x")
+    mgr.close()
+    gevent.sleep(0.5)
+    # Our consumer loops are gevent Greenlets; kafka-python's IO threads are
+    # threads (greenlets behind threading, once patched).
+    left = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead]
+    threads = [t.name for t in threading.enumerate() if t.ident not in before]
+    print("greenlets", [getattr(g, "_run", g) for g in left], "threads", threads)
+    sys.exit(1 if left or threads else 0)
+""")
+
+
+def test_close_leaves_nothing_running(broker):
+    env = dict(os.environ, BOOTSTRAP=broker.bootstrap, PREFIX=unique("close"))
+    result = subprocess.run([sys.executable, "-c", CLOSER], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
