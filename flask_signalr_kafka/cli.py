@@ -115,7 +115,8 @@ def describe(base: str, record: Any) -> str:
         origin = inv.origin or "(.NET)"
         return (f"{head} ns={inv.namespace} target={target!r} args={arguments!r} "
                 f"excluded={inv.excluded!r} protocols={sorted(inv.frames)} origin={origin}"
-                + (f" callback={inv.callback_id}" if inv.callback_id else ""))
+                + (f" callback={inv.callback_id}" if inv.callback_id else "")
+                + (f" earlier={inv.earlier_targets!r}" if inv.earlier_targets else ""))
     except MalformedRecord as exc:
         return f"{head} MALFORMED: {exc}"
 

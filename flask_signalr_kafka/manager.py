@@ -194,8 +194,10 @@ class KafkaManager(Manager):
                        environment.
         """
         settings = settings_from_env(environ)
-        topic_config = kwargs.pop("topic_config", None) or KafkaTopicConfig()
-        if settings["tenant_prefix"]:
+        topic_config = kwargs.pop("topic_config", None)
+        if topic_config is None:
+            topic_config = KafkaTopicConfig()
+        if settings["tenant_prefix"] and isinstance(topic_config, KafkaTopicConfig):
             topic_config = dataclasses.replace(
                 topic_config, tenant_prefix=settings["tenant_prefix"]
             )

@@ -61,3 +61,9 @@ def test_from_env_prefixes_topics_and_client_ids_and_merges_configs():
 def test_tenant_prefix_without_topic_prefix():
     mgr = KafkaManager.from_env({"KAFKA_PREFIX": "t1."})
     assert mgr.topic_config.name("ack") == "t1.ack"
+
+
+@pytest.mark.parametrize("bad", [{}, "", "chat"])
+def test_from_env_rejects_a_topic_config_that_is_not_one(bad):
+    with pytest.raises(TypeError, match="topic_config"):
+        KafkaManager.from_env({}, topic_config=bad)
