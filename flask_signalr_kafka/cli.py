@@ -2,29 +2,49 @@
 
 Every command but ``broker`` finds the cluster as the sample app does: from
 ``--bootstrap-servers``, else the Heroku-style ``KAFKA_*`` variables, else the
-embedded broker at 127.0.0.1:9092.
+local broker at 127.0.0.1:9092.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+import time
 from typing import Any
 
-from .broker import DEFAULT_PORT, BrokerNotFound, broker_command
+from .broker import DEFAULT_PORT, ENGINES, BrokerNotFound, start_broker, tansu_command
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    """Run the embedded Tansu broker in the foreground until Ctrl-C
-    (development only: it keeps everything in memory)."""
+    """Run a local broker in the foreground until Ctrl-C: Apache Kafka (one
+    KRaft node, or a three-node cluster), or the Tansu emulator. Prints the
+    bootstrap servers. For development, tests and demos only."""
     try:
-        command = broker_command(args.port, args.host)
+        if args.engine == "tansu":
+            if args.nodes != 1:
+                return _fail("Tansu runs as one node: use --nodes 1")
+            command = tansu_command(args.port)
+            print(f"bootstrap servers: 127.0.0.1:{args.port} (Tansu, in memory; "
+                  "Ctrl-C stops it)", flush=True)
+            # Become the broker: Ctrl-C and SIGTERM reach it, nothing is left behind.
+            os.execv(command[0], command)
+        broker = start_broker("kafka", nodes=args.nodes, port=args.port)
     except BrokerNotFound as exc:
         return _fail(str(exc))
-    print(f"Tansu broker on {args.host}:{args.port} (in memory; Ctrl-C stops it)", flush=True)
-    # Become the broker: Ctrl-C and SIGTERM then reach it, with nothing left behind.
-    os.execv(command[0], command)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        print(f"bootstrap servers: {broker.bootstrap} (Apache Kafka, {args.nodes} node(s); "
+              "Ctrl-C stops it)", flush=True)
+        print(f"logs: {', '.join(map(str, broker.log_paths))}", flush=True)
+        while all(node.running() for node in broker.nodes):
+            time.sleep(0.5)
+        return _fail(f"a Kafka node exited; see {', '.join(map(str, broker.log_paths))}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.stop()
 
 
 def cmd_create_topics(args: argparse.Namespace) -> int:
@@ -164,9 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
                              help="seconds to reach the cluster (default %(default)s)")
         return sub
 
-    broker = command("broker", cmd_broker, "run the embedded Tansu broker (development only)")
-    broker.add_argument("--port", type=int, default=DEFAULT_PORT, help="default %(default)s")
-    broker.add_argument("--host", default="127.0.0.1", help="default %(default)s")
+    broker = command("broker", cmd_broker, "run a local Kafka or Tansu broker (development only)")
+    broker.add_argument("--engine", choices=ENGINES, default="kafka",
+                        help="Apache Kafka (needs Java 17 and Maven) or the Tansu emulator "
+                             "(pip only); default %(default)s")
+    broker.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                        help="Kafka cluster size (default %(default)s)")
+    broker.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="the first node's port (default %(default)s)")
 
     command("create-topics", cmd_create_topics, "create the missing backplane topics")
 

@@ -1,11 +1,32 @@
+"""Session fixtures: where artifacts go, and the broker every integration
+test runs against, once per engine.
+
+``make test`` runs each broker-backed test on Apache Kafka (a one-node KRaft
+cluster) and on Tansu. ``--engine kafka`` (or ``BROKER_ENGINE=kafka``) picks
+one engine for a quick run.
+"""
 import os
 from pathlib import Path
 
 import pytest
 
-from flask_signalr_kafka.broker import Broker
+from flask_signalr_kafka.broker import ENGINES, start_broker
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--engine", choices=(*ENGINES, "both"), default=os.environ.get("BROKER_ENGINE", "both"),
+        help="broker engine of the integration tests (default: both, or $BROKER_ENGINE)",
+    )
+
+
+def pytest_generate_tests(metafunc):
+    if "engine" in metafunc.fixturenames:
+        chosen = metafunc.config.getoption("engine")
+        engines = ENGINES if chosen == "both" else (chosen,)
+        metafunc.parametrize("engine", engines, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +36,20 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def broker(artifacts):
-    """The embedded Tansu broker, on a free port, for the whole session."""
-    with open(artifacts / "tansu.log", "ab") as log, Broker(log=log) as b:
-        yield b
+def broker(engine, artifacts):
+    """A broker of ``engine`` on free loopback ports, for the whole session;
+    its log is kept under test-artifacts/ (a failing test names it)."""
+    b = start_broker(engine, log_dir=artifacts)
+    yield b
+    b.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and "broker" in getattr(item, "fixturenames", ()):
+        brokers = [v for k, v in item.funcargs.items() if hasattr(v, "log_paths")]
+        logs = [str(p) for b in brokers for p in b.log_paths]
+        if logs:
+            report.sections.append(("broker logs", "\n".join(logs)))
+    return report

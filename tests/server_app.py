@@ -2,7 +2,8 @@
 tests: each test asks it, through Socket.IO events, to do what an app would.
 
 Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
-SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated).
+SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
+LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT.
 """
 from gevent import monkey
 
@@ -14,17 +15,30 @@ import os  # noqa: E402
 from flask import Flask, request  # noqa: E402
 from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_room  # noqa: E402
 
-from flask_signalr_kafka import AckTimeoutError, KafkaManager, KafkaTopicConfig, user  # noqa: E402
+from flask_signalr_kafka import (  # noqa: E402
+    AckTimeoutError,
+    KafkaManager,
+    KafkaTopicConfig,
+    TopicSpec,
+    user,
+)
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+spec = TopicSpec(replication_factor=int(os.environ.get("REPLICATION_FACTOR", "1")))
 mgr = KafkaManager(
-    bootstrap_servers=os.environ["BOOTSTRAP"],
-    topic_config=KafkaTopicConfig(prefix=os.environ.get("PREFIX", "")),
+    bootstrap_servers=os.environ["BOOTSTRAP"].split(","),
+    topic_config=KafkaTopicConfig(
+        prefix=os.environ.get("PREFIX", ""),
+        **{base: spec for base in ("ack", "group_mgmt", "send_all", "send_conn", "send_group",
+                                   "send_user")},
+    ),
     ack_timeout=float(os.environ.get("ACK_TIMEOUT", "30")),
+    connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
+    await_produce=os.environ.get("AWAIT_PRODUCE") == "1",
     hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
-    consumer_config={"fetch_max_wait_ms": 20},
+    consumer_config={"fetch_max_wait_ms": int(os.environ.get("FETCH_MAX_WAIT_MS", "500"))},
     producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
 )
 app = Flask(__name__)

@@ -18,7 +18,7 @@ from flask_signalr_kafka import (
     KafkaTopicConfig,
     TopicSpec,
 )
-from flask_signalr_kafka.broker import Broker, free_port
+from flask_signalr_kafka.broker import free_port, start_broker
 
 BASES = ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
 
@@ -116,14 +116,14 @@ def test_no_consumer_groups_are_left_behind(new_fleet):
     admin.close()
 
 
-def test_recovers_when_the_broker_loses_its_topics(artifacts):
-    """An in-memory broker restarted on the same port has no topics; the
-    servers must notice, recreate them and deliver again."""
+def test_recovers_when_the_broker_loses_its_topics(engine, artifacts):
+    """The topics vanish under running servers (on Apache Kafka: deleted and
+    so recreated; on Tansu: the in-memory broker restarted on the same
+    port); the servers must notice, recreate them and deliver again."""
     from conftest import Fleet
 
     port = free_port()
-    log = open(artifacts / "tansu-restart.log", "ab")
-    broker = Broker(port=port, log=log).start()
+    broker = start_broker(engine, port=port, log_dir=artifacts)
     fleet = Fleet(broker, artifacts)
     try:
         a, b = fleet.server("A"), fleet.server("B")
@@ -131,9 +131,14 @@ def test_recovers_when_the_broker_loses_its_topics(artifacts):
         first = unique("before")
         sender.call("emit", {"event": "e", "data": first})
         receiver.wait_for("e", (first,))
-        broker.stop()
-        broker = Broker(port=port, log=log).start()
-        fleet.broker = broker
+        if engine == "kafka":
+            admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+            admin.delete_topics([fleet.topic(base) for base in BASES])
+            admin.close()
+        else:
+            broker.stop()
+            broker = start_broker(engine, port=port, log_dir=artifacts)
+            fleet.broker = broker
 
         def delivered():
             word = unique("after")
@@ -144,7 +149,7 @@ def test_recovers_when_the_broker_loses_its_topics(artifacts):
             except AssertionError:
                 return False
 
-        wait_until(delivered, 60, 0.1, "delivery after the broker restart")
+        wait_until(delivered, 60, 0.1, "delivery after the topics were lost")
         # Every later message arrives too.
         for _ in range(5):
             word = unique("steady")
@@ -153,17 +158,16 @@ def test_recovers_when_the_broker_loses_its_topics(artifacts):
     finally:
         fleet.close()
         broker.stop()
-        log.close()
 
 
-def test_await_produce_raises_and_fire_and_forget_logs(artifacts, caplog):
+def test_await_produce_raises_and_fire_and_forget_logs(engine, artifacts, caplog):
     """With the broker gone, await_produce=True raises the produce error to the
     emitter; await_produce=False returns and logs the lost record's target."""
     from kafka.errors import KafkaError
 
     timeouts = {"request_timeout_ms": 800, "delivery_timeout_ms": 1000, "max_block_ms": 1000,
                 "reconnect_backoff_max_ms": 200}
-    with open(artifacts / "tansu-produce.log", "ab") as log, Broker(log=log) as broker:
+    with start_broker(engine, log_dir=artifacts) as broker:
         prefix = unique("produce")
         managers = [
             KafkaManager(bootstrap_servers=broker.bootstrap, write_only=True,
