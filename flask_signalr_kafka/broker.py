@@ -355,7 +355,7 @@ class KafkaCluster:
                 command.append("--standalone")
             formats.append(subprocess.Popen(command, stdout=subprocess.PIPE,
                                             stderr=subprocess.STDOUT, text=True))
-        for node, process in zip(self.nodes, formats):
+        for node, process in zip(self.nodes, formats, strict=True):
             output, _ = process.communicate()
             if process.returncode:
                 raise RuntimeError(f"formatting Kafka node {node.node_id} failed: {output}")

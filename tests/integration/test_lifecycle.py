@@ -208,7 +208,12 @@ CLOSER = textwrap.dedent("""
     gevent.sleep(0.5)
     # Our consumer loops are gevent Greenlets; kafka-python's IO threads are
     # threads (greenlets behind threading, once patched).
-    left = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead]
+    def live_greenlet(o):
+        try:
+            return isinstance(o, gevent.Greenlet) and not o.dead
+        except ReferenceError:  # a dead weakref.proxy among gc's objects
+            return False
+    left = [g for g in gc.get_objects() if live_greenlet(g)]
     threads = [t.name for t in threading.enumerate() if t.ident not in before]
     print("greenlets", [getattr(g, "_run", g) for g in left], "threads", threads)
     sys.exit(1 if left or threads else 0)
