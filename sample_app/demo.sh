@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# `make demo`: the embedded broker, the chat topics, and three web dynos from
-# the Procfile, all in the foreground; Ctrl-C stops everything.
+# `make demo`: a local broker (Apache Kafka; BROKER_ENGINE=tansu for the
+# pip-only emulator), the chat topics, and three web dynos from the Procfile,
+# all in the foreground; Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/${VENV:-.venv}/bin:$PATH"
 DYNOS=${DYNOS:-3}
+export BROKER_ENGINE=${BROKER_ENGINE:-kafka}
 
 if (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
   echo "Port 9092 is taken: the demo starts its own broker there. Stop what uses it." >&2
   exit 1
 fi
-flask-signalr-kafka broker --port 9092 &
+flask-signalr-kafka broker --engine "$BROKER_ENGINE" --port 9092 &
 broker=$!
 dynos=
 stop() {
@@ -24,7 +26,10 @@ stop() {
   exit 0
 }
 trap stop INT TERM EXIT
-until (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; do sleep 0.1; done
+until (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; do
+  kill -0 "$broker" 2>/dev/null || { echo "the broker did not start" >&2; exit 1; }
+  sleep 0.2
+done
 
 flask-signalr-kafka create-topics --prefix "${CHAT_TOPIC_PREFIX:-chat}"
 echo

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 def start_dyno(broker, prefix, log_dir, name):
     port = free_port()
     env = dict(os.environ, KAFKA_URL=f"kafka://{broker.bootstrap}", CHAT_TOPIC_PREFIX=prefix,
-               PORT=str(port), DYNO=name)
+               PORT=str(port), DYNO=name, BROKER_ENGINE=broker.engine)
     # The Procfile's web command, for one dyno.
     gunicorn = Path(sys.executable).parent / "gunicorn"
     log = open(Path(log_dir) / f"browser-{name}.log", "ab")
