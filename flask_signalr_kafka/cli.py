@@ -111,6 +111,23 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the cluster and the backplane topics the app would use (present,
+    partitions, replication, min.insync.replicas, retention, cleanup policy,
+    brokers and their versions) and say what is risky. Exit status 0 when
+    healthy, 1 on warnings, 2 on errors (a missing topic, an unreachable
+    cluster)."""
+    from . import doctor
+
+    if not args.recovery_window > 0:
+        raise ValueError(f"--recovery-window must be a positive number of seconds, "
+                         f"not {args.recovery_window}")
+    manager = _manager(args)
+    report = doctor.diagnose(manager.admin_config, manager.topic_config, args.recovery_window)
+    print(doctor.to_json(report) if args.json else doctor.render(report), flush=True)
+    return report.exit_code
+
+
 def describe(base: str, record: Any) -> str:
     """One line for a backplane record: where it is and what it says."""
     from . import hub_protocol, records
@@ -199,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true",
                       help="start at the oldest record, not the newest")
     tail.add_argument("--max-records", type=int, metavar="N", help="stop after N records")
+
+    doctor = command("doctor", cmd_doctor, "check the cluster and topics for this backplane")
+    doctor.add_argument("--recovery-window", type=float, default=120.0, metavar="SECONDS",
+                        help="how long a client may be away and still be recovered; "
+                             "retention shorter than this is a warning (default %(default)s)")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
     emit = command("emit", cmd_emit, "send an event to clients from the shell")
     emit.add_argument("event")
