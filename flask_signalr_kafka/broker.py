@@ -333,9 +333,9 @@ class KafkaCluster:
             (described,) = admin.describe_topics([topic])
         finally:
             admin.close()
-        for p in described["partitions"]:
-            if p["partition"] == partition:
-                return p["leader"]
+        for p in described["partitions"]:  # kafka-python 3's metadata field names
+            if p["partition_index"] == partition:
+                return p["leader_id"]
         raise KeyError(f"{topic} has no partition {partition}")
 
     def _format(self) -> None:
