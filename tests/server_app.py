@@ -3,15 +3,21 @@ tests: each test asks it, through Socket.IO events, to do what an app would.
 
 Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
-LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT.
+LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
+producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
+the fault tests' "stream" event).
 """
 from gevent import monkey
 
 monkey.patch_all()
 
+import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
 
+import gevent  # noqa: E402
 from flask import Flask, request  # noqa: E402
 from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_room  # noqa: E402
 
@@ -39,7 +45,8 @@ mgr = KafkaManager(
     await_produce=os.environ.get("AWAIT_PRODUCE") == "1",
     hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
     consumer_config={"fetch_max_wait_ms": int(os.environ.get("FETCH_MAX_WAIT_MS", "500"))},
-    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
+    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1")),
+                     **json.loads(os.environ.get("PRODUCER_JSON", "{}"))},
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
@@ -108,6 +115,84 @@ def register(namespace):
     @socketio.on("rooms", namespace=namespace)
     def on_rooms():
         return sorted(r for r in socketio.server.rooms(request.sid, namespace) if r != request.sid)
+
+
+# -- the fault tests' stream ----------------------------------------------------
+# Each numbered emit carries "S|<origin>|<kind>|<n>"; with TRACK_PRODUCE=1 the
+# producer's own futures say which records the broker acknowledged.
+TAG = re.compile(rb"S\|([^|\"]+)\|(\w+)\|(\d+)")
+produced = {"acked": set(), "failed": set()}
+
+if os.environ.get("TRACK_PRODUCE") == "1":
+    from kafka import KafkaProducer
+
+    _send = KafkaProducer.send
+
+    def _tracked_send(self, topic, value=None, key=None, *args, **kwargs):
+        future = _send(self, topic, value, key, *args, **kwargs)
+        found = TAG.search(value or b"")
+        if found:
+            ident = f"{found[2].decode()}:{found[3].decode()}"
+            future.add_callback(lambda _: produced["acked"].add(ident))
+            future.add_errback(lambda _: produced["failed"].add(ident))
+        return future
+
+    KafkaProducer.send = _tracked_send
+
+stream = {}
+
+
+@socketio.on("stream")
+def on_stream(msg):
+    """Emit to every kind of target (all, room, user, sid) ``rate`` times a
+    second, and join ``sid`` to a new room every ``join_every`` s, until
+    "stream_stop"."""
+    stream.update(emitted=[], raised={}, joins=[], running=True)
+    origin = msg["origin"]
+
+    def emits():
+        n = 0
+        while stream["running"]:
+            for kind in ("all", "room", "user", "sid"):
+                to = {"all": None, "room": msg["room"], "user": user(msg["user"]),
+                      "sid": msg["sid"]}[kind]
+                ident = f"{kind}:{n}"
+                stream["emitted"].append(ident)
+                try:
+                    socketio.emit("s", f"S|{origin}|{kind}|{n}", to=to)
+                except Exception as exc:  # await_produce: the failed emit raises
+                    stream["raised"][ident] = type(exc).__name__
+            n += 1
+            gevent.sleep(1 / msg["rate"])
+
+    def joins():
+        n = 0
+        while stream["running"]:
+            room = f"j-{origin}-{n}"
+            started = time.monotonic()
+            try:
+                socketio.server.enter_room(msg["sid"], room)
+                outcome = "ok"
+            except AckTimeoutError:
+                outcome = "timeout"
+            except Exception as exc:
+                outcome = type(exc).__name__
+            stream["joins"].append((room, outcome, time.monotonic() - started))
+            n += 1
+            gevent.sleep(msg["join_every"])
+
+    stream["greenlets"] = [gevent.spawn(emits), gevent.spawn(joins)]
+    return "ok"
+
+
+@socketio.on("stream_stop")
+def on_stream_stop(msg=None):
+    """Stop the stream, wait for the producer, and report what happened."""
+    stream["running"] = False
+    gevent.joinall(stream["greenlets"], timeout=(msg or {}).get("timeout", 60))
+    mgr._publisher.flush((msg or {}).get("timeout", 60))
+    return {"emitted": stream["emitted"], "raised": stream["raised"], "joins": stream["joins"],
+            "acked": sorted(produced["acked"]), "failed": sorted(produced["failed"])}
 
 
 def _group(action, msg):

@@ -1,0 +1,260 @@
+"""The faults a production cluster has, on a three-node Apache Kafka cluster
+(replication factor 3, min.insync.replicas 2, broker.session.timeout.ms 5 s):
+two dynos stream every kind of emit and remote joins to each other while a
+leader dies, a broker freezes, the whole cluster restarts, a dyno dies
+mid-join, or the cluster is down when a dyno starts. Each test prints its
+figures and appends them to test-artifacts/faults.jsonl (docs/kafka-faults.md).
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+from conftest import Fleet
+from faults import Figures, Stream
+from harness import SERVER_APP, ServerProcess, unique
+from kafka import KafkaAdminClient
+from kafka.partitioner.default import murmur2
+
+from flask_signalr_kafka.broker import start_broker
+
+SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
+ACK_TIMEOUT = 5.0
+
+
+@pytest.fixture(scope="module")
+def cluster3(artifacts):
+    cluster = start_broker("kafka", nodes=3, log_dir=artifacts)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def fleet3(cluster3, artifacts):
+    """A fleet of its own on a whole cluster (a previous test may have left a
+    node down)."""
+    for node in cluster3.nodes:
+        if not node.running():
+            cluster3.start_node(node.node_id)
+    cluster3.wait_ready(120)
+    fleet = Fleet(cluster3, artifacts, prefix=unique("f"))
+    yield fleet
+    fleet.close()
+
+
+def dyno(fleet: Fleet, label: str, **env) -> ServerProcess:
+    env = {"REPLICATION_FACTOR": 3, "TRACK_PRODUCE": 1, "ACK_TIMEOUT": ACK_TIMEOUT, **env}
+    return fleet.server(label, **env)
+
+
+def busiest_leader(cluster, fleet: Fleet, stream: Stream) -> tuple[int, int]:
+    """The node leading the most partitions the stream's keys land on, and
+    how many it leads."""
+    keys = [("send-group", rx.room) for rx in stream.rx.values()]
+    keys += [("send-user", rx.user) for rx in stream.rx.values()]
+    keys += [("send-conn", rx.sid) for rx in stream.rx.values()]
+    admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    try:
+        described = {t["name"]: t["partitions"]
+                     for t in admin.describe_topics([fleet.topic(b) for b, _ in keys])}
+    finally:
+        admin.close()
+    leaders: Counter = Counter()
+    for base, key in keys:
+        partitions = sorted(described[fleet.topic(base)], key=lambda p: p["partition_index"])
+        index = (murmur2(key.encode()) & 0x7FFFFFFF) % len(partitions)
+        leaders[partitions[index]["leader_id"]] += 1
+    return leaders.most_common(1)[0]
+
+
+def assert_every_acknowledged_delivered(fig: Figures, stream: Stream) -> None:
+    assert fig.emitted > 0 and fig.delivered > 0
+    assert fig.lost == 0, fig.line()
+    # A dyno delivers a record once per copy the broker holds, never more
+    # (its consumer never rereads).
+    assert fig.duplicated <= fig.held_twice, fig.line()
+    assert stream.joined_rooms_missing() == [], "a join that returned ok was not applied"
+    # A remote join returns or raises within ack_timeout (+ scheduling slack).
+    assert fig.join_max_s <= ACK_TIMEOUT + 3, fig.line()
+
+
+LEADER_KILL_CASES = {
+    # The producer as shipped, then with idempotence forced each way (the
+    # measurement behind the default), then awaiting each produce.
+    "defaults": ({}, False),
+    "idempotent": ({"enable_idempotence": True}, False),
+    "not-idempotent": ({"enable_idempotence": False}, False),
+    "await_produce": ({}, True),
+}
+
+
+@pytest.mark.parametrize("case", list(LEADER_KILL_CASES))
+def test_leader_killed(fleet3, cluster3, artifacts, case):
+    producer, await_produce = LEADER_KILL_CASES[case]
+    env = {"PRODUCER_JSON": json.dumps(producer), "AWAIT_PRODUCE": int(await_produce)}
+    a, b = dyno(fleet3, "A", **env), dyno(fleet3, "B", **env)
+    stream = Stream(fleet3, a, b)
+    try:
+        stream.start()
+        stream.wait_flowing()
+        time.sleep(2)
+        victim, led = busiest_leader(cluster3, fleet3, stream)
+        killed_at = time.monotonic()
+        cluster3.node(victim).signal(signal.SIGKILL)
+        # Long enough to see delivery resume within the bound, and then some.
+        time.sleep(SESSION_TIMEOUT_S + 10 + 2)
+        stream.stop()
+        cluster3.start_node(victim)
+        must = "returned" if await_produce else "acked"
+        stream.settle(must=must)
+        fig = stream.figures(f"a.leader-killed[{case}]", must=must, node=victim,
+                             partitions_led=led,
+                             killed_after_s=round(killed_at - stream.started, 1))
+        fig.record(artifacts)
+        assert_every_acknowledged_delivered(fig, stream)
+        assert fig.gap_s <= SESSION_TIMEOUT_S + 10, fig.line()
+        if producer.get("enable_idempotence"):
+            assert fig.held_twice == 0, fig.line()
+        if await_produce:
+            for report in stream.reports.values():
+                # Every record whose produce failed made its emit raise.
+                assert set(report["failed"]) <= set(report["raised"]), report["raised"]
+    finally:
+        stream.close()
+
+
+def test_broker_frozen(fleet3, cluster3, artifacts):
+    a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
+    stream = Stream(fleet3, a, b)
+    local = fleet3.client(a)
+    try:
+        stream.start()
+        stream.wait_flowing()
+        time.sleep(2)
+        victim, led = busiest_leader(cluster3, fleet3, stream)
+        frozen = cluster3.node(victim)
+        frozen.signal(signal.SIGSTOP)
+        # The dyno serves its own clients throughout the freeze.
+        worst = 0.0
+        end = time.monotonic() + 20
+        try:
+            while time.monotonic() < end:
+                started = time.monotonic()
+                assert local.call("whoami", timeout=10)["server"] == "A"
+                word = unique("local")
+                local.call("emit", {"event": "mine", "data": word, "to": local.sid}, timeout=10)
+                local.wait_for("mine", (word,), timeout=10)
+                worst = max(worst, time.monotonic() - started)
+                time.sleep(0.5)
+        finally:
+            frozen.signal(signal.SIGCONT)
+        time.sleep(8)
+        stream.stop()
+        stream.settle()
+        fig = stream.figures("b.broker-frozen-20s", node=victim, partitions_led=led,
+                             local_worst_s=round(worst, 2))
+        fig.record(artifacts)
+        assert_every_acknowledged_delivered(fig, stream)
+        assert worst < 2.0, f"a local call took {worst:.1f} s during the freeze"
+    finally:
+        stream.close()
+
+
+def test_cluster_restarted(fleet3, cluster3, artifacts):
+    a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
+    stream = Stream(fleet3, a, b)
+    try:
+        stream.start()
+        stream.wait_flowing()
+        time.sleep(2)
+        started = time.monotonic()
+        cluster3.restart()
+        down = time.monotonic() - started
+        # Each dyno resumes: records emitted from now on reach the other.
+        stream.wait_flowing_after(time.monotonic(), timeout=60)
+        stream.stop()
+        stream.settle()
+        fig = stream.figures("c.cluster-restarted", restart_s=round(down, 1))
+        fig.record(artifacts)
+        assert_every_acknowledged_delivered(fig, stream)
+        assert fig.duplicated == 0, fig.line()
+    finally:
+        stream.close()
+
+
+def test_dyno_killed_mid_join(fleet3, artifacts):
+    a, b, c = dyno(fleet3, "A"), dyno(fleet3, "B"), dyno(fleet3, "C")
+    stream = Stream(fleet3, a, c)
+    doomed = fleet3.client(b)
+    caller = fleet3.client(a)
+    try:
+        stream.start()
+        stream.wait_flowing()
+        # Frozen first so that it cannot answer before it dies: the join is
+        # published and waiting when B is killed.
+        b.process.send_signal(signal.SIGSTOP)
+        outcome = {}
+
+        def join():
+            started = time.monotonic()
+            outcome["result"] = caller.call("join", {"room": unique("r"), "sid": doomed.sid},
+                                            timeout=ACK_TIMEOUT + 30)
+            outcome["seconds"] = time.monotonic() - started
+
+        joining = threading.Thread(target=join)
+        joining.start()
+        time.sleep(0.5)
+        b.stop(signal.SIGKILL)
+        joining.join(ACK_TIMEOUT + 30)
+        assert outcome.get("result") == "timeout", outcome
+        assert ACK_TIMEOUT - 0.5 <= outcome["seconds"] <= ACK_TIMEOUT + 3, outcome
+        time.sleep(2)
+        stream.stop()
+        stream.settle()
+        fig = stream.figures("d.dyno-killed-mid-join", join_s=round(outcome["seconds"], 2))
+        fig.record(artifacts)
+        # A and C, and their remote joins, were not affected.
+        assert_every_acknowledged_delivered(fig, stream)
+        assert fig.joins_timeout == fig.joins_error == 0, fig.line()
+        assert fig.duplicated == 0, fig.line()
+    finally:
+        stream.close()
+
+
+def test_cluster_down_at_dyno_start(fleet3, cluster3, artifacts):
+    """The dyno fails within connect_timeout with BrokerUnavailableError (the
+    platform restarts it); once the cluster is up, the restarted dyno serves."""
+    for node in cluster3.nodes:
+        node.stop()
+    connect_timeout = 5
+    server = ServerProcess(cluster3.bootstrap, fleet3.prefix, "E", artifacts,
+                           REPLICATION_FACTOR=3, CONNECT_TIMEOUT=connect_timeout)
+    started = time.monotonic()
+    with open(server.log_path, "ab") as out:
+        process = subprocess.Popen([sys.executable, str(SERVER_APP)], env=server.env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+        try:
+            code = process.wait(connect_timeout + 30)
+        finally:
+            process.kill()
+    failed_after = time.monotonic() - started
+    log = server.log()
+    Figures("e.cluster-down-at-start", extra={"exit": code, "failed_after_s": round(
+        failed_after, 1), "connect_timeout_s": connect_timeout}).record(artifacts)
+    assert code != 0
+    assert "BrokerUnavailableError" in log and cluster3.nodes[0].address in log, log[-2000:]
+    # Python startup and imports come on top of connect_timeout.
+    assert failed_after < connect_timeout + 10, failed_after
+    cluster3.restart()
+    a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
+    sender, receiver = fleet3.client(a), fleet3.client(b)
+    word = unique("up")
+    sender.call("emit", {"event": "e", "data": word})
+    receiver.wait_for("e", (word,), timeout=10)
+
