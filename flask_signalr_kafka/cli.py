@@ -128,6 +128,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """Records per second on each backplane topic across the whole cluster,
+    from the log ends (no consumer group), refreshed every second like top:
+    the first thing to look at when nothing arrives. Ctrl-C stops."""
+    from . import top
+
+    if not args.interval > 0:
+        raise ValueError(f"--interval must be a positive number of seconds, not {args.interval}")
+    manager = _manager(args)
+    iterations = 1 if args.once else args.iterations
+    return top.run(manager.admin_config, manager.topic_config, args.interval, iterations)
+
+
 def describe(base: str, record: Any) -> str:
     """One line for a backplane record: where it is and what it says."""
     from . import hub_protocol, records
@@ -222,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a client may be away and still be recovered; "
                              "retention shorter than this is a warning (default %(default)s)")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    top = command("top", cmd_top, "records/s per topic across the cluster, live")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                     help="seconds between screens (default %(default)s)")
+    once = top.add_mutually_exclusive_group()
+    once.add_argument("--once", action="store_true", help="print one screen and exit")
+    once.add_argument("--iterations", type=int, metavar="N", help="print N screens and exit")
 
     emit = command("emit", cmd_emit, "send an event to clients from the shell")
     emit.add_argument("event")
