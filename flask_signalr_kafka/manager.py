@@ -206,6 +206,13 @@ class KafkaManager(Manager):
         kwargs.setdefault("bootstrap_servers", settings["bootstrap_servers"])
         return cls(topic_config=topic_config, **kwargs)
 
+    @property
+    def host_id(self) -> str:
+        """This server's id where python-socketio's pub/sub managers have
+        one: the Socket.IO Admin UI reports each server under it (without
+        it, every dyno of a host shows as one server)."""
+        return self.server_name
+
     # -- lifecycle ---------------------------------------------------------
 
     def set_server(self, server) -> None:

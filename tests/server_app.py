@@ -5,7 +5,7 @@ Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
 LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
 producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
-the fault tests' "stream" event).
+the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI).
 """
 from gevent import monkey
 
@@ -50,6 +50,9 @@ mgr = KafkaManager(
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
+if os.environ.get("ADMIN_UI") == "1":
+    # The Socket.IO Admin UI's server side, as an app turns it on.
+    socketio.server.instrument(auth=False, server_stats_interval=0.5)
 LABEL = os.environ.get("SERVER_LABEL", mgr.server_name)
 
 
