@@ -9,11 +9,13 @@ from .errors import (
     TopicCreationError,
 )
 from .manager import KafkaManager
+from .recovery import ConnectionStateRecovery
 from .topics import KafkaTopicConfig, TopicSpec
 
 __all__ = [
     "AckTimeoutError",
     "BrokerUnavailableError",
+    "ConnectionStateRecovery",
     "KafkaBackplaneError",
     "KafkaManager",
     "KafkaTopicConfig",

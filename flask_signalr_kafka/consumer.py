@@ -34,6 +34,9 @@ class TopicConsumer:
     :param on_missing_topic: called when the topic has vanished from the
                              cluster; it should recreate it.
     :param check_interval: seconds between log-end checks.
+    :param from_beginning: read each partition from its start (a compacted
+                           topic whose every record matters) rather than
+                           from its end at startup.
     """
 
     poll_timeout_ms = 1000
@@ -46,13 +49,18 @@ class TopicConsumer:
         config: dict,
         on_missing_topic: Callable[[], None] | None = None,
         check_interval: float = 10.0,
+        from_beginning: bool = False,
     ) -> None:
         self.topic = topic
         self.handler = handler
         self.config = config
         self.on_missing_topic = on_missing_topic
         self.check_interval = check_interval
+        self.from_beginning = from_beginning
         self.ready = threading.Event()
+        #: Set once every record that existed at startup was handled.
+        self.caught_up = threading.Event()
+        self._startup_ends: dict[TopicPartition, int] = {}
         self.positions: dict[TopicPartition, int] = {}
         self._started = False
         self._greenlet: gevent.Greenlet | None = None
@@ -93,6 +101,10 @@ class TopicConsumer:
                     for record in records:
                         self._dispatch(record)
                         self.positions[tp] = record.offset + 1
+                if not self.caught_up.is_set() and all(
+                    self.positions.get(tp, 0) >= end for tp, end in self._startup_ends.items()
+                ):
+                    self.caught_up.set()
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + self.check_interval
                     if self._lost_log(consumer, partitions):
@@ -115,6 +127,9 @@ class TopicConsumer:
             # A partition (or a recreated topic) that appeared while we ran
             # holds only records we must deliver.
             self.positions.update(consumer.beginning_offsets(new))
+        elif new and self.from_beginning:
+            self.positions.update(consumer.beginning_offsets(new))
+            self._startup_ends = consumer.end_offsets(new)
         elif new:
             # Some brokers answer "latest" with less than the true log end:
             # we may then see a few older records, never miss a newer one.

@@ -30,7 +30,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from socketio import Manager
 
-from . import hub_protocol, records, topics
+from . import hub_protocol, records, socketio_hooks, topics
 from .ack_waiter import AckWaiter
 from .addressing import (
     SEND_ALL,
@@ -50,12 +50,14 @@ from .records import (
     ADD,
     OP_CLOSE_ROOM,
     OP_DISCONNECT,
+    OP_RELEASE,
     REMOVE,
     AckExt,
     GroupCommandExt,
     InvocationExt,
 )
-from .topics import KafkaTopicConfig
+from .recovery import ConnectionStateRecovery, Recovery, options_from
+from .topics import SESSIONS, KafkaTopicConfig
 
 logger = logging.getLogger("flask_signalr_kafka")
 
@@ -87,6 +89,9 @@ class KafkaManager(Manager):
                             raising :class:`BrokerUnavailableError`.
     :param callback_timeout: seconds a callback for a client on another
                              server stays registered waiting for its answer.
+    :param connection_state_recovery: ``True`` or a
+        :class:`ConnectionStateRecovery` to recover Socket.IO 4.6+ clients
+        that drop and come back, on any server (see :mod:`.recovery`).
     """
 
     name = "kafka"
@@ -105,6 +110,7 @@ class KafkaManager(Manager):
         hub_protocols: Iterable[str] = (hub_protocol.JSON,),
         connect_timeout: float = 10.0,
         callback_timeout: float = 120.0,
+        connection_state_recovery: bool | ConnectionStateRecovery = False,
         logger: logging.Logger | None = None,
     ) -> None:
         super().__init__()
@@ -120,6 +126,10 @@ class KafkaManager(Manager):
         self.callback_timeout = _positive(callback_timeout, "callback_timeout")
         self.write_only = bool(write_only)
         self.hub_protocols = _check_protocols(hub_protocols)
+        self.connection_state_recovery = options_from(connection_state_recovery)
+        if self.connection_state_recovery and self.write_only:
+            raise ValueError("connection_state_recovery needs a manager that serves clients: "
+                             "turn it off for a write_only emitter")
         self.server_name = f"{socket.gethostname()}_{uuid.uuid4().hex}"
         self._server_key = self.server_name.encode()
 
@@ -176,6 +186,8 @@ class KafkaManager(Manager):
         self._acks = AckWaiter()
         self._publisher: Publisher | None = None
         self._consumers: list[TopicConsumer] = []
+        self._consumers_by_base: dict[str, TopicConsumer] = {}
+        self._recovery: Recovery | None = None
         self._start_lock = threading.Lock()
         self._closed = False
 
@@ -232,6 +244,11 @@ class KafkaManager(Manager):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not consumer.ready.wait(remaining):
                 return False
+        sessions = self._consumers_by_base.get(SESSIONS)
+        if sessions is not None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not sessions.caught_up.wait(remaining):
+                return False
         return bool(self._consumers)
 
     def close(self, timeout: float = 10.0) -> None:
@@ -245,8 +262,14 @@ class KafkaManager(Manager):
                 self._publisher.flush(timeout)
             except Exception:
                 self._log().exception("could not flush the records queued for Kafka")
+        if self._recovery is not None:
+            # Positions must be final before the sessions are saved with them.
+            self._recovery.await_readback(min(timeout, 3.0))
+            self._recovery.stop()
         for consumer in self._consumers:
             consumer.stop()
+        if self._recovery is not None:
+            self._recovery.save_all()
         if self._publisher is not None:
             self._publisher.close(timeout)
 
@@ -266,8 +289,14 @@ class KafkaManager(Manager):
             self._publisher = self._connect(
                 Publisher, self.producer_config, self.topic_config, self.await_produce
             )
+            if self.connection_state_recovery is not None:
+                self._recovery = Recovery(self, self.connection_state_recovery)
+                if self.server is not None:
+                    socketio_hooks.install(self.server, self._recovery)
             if not self.write_only:
                 self._start_consumers()
+            if self._recovery is not None:
+                self._recovery.start()
             _watch_for_exit(self)
 
     def _start_consumers(self) -> None:
@@ -279,15 +308,19 @@ class KafkaManager(Manager):
             topics.SEND_GROUP: partial(self._handle_invocation, SEND_GROUP),
             topics.SEND_USER: partial(self._handle_invocation, SEND_USER),
         }
+        if self._recovery is not None:
+            handlers[SESSIONS] = self._recovery.store.handle
         for base, handler in handlers.items():
             consumer = TopicConsumer(
                 self.topic_config.name(base),
                 handler,
                 self.consumer_config,
                 on_missing_topic=self.create_topics,
+                from_beginning=base == SESSIONS,
             )
             consumer.start()
             self._consumers.append(consumer)
+            self._consumers_by_base[base] = consumer
         self._log().info(
             "kafka backplane %s consuming %s",
             self.server_name, ", ".join(self.topic_config.names.values()),
@@ -302,7 +335,8 @@ class KafkaManager(Manager):
         """
         admin = self._connect(KafkaAdminClient, **self.admin_config)
         try:
-            return topics.ensure_topics(admin, self.topic_config, self._servers())
+            return topics.ensure_topics(admin, self.topic_config, self._servers(),
+                                        sessions=self.connection_state_recovery is not None)
         finally:
             admin.close()
 
@@ -325,14 +359,24 @@ class KafkaManager(Manager):
     def pre_connect(self, eio_sid, namespace):
         """As python-socketio's, but the sid has a shape that every server
         recognises as a connection id (see :mod:`.addressing`)."""
-        sid = make_sid(self.server.eio.generate_id())
+        restore = self._recovery and self._recovery.take_pending(eio_sid, namespace)
+        sid = restore.session.sid if restore else make_sid(self.server.eio.generate_id())
         try:
             self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
         except ValueDuplicationError:
             return None  # already connected
         self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+        if restore:
+            self._recovery.begin(sid, namespace)
+            for room in restore.session.rooms:
+                self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self.pending_connect.setdefault(namespace, []).append(sid)
         return sid
+
+    def is_recovered(self, sid: str, namespace: str = "/") -> bool:
+        """Whether connection ``sid`` was recovered (connection state
+        recovery): true in its connect handler and afterwards."""
+        return self._recovery is not None and self._recovery.is_recovered(sid, namespace)
 
     def is_local(self, sid: str, namespace: str) -> bool:
         """Whether ``sid`` is a connection of this server, including one that
@@ -381,6 +425,31 @@ class KafkaManager(Manager):
 
         self._acks.wait(publish, self.ack_timeout, what)
 
+    def _request_release(self, sid: str, namespace: str, timeout: float) -> None:
+        """Ask the server that holds ``sid`` to let it go and save its session
+        (its client came back here); block until it acks.
+
+        :raises AckTimeoutError: no server did within ``timeout`` seconds.
+        """
+        def publish(ack_id: int) -> None:
+            command = GroupCommandExt(ack_id, self.server_name, REMOVE, "", sid, namespace,
+                                      OP_RELEASE)
+            self._publisher.send(topics.GROUP_MGMT, sid, records.encode(command))
+
+        self._acks.wait(publish, timeout, f"releasing {sid}")
+
+    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
+        result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if self._recovery is not None:
+            self._recovery.touch(sid, namespace)
+        return result
+
+    def basic_leave_room(self, sid, namespace, room):
+        result = super().basic_leave_room(sid, namespace, room)
+        if self._recovery is not None:
+            self._recovery.touch(sid, namespace)
+        return result
+
     def _publish_command(self, op: int, group: str, sid: str, namespace: str) -> None:
         """Publish a close-room or disconnect command; .NET servers hold no
         connection with that id and ignore it."""
@@ -414,16 +483,21 @@ class KafkaManager(Manager):
         else:
             targets = [target]
         skip_sid = _sid_list(skip_sid)
+        recovery = self._recovery
+        coords: list = []
         if self.server is not None:
             # This server's clients at once, each once however many of the
             # targets it is in, as python-socketio delivers a list. A local
             # sid is a room of its own: the .NET backplane's one shortcut.
-            super().emit(event, data, namespace, room=targets if len(targets) > 1 else target,
-                         skip_sid=skip_sid, callback=callback)
+            self._deliver(event, data, namespace, targets if len(targets) > 1 else target,
+                          skip_sid, callback, coords)
         frames = None
         callback_id = 0
+        emit_seq = recovery.next_emit() if recovery is not None else 0
         for index, one in enumerate(targets):
-            if self.is_local(one, namespace):
+            # With recovery on, a local connection's events are in Kafka too:
+            # it may drop before they reach it, and they are replayed from there.
+            if self.is_local(one, namespace) and (recovery is None or callback is not None):
                 continue
             if frames is None:
                 frames = self._frames(event, data)
@@ -435,9 +509,25 @@ class KafkaManager(Manager):
                 skip_sid, frames, origin=self.server_name, namespace=namespace,
                 callback_id=callback_id,
                 earlier_targets=[t for t in targets[:index] if t is not None],
+                emit_seq=emit_seq,
             )
             base, key = route(one)
-            self._publisher.send(base, key, records.encode(record))
+            if recovery is not None and self.is_local(one, namespace):
+                base, key = SEND_CONN, one  # a local sid, whatever its shape
+            future = self._publisher.send(base, key, records.encode(record))
+            if recovery is not None:
+                recovery.track(future, coords, base, key)
+
+    def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
+                 callback: Callable | None, coords: list) -> None:
+        """Send to this server's clients: python-socketio's own emit, or, with
+        connection state recovery, one delivery step with offsets."""
+        if self._recovery is None or callback is not None:
+            Manager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
+                         callback=callback)
+        else:
+            socketio_hooks.emit(self, self._recovery, event, data, namespace, room, skip_sid,
+                                coords)
 
     def _frames(self, event: str, data: Any) -> dict[str, bytes]:
         """The hub-protocol frames of an emit, encoded once for all targets."""
@@ -477,8 +567,9 @@ class KafkaManager(Manager):
                 sid for earlier in invocation.earlier_targets
                 for sid, _ in self.get_participants(namespace, earlier)
             ]
-        super().emit(event, tuple(arguments), namespace, room=room,
-                     skip_sid=excluded, callback=callback)
+        coords = [[base, None if base == SEND_ALL else _key(record), record.partition,
+                   record.offset]] if self._recovery is not None else []
+        self._deliver(event, tuple(arguments), namespace, room, excluded, callback, coords)
 
     def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:
         """Send a client's answer back to the server that asked for it."""
@@ -503,6 +594,12 @@ class KafkaManager(Manager):
             return  # only the server that holds the connection acts
         if command.op == OP_DISCONNECT:
             self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+            return
+        if command.op == OP_RELEASE:
+            if self._recovery is not None:
+                self._recovery.release(sid, namespace)
+            self._publisher.send(topics.ACK, command.server_name,
+                                 records.encode(records.Ack(command.id)))
             return
         try:
             if command.action == ADD:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 import gevent
 from kafka import KafkaProducer
@@ -66,19 +67,21 @@ class Publisher:
         self.producer = KafkaProducer(**config)
         self._sends = 0
 
-    def send(self, base: str, key: str | None, value: bytes) -> None:
-        """Publish ``value`` on the topic of ``base``, keyed by ``key``."""
-        topic = self.topics.names[base]
+    def send(self, base: str, key: str | None, value: bytes | None) -> Any:
+        """Publish ``value`` on the topic of ``base``, keyed by ``key``;
+        return kafka-python's future of the record (``None`` is a tombstone)."""
+        topic = self.topics.names.get(base) or self.topics.name(base)
         future = self.producer.send(
             topic, value=value, key=None if key is None else key.encode()
         )
         if self.await_produce:
             future.get()
-            return
+            return future
         future.add_errback(_log_failure, topic, key)
         self._sends += 1
         if self._sends % _YIELD_EVERY == 0:
             gevent.sleep(0)
+        return future
 
     def flush(self, timeout: float | None = None) -> None:
         self.producer.flush(timeout)

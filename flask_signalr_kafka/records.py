@@ -25,6 +25,9 @@ REMOVE = 2
 OP_GROUP = 0
 OP_CLOSE_ROOM = 1
 OP_DISCONNECT = 2
+#: Connection state recovery: the holder of a connection whose client came
+#: back elsewhere lets it go and saves its session.
+OP_RELEASE = 3
 
 
 class Invocation(msgspec.Struct, array_like=True):
@@ -45,12 +48,16 @@ class InvocationExt(Invocation):
     :param earlier_targets: for an emit to a list, the targets before this
                             record's: their members got it from an earlier
                             record, so each connection gets it once.
+    :param emit_seq: the writer's emit counter (connection state recovery:
+                     a replay skips what the writer already delivered
+                     itself); 0 when recovery is off.
     """
 
     origin: str = ""
     namespace: str = "/"
     callback_id: Int32 = 0
     earlier_targets: list[str] = msgspec.field(default_factory=list)
+    emit_seq: int = 0
 
 
 class GroupCommand(msgspec.Struct, array_like=True):
@@ -112,5 +119,5 @@ def decode(value: bytes | None, cls: type) -> Any:
 def _check_group_command(cmd: GroupCommandExt) -> None:
     if cmd.action not in (ADD, REMOVE):
         raise MalformedRecord(f"unknown GroupCommand action {cmd.action}")
-    if cmd.op not in (OP_GROUP, OP_CLOSE_ROOM, OP_DISCONNECT):
+    if cmd.op not in (OP_GROUP, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE):
         raise MalformedRecord(f"unknown GroupCommand operation {cmd.op}")

@@ -18,6 +18,17 @@ SEND_CONN = "send-conn"
 SEND_GROUP = "send-group"
 SEND_USER = "send-user"
 BASE_NAMES = (ACK, GROUP_MGMT, SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
+#: Ours alone (never read by .NET): connection state recovery's sessions.
+SESSIONS = "sessions"
+
+#: The sessions topic keeps the latest record per key; small segments let
+#: the cleaner run often, so a starting dyno reads little.
+SESSIONS_CONFIGS = {
+    "cleanup.policy": "compact",
+    "segment.ms": "600000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "600000",
+}
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -51,6 +62,9 @@ class KafkaTopicConfig:
     :param prefix: prepended verbatim, with a hyphen, to every topic name.
     :param ack, group_mgmt, send_all, send_conn, send_group, send_user: the
         :class:`TopicSpec` of each topic; ``None`` for the default spec.
+    :param sessions: the :class:`TopicSpec` of ``<prefix>-sessions``, used
+        only with connection state recovery; ``None`` for the default spec.
+        Its configs are laid over a compacted topic's (``SESSIONS_CONFIGS``).
     :param tenant_prefix: prepended verbatim, without a hyphen, to the whole
         name: a multi-tenant cluster's prefix (Heroku's ``KAFKA_PREFIX``).
     """
@@ -62,6 +76,7 @@ class KafkaTopicConfig:
     send_conn: TopicSpec | None = None
     send_group: TopicSpec | None = None
     send_user: TopicSpec | None = None
+    sessions: TopicSpec | None = None
     tenant_prefix: str = ""
     names: dict[str, str] = field(init=False, repr=False, compare=False)
 
@@ -70,7 +85,7 @@ class KafkaTopicConfig:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise TypeError(f"KafkaTopicConfig {name} must be a str, not {value!r}")
-        for base in BASE_NAMES:
+        for base in (*BASE_NAMES, SESSIONS):
             field_name = base.replace("-", "_")
             spec = getattr(self, field_name)
             if spec is not None and not isinstance(spec, TopicSpec):
@@ -84,24 +99,37 @@ class KafkaTopicConfig:
         )
 
     def name(self, base: str) -> str:
-        """The topic name of a base name such as ``"send-all"``."""
+        """The topic name of a base name such as ``"send-all"`` (or ``"sessions"``)."""
+        if base == SESSIONS:
+            prefix = self.prefix.strip() and self.prefix
+            return f"{self.tenant_prefix}{prefix}-{SESSIONS}" if prefix else (
+                self.tenant_prefix + SESSIONS
+            )
         return self.names[base]
 
     def spec(self, base: str) -> TopicSpec:
-        return getattr(self, base.replace("-", "_")) or TopicSpec()
+        spec = getattr(self, base.replace("-", "_")) or TopicSpec()
+        if base == SESSIONS:
+            spec = TopicSpec(spec.num_partitions, spec.replication_factor,
+                             {**SESSIONS_CONFIGS, **(spec.configs or {})})
+        return spec
 
 
-def ensure_topics(admin: Any, topic_config: KafkaTopicConfig, servers: str) -> list[str]:
+def ensure_topics(
+    admin: Any, topic_config: KafkaTopicConfig, servers: str, sessions: bool = False
+) -> list[str]:
     """Create the backplane topics that do not exist yet; return their names.
 
     :param admin: a connected ``kafka.KafkaAdminClient``.
     :param servers: the bootstrap servers, for error messages.
+    :param sessions: also the sessions topic (connection state recovery).
     :raises TopicCreationError: a topic is missing and the cluster refused it.
     """
     existing = set(admin.list_topics())
-    missing = {
-        name: base for base, name in topic_config.names.items() if name not in existing
-    }
+    wanted = dict(topic_config.names)
+    if sessions:
+        wanted[SESSIONS] = topic_config.name(SESSIONS)
+    missing = {name: base for base, name in wanted.items() if name not in existing}
     if not missing:
         return []
     request = {}

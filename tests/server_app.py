@@ -5,7 +5,8 @@ Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
 LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
 producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
-the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI).
+the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
+CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds).
 """
 from gevent import monkey
 
@@ -23,6 +24,7 @@ from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_ro
 
 from flask_signalr_kafka import (  # noqa: E402
     AckTimeoutError,
+    ConnectionStateRecovery,
     KafkaManager,
     KafkaTopicConfig,
     TopicSpec,
@@ -39,6 +41,7 @@ mgr = KafkaManager(
         prefix=os.environ.get("PREFIX", ""),
         **{base: spec for base in ("ack", "group_mgmt", "send_all", "send_conn", "send_group",
                                    "send_user")},
+        sessions=spec,
     ),
     ack_timeout=float(os.environ.get("ACK_TIMEOUT", "30")),
     connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
@@ -47,6 +50,9 @@ mgr = KafkaManager(
     consumer_config={"fetch_max_wait_ms": int(os.environ.get("FETCH_MAX_WAIT_MS", "500"))},
     producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1")),
                      **json.loads(os.environ.get("PRODUCER_JSON", "{}"))},
+    connection_state_recovery=ConnectionStateRecovery(
+        max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
+    ) if os.environ.get("CONNECTION_STATE_RECOVERY") == "1" else False,
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
@@ -69,7 +75,8 @@ def register(namespace):
 
     @socketio.on("whoami", namespace=namespace)
     def on_whoami():
-        return {"sid": request.sid, "server": LABEL}
+        return {"sid": request.sid, "server": LABEL,
+                "recovered": mgr.is_recovered(request.sid, namespace)}
 
     @socketio.on("join", namespace=namespace)
     def on_join(msg):

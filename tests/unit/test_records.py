@@ -173,9 +173,9 @@ def test_ext_round_trip_keeps_extension_values():
         ),
         (
             records.InvocationExt,
-            mp([["a"], {"json": b"j"}, "o", "/x", 3, ["r"], "future"]),
+            mp([["a"], {"json": b"j"}, "o", "/x", 3, ["r"], 7, "future"]),
             {"excluded": ["a"], "origin": "o", "namespace": "/x", "callback_id": 3,
-             "earlier_targets": ["r"]},
+             "earlier_targets": ["r"], "emit_seq": 7},
         ),
     ],
 )
@@ -233,7 +233,7 @@ MALFORMED = [
     # bad values
     ("action 3", records.GroupCommandExt, h("95 2A A1 53 03 A1 47 A1 43")),
     ("action 0", records.GroupCommandExt, mp([42, "S", 0, "G", "C"])),
-    ("unknown op", records.GroupCommandExt, mp([42, "S", 2, "G", "C", "/", 3])),
+    ("unknown op", records.GroupCommandExt, mp([42, "S", 2, "G", "C", "/", 4])),
     ("negative op", records.GroupCommandExt, mp([42, "S", 2, "G", "C", "/", -1])),
     ("ack id beyond int32", records.AckExt, mp([2**31])),
     ("ack id below int32", records.AckExt, mp([-(2**31) - 1])),

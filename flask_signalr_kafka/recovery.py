@@ -1,0 +1,645 @@
+"""Connection state recovery across the fleet, from the Kafka log.
+
+A Socket.IO 4.6+ client that drops and reconnects, to this dyno or any
+other, keeps its sid and rooms and gets every event it missed, once, in
+order (CONTRACT.md, "Connection state recovery"). How:
+
+- **Positions, not copies.** Kafka already holds every event. A dyno knows
+  how far it has delivered: its consumers' positions (every record before
+  them was delivered to the connections that were in its rooms), and its
+  emit counter (its own records up to it were delivered when emitted). A
+  dropped connection's session is its rooms and those positions; the
+  missed events are the records after them addressed to it.
+- **Sessions** live in the compacted sessions topic (:mod:`.sessions`):
+  saved when the holder notices the drop or shuts down (SIGTERM), and
+  written live on connect and on room changes, with a dyno checkpoint every
+  second, so a SIGKILLed dyno's clients resume from its last checkpoint.
+- **Offsets.** Each delivery step gets an id; clients that announced
+  recovery get ``"<dyno tag>.<step>"`` appended to each event, as a Node
+  server appends its offsets. On a drop the holder cannot know what reached
+  a dead socket, so it saves, with the session, the records it sent in the
+  last seconds (the window); the client's offset says which of them it got.
+- **Which clients get offsets.** A python-socketio ``Client`` would see an
+  offset as an extra argument, so only clients that announced recovery get
+  them: every socket.io-client >= 4.6 announces when it reconnects (it sends
+  ``pid``); a client may announce on its first connection with
+  ``auth: {csr: true}``. A client recovered without an offset (its first
+  drop, unannounced) gets the whole window again: nothing is lost, but a
+  few events may come twice.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+import secrets
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import msgspec
+from kafka import KafkaConsumer, TopicPartition
+from kafka.partitioner.default import murmur2
+
+from . import hub_protocol, records
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, user_id_of
+from .errors import MalformedRecord
+from .sessions import LIVE, SAVED, Checkpoint, Position, Session, SessionStore
+
+if TYPE_CHECKING:
+    from .manager import KafkaManager
+
+logger = logging.getLogger(__name__)
+
+SEND_BASES = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
+#: engine.io's reasons for a drop the client did not ask for.
+RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
+#: Auth keys of the recovery handshake, removed before the app sees auth.
+AUTH_KEYS = ("pid", "offset", "csr")
+
+
+@dataclass(frozen=True)
+class ConnectionStateRecovery:
+    """Settings of connection state recovery.
+
+    :param max_disconnection_duration: seconds a client may stay away and
+        still be recovered (the Node server's default, 120).
+    :param skip_connect_handler: ``False`` (default): the app's connect
+        handler runs again on a recovery (it can authenticate and set up the
+        connection as usual; ``KafkaManager.is_recovered(sid, namespace)``
+        tells a recovered connection); ``True``: it does not, as Node's
+        ``skipMiddlewares``.
+    :param max_replay_records: a recovery that would read more records than
+        this fails (the client gets a new connection) rather than make the
+        dyno read without bound.
+    :param checkpoint_interval: seconds between a dyno's checkpoints: what a
+        SIGKILL can make a client receive twice.
+    :param release_timeout: seconds to wait for the dyno that still holds a
+        reconnecting client's old connection to let it go.
+    :param window_steps: delivery steps a dyno remembers for the window (a
+        recovery that would need older ones is refused, never lossy).
+    """
+
+    max_disconnection_duration: float = 120.0
+    skip_connect_handler: bool = False
+    max_replay_records: int = 50_000
+    checkpoint_interval: float = 1.0
+    release_timeout: float = 3.0
+    window_steps: int = 200_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_disconnection_duration", "checkpoint_interval", "release_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ConnectionStateRecovery.{name} must be a positive number "
+                                 f"of seconds, not {value!r}")
+        for name in ("max_replay_records", "window_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ConnectionStateRecovery.{name} must be a positive int, "
+                                 f"not {value!r}")
+
+
+def options_from(value: Any) -> ConnectionStateRecovery | None:
+    """The ``connection_state_recovery`` argument as settings, or ``None``."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ConnectionStateRecovery()
+    if isinstance(value, ConnectionStateRecovery):
+        return value
+    raise TypeError("connection_state_recovery must be False, True or a "
+                    f"ConnectionStateRecovery(...), not {value!r}")
+
+
+class RecoveryFailed(Exception):
+    """A recovery that cannot be done; the client gets a new connection."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class Restore:
+    """A recovery decided before the connection is registered."""
+
+    pid: str
+    session: Session
+    offset: str | None
+
+
+class Recovery:
+    """Connection state recovery for one manager (one dyno).
+
+    :param manager: the manager; its consumers' positions, publisher and
+                    Socket.IO server are used.
+    :param options: the settings.
+    """
+
+    def __init__(self, manager: KafkaManager, options: ConnectionStateRecovery) -> None:
+        self.manager = manager
+        self.options = options
+        self.owner = manager.server_name
+        self.tag = secrets.token_hex(4)
+        self.store = SessionStore(self._publish_session, options.max_disconnection_duration)
+        self.announced: set[str] = set()
+        #: sid -> live events held back while its missed ones are replayed.
+        self.replaying: dict[str, list] = {}
+        self.stats: Counter[str] = Counter()
+        self._step = 0
+        self._emit_seq = 0
+        self._ring: deque[tuple[int, float, list]] = deque(maxlen=options.window_steps)
+        self._pids: dict[tuple[str, str], str] = {}
+        self._recovered: set[tuple[str, str]] = set()
+        self._released: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
+        self._own_acked: dict[tuple[str, int], int] = {}
+        self._pending: dict[tuple[str, str], Restore] = {}
+        self._checkpointer: gevent.Greenlet | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        self._checkpointer = gevent.spawn(self._run_checkpoints)
+
+    def stop(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.kill()
+            self._checkpointer = None
+
+    def _publish_session(self, key: str, value: bytes | None) -> None:
+        from .topics import SESSIONS
+
+        self.manager._publisher.send(SESSIONS, key, value)
+
+    # -- delivery: steps, offsets and own records ------------------------------
+
+    def next_emit(self) -> int:
+        self._emit_seq += 1
+        return self._emit_seq
+
+    def step(self, coords: list) -> str:
+        """Register one delivery step (the records it came from, filled in as
+        they are acked) and return its offset string."""
+        self._step += 1
+        self._ring.append((self._step, time.monotonic(), coords))
+        return f"{self.tag}.{self._step}"
+
+    def track(self, future: Any, coords: list, base: str, key: str | None) -> None:
+        """Note where one of this dyno's records lands, once the broker says."""
+        coord = [base, key, -1, -1]
+        coords.append(coord)
+
+        def landed(metadata: Any) -> None:
+            coord[2], coord[3] = metadata.partition, metadata.offset
+            slot = (base, metadata.partition)
+            if metadata.offset > self._own_acked.get(slot, -1):
+                self._own_acked[slot] = metadata.offset
+
+        future.add_callback(landed)
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """This dyno's delivery position on every partition of the send topics."""
+        out = {}
+        for base, consumer in self.manager._consumers_by_base.items():
+            if base in SEND_BASES:
+                for tp, offset in consumer.positions.items():
+                    out[(base, tp.partition)] = offset
+        return out
+
+    def await_readback(self, timeout: float) -> bool:
+        """Flush this dyno's records and wait until its consumers have read
+        them back, so that its positions cover everything it delivered."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.manager._publisher.flush(timeout)
+        except Exception:
+            logger.warning("could not flush before saving sessions", exc_info=True)
+        while True:
+            positions = self.positions()
+            behind = [s for s, off in self._own_acked.items() if positions.get(s, 0) <= off]
+            if not behind:
+                return True
+            if time.monotonic() > deadline:
+                logger.warning("own records not read back in %.1f s on %s", timeout, behind)
+                return False
+            gevent.sleep(0.005)
+
+    # -- the connect handshake -------------------------------------------------
+
+    @staticmethod
+    def split_auth(data: Any) -> tuple[str | None, str | None, bool, Any]:
+        """``(pid, offset, announced, the app's own auth)`` of a CONNECT."""
+        if not isinstance(data, dict) or not any(k in data for k in AUTH_KEYS):
+            return None, None, False, data
+        pid, offset = data.get("pid"), data.get("offset")
+        pid = pid if isinstance(pid, str) and pid else None
+        offset = offset if isinstance(offset, str) else None
+        announced = pid is not None or data.get("csr") is True
+        rest = {k: v for k, v in data.items() if k not in AUTH_KEYS}
+        return pid, offset, announced, rest or None
+
+    def prepare(self, eio_sid: str, namespace: str, pid: str, offset: str | None) -> Restore | None:
+        """Decide whether ``pid`` can be recovered; the restored sid is then
+        taken by :meth:`take_pending` in the manager's ``pre_connect``."""
+        self.stats["attempted"] += 1
+        try:
+            restore = Restore(pid, self._restorable(pid, namespace), offset)
+        except RecoveryFailed as exc:
+            self.stats[f"failed:{exc.reason}"] += 1
+            logger.info("no recovery for pid %s…: %s", pid[:6], exc)
+            return None
+        self._pending[(eio_sid, namespace)] = restore
+        return restore
+
+    def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
+        return self._pending.pop((eio_sid, namespace), None)
+
+    def _restorable(self, pid: str, namespace: str) -> Session:
+        consumer = self.manager._consumers_by_base.get("sessions")
+        if consumer is None or not consumer.caught_up.wait(5):
+            raise RecoveryFailed("not-ready", "the sessions topic is not read yet")
+        session = self.store.sessions.get(pid)
+        if session is None:
+            raise RecoveryFailed("unknown", "no session with this pid")
+        if session.namespace != namespace:
+            raise RecoveryFailed("unknown", "the session is of another namespace")
+        if session.state == LIVE:
+            session = self._take_over(pid, session)
+        if time.time() - session.saved_at > self.options.max_disconnection_duration:
+            raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
+        if not session.exact:
+            raise RecoveryFailed("window-lost", "its dyno no longer knew what it last sent")
+        if self.manager.is_local(session.sid, namespace):
+            raise RecoveryFailed("duplicate", "that connection is connected here")
+        self._check_backlog(session)
+        return session
+
+    def _take_over(self, pid: str, session: Session) -> Session:
+        """The session is still live on its dyno: the client came back before
+        that dyno noticed the drop, or the dyno died. Have it let go (it
+        saves the session), or resume from its last checkpoint."""
+        key = (session.sid, session.namespace)
+        if session.owner == self.owner:
+            if self.manager.is_local(*key):
+                self.release(*key)
+            saved = self.store.sessions.get(pid)
+            if saved is not None and saved.state == SAVED:
+                return saved
+        elif self.store.alive(session.owner, self._liveness()):
+            self.stats["releases-requested"] += 1
+            try:
+                self.manager._request_release(session.sid, session.namespace,
+                                              self.options.release_timeout)
+            except TimeoutError:
+                pass  # gone meanwhile: its checkpoint below
+
+            def saved_session() -> Session | None:
+                current = self.store.sessions.get(pid)
+                return current if current is not None and current.state == SAVED else None
+
+            saved = self.store.wait_for(saved_session, self.options.release_timeout)
+            if saved is not None:
+                return saved
+        checkpoint = self.store.checkpoints.get(session.owner)
+        if checkpoint is None:
+            raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
+        self.stats["from-checkpoint"] += 1
+        return msgspec.structs.replace(
+            session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
+            emit_seq=checkpoint.emit_seq, window=[], tag=checkpoint.tag,
+        )
+
+    def _liveness(self) -> float:
+        return 3 * self.options.checkpoint_interval + 2
+
+    def begin(self, sid: str, namespace: str) -> None:
+        """A recovered connection takes its sid: hold its live events back
+        until :meth:`replay` has sent what it missed."""
+        self.replaying[sid] = []
+        self._recovered.add((sid, namespace))
+
+    def registered(self, sid: str, namespace: str, pid: str, announced: bool) -> None:
+        """A connection was accepted (new or recovered): write its live session."""
+        key = (sid, namespace)
+        self._pids[key] = pid
+        if announced:
+            self.announced.add(sid)
+        self._write_live(key)
+
+    def is_recovered(self, sid: str, namespace: str) -> bool:
+        return (sid, namespace) in self._recovered
+
+    def new_pid(self) -> str:
+        return secrets.token_urlsafe(16)
+
+    # -- drops and saves ---------------------------------------------------
+
+    def touch(self, sid: str, namespace: str) -> None:
+        """The rooms of a connection changed: rewrite its live session soon."""
+        if (sid, namespace) in self._pids:
+            self._dirty.add((sid, namespace))
+
+    def on_disconnect(self, sid: str, namespace: str, reason: str | None) -> None:
+        """Before python-socketio forgets the connection: save its session
+        if the client may come back, else delete it."""
+        key = (sid, namespace)
+        pid = self._pids.pop(key, None)
+        self.announced.discard(sid)
+        self.replaying.pop(sid, None)
+        self._recovered.discard(key)
+        self._dirty.discard(key)
+        if pid is None:
+            return
+        if key in self._released:
+            self._released.discard(key)
+            return
+        if reason in RECOVERABLE:
+            eio = self.manager.server.eio
+            window = 5.0 if reason != "ping timeout" else eio.ping_interval + eio.ping_timeout + 2
+            self._save(pid, sid, namespace, window)
+        else:
+            self.store.delete(pid)
+
+    def release(self, sid: str, namespace: str) -> None:
+        """Let a connection go because its client is back elsewhere: save its
+        session, then close the old socket."""
+        key = (sid, namespace)
+        pid = self._pids.get(key)
+        if pid is None:
+            return
+        eio = self.manager.server.eio
+        self._save(pid, sid, namespace, eio.ping_interval + eio.ping_timeout + 2)
+        self._released.add(key)
+        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        if eio_sid is not None:
+            self.manager.server.eio.disconnect(eio_sid)
+
+    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> None:
+        rooms = self._rooms(sid, namespace)
+        self.await_readback(2.0)
+        positions = self._position_list()
+        window, exact = self._window(sid, rooms, window_seconds)
+        self.store.put(pid, Session(
+            SAVED, sid, namespace, rooms, self.owner, self.tag, time.time(), positions,
+            self._emit_seq, window, exact,
+        ))
+        self.stats["saved"] += 1
+
+    def save_all(self) -> None:
+        """At shutdown, with the consumers stopped: save every connection.
+        The sockets close cleanly after what was sent, so no window."""
+        positions = self._position_list()
+        now = time.time()
+        for (sid, namespace), pid in list(self._pids.items()):
+            self.store.put(pid, Session(
+                SAVED, sid, namespace, self._rooms(sid, namespace), self.owner, self.tag, now,
+                positions, self._emit_seq,
+            ))
+            self.stats["saved"] += 1
+        self._pids.clear()
+
+    def _rooms(self, sid: str, namespace: str) -> list[str]:
+        return [r for r in self.manager.get_rooms(sid, namespace) if r != sid]
+
+    def _position_list(self) -> list[Position]:
+        return [(base, p, off) for (base, p), off in sorted(self.positions().items())]
+
+    def _window(self, sid: str, rooms: list[str], seconds: float) -> tuple[list, bool]:
+        """The records sent in the last ``seconds`` that were addressed to
+        this connection, in the order they were sent."""
+        cutoff = time.monotonic() - seconds
+        ring = self._ring
+        exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+        in_rooms = set(rooms)
+        out = []
+        for step, sent_at, coords in reversed(ring):
+            if sent_at < cutoff:
+                break
+            for base, key, partition, offset in coords:
+                if not _addressed_key(base, key, sid, in_rooms):
+                    continue
+                if offset < 0:
+                    exact = False  # never acked: not in Kafka to replay
+                    continue
+                out.append((step, base, partition, offset))
+        out.reverse()
+        return out, exact
+
+    def _write_live(self, key: tuple[str, str]) -> None:
+        pid = self._pids.get(key)
+        if pid is not None:
+            sid, namespace = key
+            self.store.put(pid, Session(LIVE, sid, namespace, self._rooms(sid, namespace),
+                                        self.owner, self.tag, time.time()))
+
+    def _run_checkpoints(self) -> None:
+        next_prune = time.monotonic() + 30
+        while True:
+            gevent.sleep(self.options.checkpoint_interval)
+            try:
+                dirty, self._dirty = self._dirty, set()
+                for key in dirty:
+                    self._write_live(key)
+                self.store.put_checkpoint(Checkpoint(
+                    self.owner, self.tag, time.time(), self._position_list(), self._emit_seq,
+                ))
+                if time.monotonic() > next_prune:
+                    next_prune = time.monotonic() + 30
+                    self.store.prune(self._liveness())
+            except Exception:
+                logger.exception("connection state recovery checkpoint failed")
+
+    # -- replay ------------------------------------------------------------
+
+    def _relevant(self, session: Session, ends: dict[tuple[str, int], int]) -> set:
+        """The (base, partition) slots that can hold a record for the session."""
+        counts = Counter(base for base, _ in ends)
+        slots = {(SEND_ALL, p) for base, p in ends if base == SEND_ALL}
+
+        def add(base: str, key: str) -> None:
+            n = counts.get(base)
+            if n:
+                raw = key.encode()
+                # murmur2 for Java and kafka-python producers, CRC-32 for
+                # librdkafka's (so .NET's) default partitioner.
+                slots.add((base, (murmur2(raw) & 0x7FFFFFFF) % n))
+                slots.add((base, zlib.crc32(raw) % n))
+
+        add(SEND_CONN, session.sid)
+        for room in session.rooms:
+            uid = user_id_of(room)
+            if uid is not None:
+                add(SEND_USER, uid)
+            add(SEND_GROUP, room)
+        return slots
+
+    def _check_backlog(self, session: Session) -> None:
+        start = {(b, p): off for b, p, off in session.positions}
+        ends = self.positions()
+        slots = self._relevant(session, ends)
+        backlog = sum(max(0, ends.get(s, 0) - start.get(s, 0)) for s in slots)
+        if backlog + len(session.window) > self.options.max_replay_records:
+            raise RecoveryFailed("backlog", f"{backlog} records to read, more than "
+                                            f"max_replay_records={self.options.max_replay_records}")
+
+    def replay(self, restore: Restore, sid: str, eio_sid: str,
+               send: Callable[[str, str, str, list, str], None]) -> None:
+        """Send a recovered connection what it missed, then what arrived
+        meanwhile, then make it live here; ``send(eio_sid, namespace, event,
+        args, offset)`` writes one event."""
+        session = restore.session
+        try:
+            missed = self._read_missed(session, restore.offset)
+        except Exception:
+            self.stats["failed:replay"] += 1
+            self.replaying.pop(sid, None)
+            raise
+        for coords, event, args in missed:
+            send(eio_sid, session.namespace, event, args, self.step(coords))
+        buffered = self.replaying.get(sid, [])
+        while buffered:
+            event, args, coords = buffered.pop(0)
+            send(eio_sid, session.namespace, event, args, self.step(coords))
+        self.replaying.pop(sid, None)
+        self.stats["succeeded"] += 1
+        self.stats["replayed"] += len(missed)
+
+    def _read_missed(self, session: Session, offset: str | None) -> list:
+        """The events addressed to the session after its positions (and those
+        of its window the client's offset says it did not get), in order."""
+        last = _step_of(offset, session.tag)
+        window = [(b, p, o) for step, b, p, o in session.window if last is None or step > last]
+        self.await_readback(2.0)
+        start = {(b, p): off for b, p, off in session.positions}
+
+        def caught_up() -> bool:
+            now = self.positions()
+            return all(now.get(s, 0) >= off for s, off in start.items())
+
+        # A lagging consumer would deliver again what the session saw.
+        deadline = time.monotonic() + 2.0
+        while not caught_up() and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        ends = self.positions()
+        slots = self._relevant(session, ends)
+        ranges = {s: (start.get(s, 0), ends[s]) for s in slots if ends.get(s, 0) > start.get(s, 0)}
+        if not ranges and not window:
+            return []
+        config = {k: v for k, v in self.manager.consumer_config.items()
+                  if k not in ("group_id", "enable_auto_commit")}
+        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **config)
+        topic = self.manager.topic_config.name
+        try:
+            out = []
+            for base, partition, at in window:
+                record = _read_one(consumer, TopicPartition(topic(base), partition), at)
+                event = record and self._event_for(record, base, session, skip_own=False)
+                if event is not None:
+                    out.append(([[base, _key(record), partition, at]], *event))
+            found = _read_ranges(consumer, {
+                (base, TopicPartition(topic(base), p)): r for (base, p), r in ranges.items()
+            })
+            for base, record in found:
+                event = self._event_for(record, base, session, skip_own=True)
+                if event is not None:
+                    out.append(([[base, _key(record), record.partition, record.offset]], *event))
+            return out
+        finally:
+            consumer.close()
+
+    def _event_for(self, record: Any, base: str, session: Session, skip_own: bool):
+        """``(event, args)`` if ``record`` is for the session's connection."""
+        try:
+            inv = records.decode(record.value, records.InvocationExt)
+            if inv.namespace != session.namespace or inv.callback_id:
+                return None
+            if skip_own and inv.origin == session.owner and 0 < inv.emit_seq <= session.emit_seq:
+                return None  # its dyno delivered it when it was emitted
+            key = _key(record)
+            rooms = set(session.rooms)
+            if not _addressed_key(base, key, session.sid, rooms):
+                return None
+            if session.sid in inv.excluded:
+                return None
+            if any(t == session.sid or t in rooms for t in inv.earlier_targets):
+                return None  # it came with an earlier record of the same emit
+            return hub_protocol.decode_frames(inv.frames)
+        except MalformedRecord:
+            return None
+
+
+def _addressed_key(base: str, key: str | None, sid: str, rooms: set[str]) -> bool:
+    if base == SEND_ALL:
+        return True
+    if key is None:
+        return False
+    if base == SEND_GROUP:
+        return key in rooms
+    if base == SEND_USER:
+        return USER_PREFIX + key in rooms
+    return base == SEND_CONN and key == sid
+
+
+def _key(record: Any) -> str | None:
+    return None if record.key is None else record.key.decode(errors="replace")
+
+
+def _step_of(offset: str | None, tag: str) -> int | None:
+    """The step of a client's offset if it is one of ``tag``'s."""
+    if not offset or "." not in offset:
+        return None
+    offset_tag, _, step = offset.partition(".")
+    if offset_tag != tag or not step.isdigit():
+        return None
+    return int(step)
+
+
+def _read_one(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> Any:
+    consumer.assign([tp])
+    consumer.seek(tp, offset)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for batch in consumer.poll(timeout_ms=200, max_records=1).values():
+            for record in batch:
+                if record.offset == offset:
+                    return record
+                if record.offset > offset:
+                    return None  # compacted or deleted away
+    return None
+
+
+def _read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:
+    """Every record in ``{(base, tp): (start, end)}``, merged across
+    partitions by timestamp (each partition stays in its own order)."""
+    if not ranges:
+        return []
+    by_tp = {tp: (base, start, end) for (base, tp), (start, end) in ranges.items()}
+    consumer.assign(list(by_tp))
+    for tp, (_, start, _) in by_tp.items():
+        consumer.seek(tp, start)
+    pending = set(by_tp)
+    found: dict[TopicPartition, list] = {tp: [] for tp in by_tp}
+    deadline = time.monotonic() + 30
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replay read did not reach the end of {sorted(map(str, pending))}")
+        for tp, batch in consumer.poll(timeout_ms=200).items():
+            base, _, end = by_tp[tp]
+            for record in batch:
+                if record.offset < end:
+                    found[tp].append((base, record))
+            if batch and batch[-1].offset >= end - 1:
+                pending.discard(tp)
+                consumer.pause(tp)
+        for tp in list(pending):
+            if consumer.position(tp) >= by_tp[tp][2]:
+                pending.discard(tp)
+        gevent.sleep(0)
+    # heapq.merge keeps each partition's own order even where producers'
+    # clocks make its timestamps go backwards.
+    return list(heapq.merge(*found.values(), key=lambda item: item[1].timestamp))

@@ -1,0 +1,194 @@
+"""Where connection state recovery reaches into python-socketio's private API.
+
+python-socketio has no connection state recovery and no hooks for it
+(NOTES.md): the CONNECT reply must carry a private id, the missed events must
+be written before it, the rooms of a dropped connection must be read before
+they are dropped, and events to clients that announced recovery carry an
+offset. This module is the only place that touches ``Server._handle_connect``,
+``Server._handle_disconnect``, ``Server._send_eio_packet`` and
+``Server.packet_class``; it was written against the versions below, and
+tests/unit/test_socketio_hooks.py fails when python-socketio changes the
+code these copies follow.
+"""
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
+
+from engineio import packet as eio_packet
+from socketio import exceptions, packet
+
+if TYPE_CHECKING:
+    from .recovery import Recovery
+
+logger = logging.getLogger(__name__)
+
+#: Checked against these; other versions log a warning at startup.
+CHECKED_VERSIONS = {"python-socketio": "5.18.", "python-engineio": "4.1"}
+
+
+def check_versions() -> list[str]:
+    """The installed versions this module was not checked against."""
+    return [
+        f"{name} {version(name)}" for name, prefix in CHECKED_VERSIONS.items()
+        if not version(name).startswith(prefix)
+    ]
+
+
+def install(server: Any, recovery: Recovery) -> None:
+    """Route ``server``'s connect and disconnect handling through recovery."""
+    unchecked = check_versions()
+    if unchecked:
+        logger.warning("connection state recovery was checked with python-socketio 5.18; "
+                       "running with %s", ", ".join(unchecked))
+    original_disconnect = server._handle_disconnect
+
+    def handle_connect(eio_sid: str, namespace: str | None, data: Any) -> None:
+        _handle_connect(server, recovery, eio_sid, namespace or "/", data)
+
+    def handle_disconnect(eio_sid: str, namespace: str | None, reason: str | None = None):
+        namespace = namespace or "/"
+        sid = server.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is not None and server.manager.is_connected(sid, namespace):
+            recovery.on_disconnect(sid, namespace, reason)
+        return original_disconnect(eio_sid, namespace, reason)
+
+    server._handle_connect = handle_connect
+    server._handle_disconnect = handle_disconnect
+
+
+def _eio_packets(server: Any, namespace: str, data: list) -> list:
+    encoded = server.packet_class(packet.EVENT, namespace=namespace, data=data).encode()
+    if not isinstance(encoded, list):
+        encoded = [encoded]
+    return [eio_packet.Packet(eio_packet.MESSAGE, p) for p in encoded]
+
+
+def send_event(server: Any, eio_sid: str, namespace: str, event: str, args: list,
+               offset: str) -> None:
+    """Write one EVENT, with its offset, to one client."""
+    for p in _eio_packets(server, namespace, [event, *args, offset]):
+        server._send_eio_packet(eio_sid, p)
+
+
+def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str, room: Any,
+         skip_sid: Any, coords: list) -> None:
+    """python-socketio's ``Manager.emit`` without a callback, as one
+    delivery step: clients that announced recovery get its offset, those
+    whose missed events are being replayed get it afterwards."""
+    if namespace not in manager.rooms:
+        return
+    if isinstance(data, tuple):
+        data = list(data)
+    elif data is not None:
+        data = [data]
+    else:
+        data = []
+    if not isinstance(skip_sid, list):
+        skip_sid = [skip_sid]
+    recipients = [(sid, eio_sid) for sid, eio_sid in manager.get_participants(namespace, room)
+                  if sid not in skip_sid]
+    if not recipients:
+        return
+    server = manager.server
+    offset = recovery.step(coords)
+    plain = with_offset = None
+    for sid, eio_sid in recipients:
+        held = recovery.replaying.get(sid)
+        if held is not None:
+            held.append((event, data, coords))
+            continue
+        if sid in recovery.announced:
+            if with_offset is None:
+                with_offset = _eio_packets(server, namespace, [event, *data, offset])
+            pkts = with_offset
+        else:
+            if plain is None:
+                plain = _eio_packets(server, namespace, [event, *data])
+            pkts = plain
+        for p in pkts:
+            server._send_eio_packet(eio_sid, p)
+
+
+def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: str,
+                    data: Any) -> None:
+    """python-socketio 5.18.1's ``Server._handle_connect``, with recovery:
+    the CONNECT carries a pid, a returning client gets its sid, rooms and
+    missed events (before the CONNECT reply, as a Node server writes them)."""
+    pid, offset, announced, data = recovery.split_auth(data)
+    restore = None
+    sid = None
+    if namespace in server.handlers or namespace in server.namespace_handlers \
+            or server.namespaces == "*" or namespace in server.namespaces:
+        if pid is not None:
+            restore = recovery.prepare(eio_sid, namespace, pid, offset)
+        sid = server.manager.pre_connect(eio_sid, namespace)
+    if sid is None:
+        server._send_packet(eio_sid, server.packet_class(
+            packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace))
+        return
+    if restore is not None and sid != restore.session.sid:
+        restore = None  # pre_connect could not take the old sid
+    if restore is None:
+        pid = recovery.new_pid()
+    reply = {"sid": sid, "pid": pid}
+
+    def accept() -> None:
+        if restore is not None:
+            try:
+                recovery.replay(restore, sid, eio_sid,
+                                lambda *a: send_event(server, *a))
+            except Exception:
+                logger.exception("replay for %s failed; the client will retry", sid)
+                server.manager.disconnect(sid, namespace, ignore_queue=True)
+                recovery.store.put(pid, restore.session)  # still recoverable
+                server.eio.disconnect(eio_sid)
+                return False
+        server._send_packet(eio_sid, server.packet_class(packet.CONNECT, reply,
+                                                         namespace=namespace))
+        server.manager.connect(sid, namespace)
+        recovery.registered(sid, namespace, pid, announced or restore is not None)
+        return True
+
+    if server.always_connect and accept() is False:
+        return
+    fail_reason = exceptions.ConnectionRefusedError().error_args
+    try:
+        if restore is not None and recovery.options.skip_connect_handler:
+            success = True
+        elif data:
+            success = server._trigger_event(
+                "connect", namespace, sid, server.environ[eio_sid], data)
+        else:
+            try:
+                success = server._trigger_event(
+                    "connect", namespace, sid, server.environ[eio_sid], None)
+            except TypeError as exc:
+                try:
+                    success = server._trigger_event(
+                        "connect", namespace, sid, server.environ[eio_sid])
+                except TypeError:
+                    raise exc from None
+    except exceptions.ConnectionRefusedError as exc:
+        fail_reason = exc.error_args
+        success = False
+    except ConnectionRefusedError:
+        fail_reason = {"message": "Connection refused by server"}
+        success = False
+
+    if success is False:
+        recovery.replaying.pop(sid, None)
+        recovery.on_disconnect(sid, namespace, "connection refused")
+        if server.always_connect:
+            server.manager.pre_disconnect(sid, namespace)
+            server._send_packet(eio_sid, server.packet_class(
+                packet.DISCONNECT, data=fail_reason, namespace=namespace))
+        else:
+            server._send_packet(eio_sid, server.packet_class(
+                packet.CONNECT_ERROR, data=fail_reason, namespace=namespace))
+        server.manager.disconnect(sid, namespace, ignore_queue=True)
+        if restore is not None:
+            recovery.store.delete(restore.pid)
+    elif not server.always_connect:
+        accept()
