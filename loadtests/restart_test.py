@@ -1,0 +1,518 @@
+"""The rolling-restart proof (issue 8, item 5): real socket.io-client clients
+(tests/js/csr_clients.mjs, many in one Node process) on three dynos
+(tests/server_app.py), a steady mix of broadcast, room, user and sid emits,
+and every dyno in turn restarted or cut off, on Apache Kafka.
+
+    .venv/bin/python loadtests/restart_test.py --kill term --recovery on
+    make restart-test                        # term and kill, recovery on and off
+
+Every payload is ``{"st": stream, "n": seq}``: one stream for the broadcasts
+(``all``), one per room (``room:r3``), per user (``user:u7``) and per
+connection (``sid:c12``, addressed to the sid the client had at its first
+connect). All clients are connected and in their rooms before the first emit
+and the last emit is followed by a settle time, so a client EXPECTS every
+message of its four streams; it is LOST if it never arrived, DUPLICATED for
+each extra copy, OUT OF ORDER when it arrived after a later one of its
+stream. A reconnect is a RECOVERY that succeeded when the client saw
+``socket.recovered === true`` and kept its first sid, failed otherwise.
+
+Kill modes: ``term`` (SIGTERM, started again on its port), ``kill`` (SIGKILL,
+started again), ``drop`` (the clients' TCP connections to the dyno are closed
+by their proxies: "transport close"), ``blackhole`` (the proxies stop
+forwarding and close nothing: the client notices by ping timeout, the dyno
+later), ``none`` (no disturbance: the baseline). Results go to
+loadtests/results/restart-<time>-<kill>-<recovery>.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT))
+
+from harness import ServerProcess, unique, wait_until  # noqa: E402
+
+from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, user  # noqa: E402
+
+DRIVER = ROOT / "tests" / "js" / "csr_clients.mjs"
+RESULTS = ROOT / "loadtests" / "results"
+KILL_MODES = ("term", "kill", "none", "drop", "blackhole")
+
+
+# -- the Node driver ------------------------------------------------------------
+class NodeClients:
+    """tests/js/csr_clients.mjs in a child process: commands in, JSON lines
+    out. Live lines (connect, disconnect, ready, ...) are kept in ``lines``."""
+
+    def __init__(self, max_seconds: float = 900, log_path: Path | None = None):
+        node = shutil.which("node")
+        if not node:
+            raise RuntimeError("node is not on PATH")
+        self.process = subprocess.Popen(
+            [node, str(DRIVER), "--max-seconds", str(int(max_seconds))], cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=open(log_path, "ab") if log_path else subprocess.DEVNULL,
+        )
+        self.lines: list[dict] = []
+        self._replies: dict[int, queue.Queue] = {}
+        self._req = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for raw in self.process.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            req = line.get("req")
+            if req is not None and req in self._replies:
+                self._replies[req].put(line)
+            with self._cond:
+                if line.get("type") not in ("report", "status"):
+                    self.lines.append(line)
+                self._cond.notify_all()
+
+    def request(self, cmd: dict, timeout: float = 60.0) -> dict:
+        with self._lock:
+            self._req += 1
+            req = self._req
+            self._replies[req] = queue.Queue()
+        self.process.stdin.write((json.dumps({**cmd, "req": req}) + "\n").encode())
+        self.process.stdin.flush()
+        try:
+            reply = self._replies[req].get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(
+                f"the Node driver did not answer {cmd['cmd']} in {timeout:g} s") from None
+        finally:
+            self._replies.pop(req, None)
+        if reply.get("type") == "error":
+            raise AssertionError(f"Node driver: {reply['message']}")
+        return reply
+
+    def add(self, clients: list[dict], **options) -> None:
+        self.request({"cmd": "add", "clients": clients, "options": options})
+
+    def wait_ready(self, ids, timeout: float = 60.0) -> dict[str, str]:
+        """The first sid of each client once all are connected and joined."""
+        ids = set(ids)
+
+        def ready():
+            with self._cond:
+                got = {ln["id"]: ln["sid"] for ln in self.lines if ln.get("type") == "ready"}
+            return got if ids <= set(got) else None
+
+        return wait_until(ready, timeout, 0.1, f"{len(ids)} JS clients ready")
+
+    def status(self) -> list[dict]:
+        return self.request({"cmd": "status"})["clients"]
+
+    def drop(self, mode: str = "cut", **target) -> dict:
+        return self.request({"cmd": "drop", "mode": mode, **target})
+
+    def emit(self, client_id: str, event: str, data=None, timeout: float = 15.0) -> dict:
+        return self.request({"cmd": "emit", "id": client_id, "event": event, "data": data,
+                             "timeoutMs": int(timeout * 1000)}, timeout + 5)
+
+    def report(self, events: str = "seq") -> list[dict]:
+        return self.request({"cmd": "report", "events": events}, 120)["clients"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write(b'{"cmd":"close"}\n')
+                self.process.stdin.close()
+                self.process.wait(10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
+
+
+# -- the emitter ----------------------------------------------------------------
+class _Failures(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record):
+        self.count += 1
+
+
+class Emitter(threading.Thread):
+    """A write-only KafkaManager (a worker process of the app) emitting one
+    message per stream ``rate`` times a second, until ``stop()``."""
+
+    def __init__(self, bootstrap: str, prefix: str, streams: dict[str, str | None],
+                 rate: float):
+        super().__init__(daemon=True)
+        self.mgr = KafkaManager(bootstrap_servers=bootstrap, write_only=True,
+                                topic_config=KafkaTopicConfig(prefix=prefix))
+        self.streams = streams  # stream name -> target (None: everyone)
+        self.rate = rate
+        self.emitted: Counter = Counter()
+        self.running = True
+        self.failures = _Failures()
+        logging.getLogger("flask_signalr_kafka").addHandler(self.failures)
+        self.started_at = self.stopped_at = None
+
+    def run(self):
+        self.started_at = time.time()
+        period = 1.0 / self.rate
+        next_tick = time.monotonic()
+        while self.running:
+            for stream, target in self.streams.items():
+                self.mgr.emit("m", {"st": stream, "n": self.emitted[stream]}, to=target)
+                self.emitted[stream] += 1
+            next_tick += period
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_tick = time.monotonic()  # behind: no burst to catch up
+        self.stopped_at = time.time()
+
+    def stop(self) -> dict[str, int]:
+        self.running = False
+        self.join(30)
+        self.mgr.close()  # flushes what is queued
+        logging.getLogger("flask_signalr_kafka").removeHandler(self.failures)
+        return dict(self.emitted)
+
+
+# -- counting -------------------------------------------------------------------
+def count_client(client: dict, targets: list[str], emitted: dict[str, int]) -> dict:
+    """Expected, received, lost, duplicated and out-of-order messages of one
+    client, and its reconnects."""
+    arrivals: dict[str, list[int]] = {s: [] for s in targets}
+    stray = 0
+    without_offset = 0
+    for _t, stream, n, offset in client["seq"]:
+        if stream in arrivals:
+            arrivals[stream].append(n)
+        else:
+            stray += 1
+        if offset is None:
+            without_offset += 1
+    expected = received = lost = dup = ooo = unknown = 0
+    per_stream = {}
+    for stream in targets:
+        want = emitted.get(stream, 0)
+        got = arrivals[stream]
+        seen: set[int] = set()
+        s_dup = s_ooo = s_unknown = 0
+        top = -1
+        for n in got:
+            if n in seen:
+                s_dup += 1
+                continue
+            seen.add(n)
+            if n >= want:
+                s_unknown += 1  # never emitted: the counting is broken
+            if n < top:
+                s_ooo += 1
+            top = max(top, n)
+        s_lost = want - len(seen & set(range(want)))
+        per_stream[stream] = {"expected": want, "received": len(got), "lost": s_lost,
+                              "dup": s_dup, "ooo": s_ooo}
+        expected += want
+        received += len(got)
+        lost += s_lost
+        dup += s_dup
+        ooo += s_ooo
+        unknown += s_unknown
+    first_sid = client["connectLog"][0]["sid"] if client["connectLog"] else None
+    reconnects = client["connectLog"][1:]
+    ok = sum(1 for c in reconnects if c["recovered"] and c["sid"] == first_sid)
+    return {
+        "id": client["id"], "expected": expected, "received": received, "lost": lost,
+        "dup": dup, "ooo": ooo, "stray": stray, "unknown": unknown,
+        "without_offset": without_offset,
+        "drops": len(client["disconnectLog"]),
+        "reasons": dict(Counter(d["reason"] for d in client["disconnectLog"])),
+        "recovered": ok, "not_recovered": len(reconnects) - ok,
+        "connected_at_end": client["connected"],
+        "upstreams": [c["upstream"] for c in client["connectLog"]],
+        "streams": per_stream,
+    }
+
+
+def totals(rows: list[dict]) -> dict:
+    keys = ("expected", "received", "lost", "dup", "ooo", "stray", "unknown", "drops",
+            "recovered", "not_recovered")
+    out = {k: sum(r[k] for r in rows) for k in keys}
+    out["clients"] = len(rows)
+    out["clients_losing"] = sum(1 for r in rows if r["lost"])
+    out["clients_disturbed"] = sum(1 for r in rows if r["drops"])
+    out["not_connected_at_end"] = sum(1 for r in rows if not r["connected_at_end"])
+    reasons: Counter = Counter()
+    lost_by_kind: Counter = Counter()
+    for r in rows:
+        reasons.update(r["reasons"])
+        for stream, figures in r["streams"].items():
+            lost_by_kind[stream.split(":")[0]] += figures["lost"]
+    out["reasons"] = dict(reasons)
+    out["lost_by_kind"] = {k: lost_by_kind[k] for k in ("all", "room", "user", "sid")}
+    return out
+
+
+# -- one run --------------------------------------------------------------------
+def plan_clients(n: int) -> list[dict]:
+    """Client i: user u<i//2> (two connections a user), room r<i % rooms>."""
+    rooms = max(1, n // 4)
+    return [{"id": f"c{i}", "user": f"u{i // 2}", "room": f"r{i % rooms}"} for i in range(n)]
+
+
+def run(bootstrap: str, *, engine: str = "kafka", dynos: int = 3, clients: int = 60,
+        kill: str = "term", recovery: bool = True, duration: float = 60.0, rate: float = 4.0,
+        max_disconnection: float = 120.0, log_dir: Path, settle: float = 4.0,
+        ping_timeout_ms: int | None = None, say=print) -> dict:
+    """Start ``dynos`` server processes and ``clients`` JS clients, emit for
+    ``duration`` seconds while each dyno in turn is disturbed as ``kill``
+    says, and count what every client got. Everything started is stopped."""
+    if kill not in KILL_MODES:
+        raise ValueError(f"kill must be one of {KILL_MODES}")
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    prefix = unique("rr")
+    env = {"CONNECTION_STATE_RECOVERY": "1" if recovery else "0",
+           "MAX_DISCONNECTION": str(max_disconnection)}
+    if engine == "tansu":
+        env["FETCH_MAX_WAIT_MS"] = "20"  # Tansu answers a fetch only at its deadline
+    servers = [ServerProcess(bootstrap, prefix, f"d{k}", log_dir, **env) for k in range(dynos)]
+    driver = emitter = None
+    timeline: list[tuple[float, str]] = []
+    started = time.time()
+
+    def mark(what):
+        timeline.append((round(time.time() - started, 2), what))
+        say(f"  [{time.time() - started:6.1f}s] {what}")
+
+    try:
+        with ThreadPoolExecutor(dynos) as pool:
+            list(pool.map(lambda s: s.start(60), servers))
+        mark(f"{dynos} dynos ready ({prefix}, recovery {'on' if recovery else 'off'})")
+        plan = plan_clients(clients)
+        driver = NodeClients(max_seconds=duration * 3 + 300,
+                             log_path=log_dir / f"{prefix}-node.log")
+        urls = [s.url for s in servers]
+        driver.add([{"id": c["id"], "auth": {"user": c["user"]}, "rooms": [c["room"]],
+                     # rotate: each reconnect goes to the next dyno of its list
+                     "urls": urls[i % dynos:] + urls[:i % dynos], "policy": "rotate"}
+                    for i, c in enumerate(plan)],
+                   **({"pingTimeoutMs": ping_timeout_ms} if ping_timeout_ms else {}))
+        sids = driver.wait_ready([c["id"] for c in plan], 60 + clients * 0.5)
+        mark(f"{clients} clients connected and joined")
+        streams: dict[str, str | None] = {"all": None}
+        for c in plan:
+            streams[f"room:{c['room']}"] = c["room"]
+            streams[f"user:{c['user']}"] = user(c["user"])
+        for c in plan:
+            streams[f"sid:{c['id']}"] = sids[c["id"]]
+        emitter = Emitter(bootstrap, prefix, streams, rate)
+        emitter.start()
+        t0 = time.monotonic()
+        mark(f"emitting {len(streams)} streams at {rate:g}/s")
+        for k, server in enumerate(servers):
+            wait_for = t0 + duration * (k + 1) / (dynos + 1) - time.monotonic()
+            if wait_for > 0:
+                time.sleep(wait_for)
+            disturb(server, kill, driver, mark)
+        remaining = t0 + duration - time.monotonic()
+        time.sleep(max(remaining, 3.0))
+        emitted = emitter.stop()
+        emit_failures = emitter.failures.count
+        mark(f"emitter stopped: {sum(emitted.values())} messages, "
+             f"{emit_failures} produce warnings")
+        settle_clients(driver, plan, settle, mark)
+        report = driver.report()
+    finally:
+        if emitter and emitter.is_alive():
+            emitter.stop()
+        if driver:
+            driver.close()
+        for s in servers:
+            try:
+                s.stop()
+            except Exception:
+                pass
+    by_id = {c["id"]: c for c in report}
+    labels = {s.url: s.label for s in servers}
+    rows = []
+    for c in plan:
+        targets = ["all", f"room:{c['room']}", f"user:{c['user']}", f"sid:{c['id']}"]
+        row = count_client(by_id[c["id"]], targets, emitted)
+        row["upstreams"] = [labels.get(u, u) for u in row["upstreams"]]
+        rows.append(row)
+    return {
+        "engine": engine, "kill": kill, "recovery": recovery, "dynos": dynos,
+        "clients": clients, "duration": duration, "rate": rate,
+        "max_disconnection": max_disconnection, "streams": len(streams),
+        "emitted": sum(emitted.values()), "emit_failures": emit_failures,
+        "totals": totals(rows), "per_client": rows, "timeline": timeline,
+        "prefix": prefix, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+    }
+
+
+def disturb(server: ServerProcess, kill: str, driver: NodeClients, mark) -> None:
+    """Restart or cut off one dyno; return once it serves again."""
+    if kill == "none":
+        mark(f"{server.label}: left alone")
+        return
+    if kill in ("drop", "blackhole"):
+        mode = "cut" if kill == "drop" else "blackhole"
+        got = driver.drop(mode, upstream=server.url)
+        mark(f"{server.label}: {mode} {got['count']} connections")
+        return
+    sig = signal.SIGTERM if kill == "term" else signal.SIGKILL
+    server.stop(sig)
+    mark(f"{server.label}: {sig.name}, exited {server.process.returncode}")
+    server.start(60)
+    mark(f"{server.label}: started again on :{server.port}")
+
+
+def settle_clients(driver: NodeClients, plan, settle: float, mark, limit: float = 60.0) -> None:
+    """Wait until every client is connected and nothing arrived for
+    ``settle`` seconds (at most ``limit`` s)."""
+    deadline = time.monotonic() + limit
+    last_total = -1
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        status = driver.status()
+        total = sum(s["events"] for s in status)
+        connected = sum(1 for s in status if s["connected"])
+        if total != last_total:
+            last_total, quiet_since = total, time.monotonic()
+        if connected == len(plan) and time.monotonic() - quiet_since >= settle:
+            break
+        time.sleep(0.5)
+    mark(f"settled: {connected}/{len(plan)} connected, {total} events received")
+
+
+# -- output ---------------------------------------------------------------------
+COLUMNS = ("expected", "received", "lost", "dup", "ooo", "recovered", "not_recovered")
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["| engine | kill | recovery | clients | expected | received | lost | dup | "
+             "out of order | recoveries ok | recoveries failed | clients losing |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        t = r["totals"]
+        lines.append(
+            f"| {r['engine']} | {r['kill']} | {'on' if r['recovery'] else 'off'} | "
+            f"{r['clients']} | " + " | ".join(str(t[k]) for k in COLUMNS)
+            + f" | {t['clients_losing']} |")
+    out = ["# Rolling-restart proof", "",
+           f"{results[0]['dynos']} dynos, {results[0]['clients']} socket.io-client clients, "
+           f"{results[0]['rate']:g} emits/s per stream for {results[0]['duration']:g} s "
+           f"(`loadtests/restart_test.py`, see docs/restart-test.md).", "", *lines, ""]
+    for r in results:
+        out += [f"## {r['kill']}, recovery {'on' if r['recovery'] else 'off'} "
+                f"({r['started']}, prefix {r['prefix']})", "",
+                f"disconnect reasons: {r['totals']['reasons']}; "
+                f"lost by target kind: {r['totals']['lost_by_kind']}; "
+                f"emitted {r['emitted']} messages on {r['streams']} streams, "
+                f"{r['emit_failures']} produce warnings; stray {r['totals']['stray']}, "
+                f"never-emitted {r['totals']['unknown']}", "",
+                "timeline: " + "; ".join(f"{t}s {w}" for t, w in r["timeline"]), "",
+                "| client | upstreams | drops | " + " | ".join(COLUMNS) + " |",
+                "|---|---|---|" + "---|" * len(COLUMNS)]
+        for row in r["per_client"]:
+            if row["drops"] or row["lost"] or row["dup"] or row["ooo"]:
+                ups = " ".join(u or "?" for u in row["upstreams"])
+                out.append(f"| {row['id']} | {ups} | {row['drops']} | "
+                           + " | ".join(str(row[k]) for k in COLUMNS) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def print_run(r: dict, say=print) -> None:
+    t = r["totals"]
+    say(f"== {r['engine']} kill={r['kill']} recovery={'on' if r['recovery'] else 'off'}: "
+        f"expected {t['expected']}, received {t['received']}, lost {t['lost']}, "
+        f"dup {t['dup']}, out-of-order {t['ooo']}, recoveries {t['recovered']} ok / "
+        f"{t['not_recovered']} failed, {t['clients_losing']}/{t['clients']} clients lost "
+        f"messages, reasons {t['reasons']}, lost by kind {t['lost_by_kind']}")
+    for row in r["per_client"]:
+        if row["drops"] or row["lost"] or row["dup"]:
+            say(f"   {row['id']}: expected {row['expected']} received {row['received']} "
+                f"lost {row['lost']} dup {row['dup']} ooo {row['ooo']} drops {row['drops']} "
+                f"recovered {row['recovered']}/{row['recovered'] + row['not_recovered']}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--kill", default="term",
+                   help=f"comma-separated, of {', '.join(KILL_MODES)} (default term)")
+    p.add_argument("--recovery", default="on", choices=("on", "off", "both"))
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of emitting per run")
+    p.add_argument("--clients", type=int, default=60)
+    p.add_argument("--dynos", type=int, default=3)
+    p.add_argument("--rate", type=float, default=4.0, help="emits per second per stream")
+    p.add_argument("--max-disconnection", type=float, default=120.0)
+    p.add_argument("--ping-timeout-ms", type=int, default=None,
+                   help="client-side ping timeout (blackhole mode: detection after the "
+                        "server's ping interval plus this)")
+    p.add_argument("--engine", default="kafka", choices=("kafka", "tansu"))
+    p.add_argument("--bootstrap", help="use this broker instead of starting one")
+    args = p.parse_args(argv)
+    kills = args.kill.split(",")
+    for k in kills:
+        if k not in KILL_MODES:
+            p.error(f"--kill {k}: not one of {KILL_MODES}")
+    recoveries = {"on": [True], "off": [False], "both": [True, False]}[args.recovery]
+    log_dir = RESULTS / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    broker = None
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        from flask_signalr_kafka.broker import start_broker
+
+        print(f"starting {args.engine} ...", flush=True)
+        broker = start_broker(args.engine, log_dir=log_dir)
+        bootstrap = broker.bootstrap
+    results = []
+    try:
+        for kill in kills:
+            for recovery in recoveries:
+                print(f"-- kill={kill} recovery={'on' if recovery else 'off'}", flush=True)
+                r = run(bootstrap, engine=args.engine, dynos=args.dynos, clients=args.clients,
+                        kill=kill, recovery=recovery, duration=args.duration, rate=args.rate,
+                        max_disconnection=args.max_disconnection, log_dir=log_dir,
+                        ping_timeout_ms=args.ping_timeout_ms,
+                        say=lambda s: print(s, flush=True))
+                print_run(r, say=lambda s: print(s, flush=True))
+                results.append(r)
+    finally:
+        if broker:
+            broker.stop()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"restart-{stamp}-{'-'.join(kills)}-{args.recovery}"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(results))
+    print(f"wrote loadtests/results/{name}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
