@@ -16,9 +16,17 @@ from typing import Any
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-from .topics import ACK, GROUP_MGMT, SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, KafkaTopicConfig
+from .topics import (
+    ACK,
+    GROUP_MGMT,
+    SEND_ALL,
+    SEND_CONN,
+    SEND_GROUP,
+    SEND_USER,
+    SESSIONS,
+    KafkaTopicConfig,
+)
 
-SESSIONS = "sessions"  # KafkaTopicConfig.sessions, the recovery topic
 SEND_TOPICS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 
 OK, NOTE, WARNING, ERROR = "ok", "note", "warning", "error"
@@ -141,7 +149,7 @@ def inspect(admin: Any, topic_config: KafkaTopicConfig, report: Report) -> None:
             broker.version = None
         report.brokers.append(broker)
 
-    names = dict(topic_config.names)
+    names = {**topic_config.names, SESSIONS: topic_config.name(SESSIONS)}
     described = {t["name"]: t for t in admin.describe_topics(list(names.values()))}
     for base, name in names.items():
         facts = TopicFacts(base, name)

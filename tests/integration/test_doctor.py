@@ -28,6 +28,12 @@ def doctor_json(bootstrap, prefix, *extra):
     return result.returncode, json.loads(result.stdout)
 
 
+def all_names(prefix):
+    """The six topics' names, and the sessions topic's, by base name."""
+    config = KafkaTopicConfig(prefix=prefix)
+    return {**config.names, "sessions": config.name("sessions")}
+
+
 def findings(report, level=None):
     """{(check, topic or None)} of the report's findings at ``level``."""
     return {(f["check"], f["topic"]) for f in report["findings"]
@@ -41,7 +47,7 @@ def test_healthy_topics_exit_0(broker):
          broker.bootstrap, "--prefix", prefix], capture_output=True, text=True, timeout=60)
     assert created.returncode == 0, created.stderr
     code, report = doctor_json(broker.bootstrap, prefix)
-    names = KafkaTopicConfig(prefix=prefix).names
+    names = all_names(prefix)
     topics = {t["name"]: t for t in report["topics"]}
     assert set(topics) == set(names.values())
     created_names = [n for b, n in names.items() if b != "sessions"]
@@ -57,7 +63,7 @@ def test_healthy_topics_exit_0(broker):
                 "cleanup.policy": "delete", "min.insync.replicas": "1",
                 "retention.bytes": "-1", "retention.ms": "604800000",
             }
-        assert findings(report, "note") <= {("missing", names.get("sessions"))}
+        assert findings(report, "note") == {("missing", names["sessions"])}
     else:
         # Tansu workaround: its DescribeConfigs reports only configs set at
         # creation, so the doctor says what it could not check.
@@ -76,7 +82,7 @@ def test_text_output_lists_brokers_and_topics(broker):
 def test_missing_topics_are_errors(broker):
     prefix = unique("doc")
     code, report = doctor_json(broker.bootstrap, prefix)
-    required = [n for b, n in KafkaTopicConfig(prefix=prefix).names.items() if b != "sessions"]
+    required = KafkaTopicConfig(prefix=prefix).names.values()
     assert code == 2 and report["status"] == "error"
     assert findings(report, "error") == {("missing", name) for name in required}
 
@@ -148,8 +154,7 @@ def test_bad_topics_on_three_nodes(cluster3):
 def test_only_warnings_exit_1(cluster3):
     prefix = unique("warn")
     names = KafkaTopicConfig(prefix=prefix).names
-    topics = {n: {"num_partitions": 4, "replication_factor": 3} for b, n in names.items()
-              if b != "sessions"}
+    topics = {n: {"num_partitions": 4, "replication_factor": 3} for n in names.values()}
     topics[names["send-group"]]["configs"] = {"retention.ms": "10000"}
     with KafkaAdminClient(bootstrap_servers=cluster3.bootstrap) as admin:
         admin.create_topics(topics)
@@ -163,9 +168,7 @@ def test_only_warnings_exit_1(cluster3):
 
 def test_sessions_topic_not_compacted(cluster3):
     prefix = unique("ses")
-    names = KafkaTopicConfig(prefix=prefix).names
-    if "sessions" not in names:
-        pytest.skip("KafkaTopicConfig has no sessions topic yet (issue 8)")
+    names = all_names(prefix)
     topics = {n: {"num_partitions": 4, "replication_factor": 3} for n in names.values()}
     topics[names["sessions"]]["configs"] = {"cleanup.policy": "delete"}
     with KafkaAdminClient(bootstrap_servers=cluster3.bootstrap) as admin:
