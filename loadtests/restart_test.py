@@ -282,10 +282,12 @@ def plan_clients(n: int) -> list[dict]:
 def run(bootstrap: str, *, engine: str = "kafka", dynos: int = 3, clients: int = 60,
         kill: str = "term", recovery: bool = True, duration: float = 60.0, rate: float = 4.0,
         max_disconnection: float = 120.0, log_dir: Path, settle: float = 4.0,
-        ping_timeout_ms: int | None = None, say=print) -> dict:
+        ping_timeout_ms: int | None = None, announce: bool = False,
+        disturb_count: int | None = None, say=print) -> dict:
     """Start ``dynos`` server processes and ``clients`` JS clients, emit for
-    ``duration`` seconds while each dyno in turn is disturbed as ``kill``
-    says, and count what every client got. Everything started is stopped."""
+    ``duration`` seconds while each dyno in turn (the first ``disturb_count``
+    only, if given) is disturbed as ``kill`` says, and count what every client
+    got. Everything started is stopped."""
     if kill not in KILL_MODES:
         raise ValueError(f"kill must be one of {KILL_MODES}")
     log_dir = Path(log_dir)
@@ -312,7 +314,10 @@ def run(bootstrap: str, *, engine: str = "kafka", dynos: int = 3, clients: int =
         driver = NodeClients(max_seconds=duration * 3 + 300,
                              log_path=log_dir / f"{prefix}-node.log")
         urls = [s.url for s in servers]
-        driver.add([{"id": c["id"], "auth": {"user": c["user"]}, "rooms": [c["room"]],
+        # announce: auth {csr: true} asks for offsets from the first connection
+        # (a plain client announces only when it first reconnects)
+        auth = {"csr": True} if announce else {}
+        driver.add([{"id": c["id"], "auth": {"user": c["user"], **auth}, "rooms": [c["room"]],
                      # rotate: each reconnect goes to the next dyno of its list
                      "urls": urls[i % dynos:] + urls[:i % dynos], "policy": "rotate"}
                     for i, c in enumerate(plan)],
@@ -329,8 +334,9 @@ def run(bootstrap: str, *, engine: str = "kafka", dynos: int = 3, clients: int =
         emitter.start()
         t0 = time.monotonic()
         mark(f"emitting {len(streams)} streams at {rate:g}/s")
-        for k, server in enumerate(servers):
-            wait_for = t0 + duration * (k + 1) / (dynos + 1) - time.monotonic()
+        victims = servers[:disturb_count] if disturb_count is not None else servers
+        for k, server in enumerate(victims):
+            wait_for = t0 + duration * (k + 1) / (len(victims) + 1) - time.monotonic()
             if wait_for > 0:
                 time.sleep(wait_for)
             disturb(server, kill, driver, mark)
@@ -361,7 +367,8 @@ def run(bootstrap: str, *, engine: str = "kafka", dynos: int = 3, clients: int =
         row["upstreams"] = [labels.get(u, u) for u in row["upstreams"]]
         rows.append(row)
     return {
-        "engine": engine, "kill": kill, "recovery": recovery, "dynos": dynos,
+        "engine": engine, "kill": kill, "recovery": recovery, "announce": announce,
+        "dynos": dynos, "disturbed": [s.label for s in victims],
         "clients": clients, "duration": duration, "rate": rate,
         "max_disconnection": max_disconnection, "streams": len(streams),
         "emitted": sum(emitted.values()), "emit_failures": emit_failures,
@@ -465,11 +472,15 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of emitting per run")
     p.add_argument("--clients", type=int, default=60)
     p.add_argument("--dynos", type=int, default=3)
+    p.add_argument("--disturb", type=int, default=None,
+                   help="disturb only the first N dynos (default: every one in turn)")
     p.add_argument("--rate", type=float, default=4.0, help="emits per second per stream")
     p.add_argument("--max-disconnection", type=float, default=120.0)
     p.add_argument("--ping-timeout-ms", type=int, default=None,
                    help="client-side ping timeout (blackhole mode: detection after the "
                         "server's ping interval plus this)")
+    p.add_argument("--announce", action="store_true",
+                   help="clients send auth {csr: true}: offsets from their first connection")
     p.add_argument("--engine", default="kafka", choices=("kafka", "tansu"))
     p.add_argument("--bootstrap", help="use this broker instead of starting one")
     args = p.parse_args(argv)
@@ -497,7 +508,8 @@ def main(argv=None) -> int:
                 r = run(bootstrap, engine=args.engine, dynos=args.dynos, clients=args.clients,
                         kill=kill, recovery=recovery, duration=args.duration, rate=args.rate,
                         max_disconnection=args.max_disconnection, log_dir=log_dir,
-                        ping_timeout_ms=args.ping_timeout_ms,
+                        ping_timeout_ms=args.ping_timeout_ms, announce=args.announce,
+                        disturb_count=args.disturb,
                         say=lambda s: print(s, flush=True))
                 print_run(r, say=lambda s: print(s, flush=True))
                 results.append(r)
