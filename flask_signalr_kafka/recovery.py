@@ -87,7 +87,7 @@ class ConnectionStateRecovery:
     skip_connect_handler: bool = False
     max_replay_records: int = 50_000
     checkpoint_interval: float = 1.0
-    release_timeout: float = 3.0
+    release_timeout: float = 2.0
     window_steps: int = 200_000
 
     def __post_init__(self) -> None:
@@ -296,15 +296,16 @@ class Recovery:
                 self.manager._request_release(session.sid, session.namespace,
                                               self.options.release_timeout)
             except TimeoutError:
-                pass  # gone meanwhile: its checkpoint below
+                pass  # it died meanwhile: its checkpoint, below
+            else:
+                def saved_session() -> Session | None:
+                    current = self.store.sessions.get(pid)
+                    return current if current is not None and current.state == SAVED else None
 
-            def saved_session() -> Session | None:
-                current = self.store.sessions.get(pid)
-                return current if current is not None and current.state == SAVED else None
-
-            saved = self.store.wait_for(saved_session, self.options.release_timeout)
-            if saved is not None:
-                return saved
+                # Acked after its save was sent: the record is on its way.
+                saved = self.store.wait_for(saved_session, self.options.release_timeout)
+                if saved is not None:
+                    return saved
         checkpoint = self.store.checkpoints.get(session.owner)
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
@@ -315,7 +316,8 @@ class Recovery:
         )
 
     def _liveness(self) -> float:
-        return 3 * self.options.checkpoint_interval + 2
+        """Seconds without a checkpoint after which a dyno counts as dead."""
+        return 2 * self.options.checkpoint_interval + 0.5
 
     def begin(self, sid: str, namespace: str) -> None:
         """A recovered connection takes its sid: hold its live events back

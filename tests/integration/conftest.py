@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,10 @@ class Fleet:
         self.readers = []
 
     def server(self, label, **env):
+        if os.environ.get("TEST_RECOVERY") == "1":
+            # Run any test with connection state recovery on (python-socketio
+            # Clients must not notice it).
+            env.setdefault("CONNECTION_STATE_RECOVERY", 1)
         if self.broker.engine == "tansu":
             # Tansu workaround: it answers a fetch only at its deadline.
             env.setdefault("FETCH_MAX_WAIT_MS", 20)

@@ -1,5 +1,7 @@
 """Every addressing form of CONTRACT.md across two real server processes,
 with the raw records checked where the topic or key matters."""
+import os
+
 import msgspec
 import pytest
 from harness import unique, wait_until
@@ -59,7 +61,13 @@ def test_emit_to_local_sid_is_delivered_directly(fleet, connect, raw):
     b = connect(fleet.b)
     a.call("emit", {"event": "dm", "data": marker, "to": b.sid})
     raw.read_until(lambda r: marker.encode() in r.value)
-    assert not [r for r in raw.records if data.encode() in r.value]
+    local_records = [r for r in raw.records if data.encode() in r.value]
+    if os.environ.get("TEST_RECOVERY") == "1":
+        # With recovery on, a local connection's events are in Kafka too,
+        # for the replay if it drops before they reach it.
+        assert len(local_records) == 1
+    else:
+        assert not local_records
 
 
 def test_room_emit_uses_send_group_keyed_by_room(fleet, connect, raw):
