@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: Checked against these; other versions log a warning at startup.
-CHECKED_VERSIONS = {"python-socketio": "5.18.", "python-engineio": "4.1"}
+CHECKED_VERSIONS = {"python-socketio": "5.18.", "python-engineio": "4.15."}
 
 
 def check_versions() -> list[str]:
