@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import AckTimeoutError
+from .metrics import AckStats
 
 _MAX_ID = 2**31 - 1
 _SWEEP_EVERY = 10.0
@@ -23,6 +24,7 @@ class AckWaiter:
         self._last_id = 0
         self._pending: dict[int, tuple[float, Callable[[list], Any]]] = {}
         self._next_sweep = time.monotonic() + _SWEEP_EVERY
+        self.stats = AckStats()
 
     def register(self, on_ack: Callable[[list], Any], ttl: float) -> int:
         """Reserve an id whose Ack calls ``on_ack(args)`` once, if it comes
@@ -52,9 +54,13 @@ class AckWaiter:
         """
         done = threading.Event()
         ack_id = self.register(lambda args: done.set(), timeout)
+        started = time.monotonic()
         try:
             publish(ack_id)
-            if not done.wait(timeout):
+            if done.wait(timeout):
+                self.stats.acked(time.monotonic() - started)
+            else:
+                self.stats.ack_timeouts += 1
                 raise AckTimeoutError(
                     f"no server acknowledged {what} within {timeout:g} s "
                     "(is that connection still connected?)"
@@ -67,5 +73,7 @@ class AckWaiter:
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + _SWEEP_EVERY
-        for ack_id in [i for i, (deadline, _) in self._pending.items() if deadline < now]:
+        expired = [i for i, (deadline, _) in self._pending.items() if deadline < now]
+        self.stats.callback_timeouts += len(expired)  # a wait() removes its own id
+        for ack_id in expired:
             del self._pending[ack_id]

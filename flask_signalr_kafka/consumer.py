@@ -20,6 +20,7 @@ import gevent
 from kafka import KafkaConsumer, TopicPartition
 
 from .errors import MalformedRecord
+from .metrics import ConsumerStats
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class TopicConsumer:
         self.caught_up = threading.Event()
         self._startup_ends: dict[TopicPartition, int] = {}
         self.positions: dict[TopicPartition, int] = {}
+        self.stats = ConsumerStats()
         self._started = False
         self._greenlet: gevent.Greenlet | None = None
 
@@ -87,6 +89,7 @@ class TopicConsumer:
                 logger.exception(
                     "consumer of %s failed; restarting in %.1f s", self.topic, self.restart_delay
                 )
+                self.stats.restarts += 1
                 gevent.sleep(self.restart_delay)
 
     def _consume(self) -> None:
@@ -101,6 +104,7 @@ class TopicConsumer:
                     for record in records:
                         self._dispatch(record)
                         self.positions[tp] = record.offset + 1
+                    self.stats.batch(tp, records, consumer.highwater(tp))
                 if not self.caught_up.is_set() and all(
                     self.positions.get(tp, 0) >= end for tp, end in self._startup_ends.items()
                 ):
@@ -168,6 +172,7 @@ class TopicConsumer:
         try:
             self.handler(record)
         except MalformedRecord as exc:
+            self.stats.malformed += 1
             logger.warning(
                 "skipping malformed record at %s partition %d offset %d: %s",
                 record.topic, record.partition, record.offset, exc,

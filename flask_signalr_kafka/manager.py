@@ -45,6 +45,7 @@ from .addressing import (
 from .consumer import TopicConsumer
 from .env_config import settings_from_env
 from .errors import BrokerUnavailableError, MalformedRecord
+from .metrics import Metrics
 from .producer import Publisher, StickyPartitioner
 from .records import (
     ADD,
@@ -184,6 +185,7 @@ class KafkaManager(Manager):
         self.admin_config = {**common, "client_id": client_id, **admin_config}
 
         self._acks = AckWaiter()
+        self.metrics = Metrics(self)  # mgr.metrics.add(...) for more figures
         self._publisher: Publisher | None = None
         self._consumers: list[TopicConsumer] = []
         self._consumers_by_base: dict[str, TopicConsumer] = {}
@@ -224,6 +226,15 @@ class KafkaManager(Manager):
         one: the Socket.IO Admin UI reports each server under it (without
         it, every dyno of a host shows as one server)."""
         return self.server_name
+
+    def stats(self) -> dict[str, Any]:
+        """This dyno's counters and gauges, a plain dict (see :mod:`.metrics`)."""
+        return self.metrics.stats()
+
+    def health(self) -> dict[str, Any]:
+        """Whether this dyno can deliver (``ok``), and why not (see
+        :meth:`.metrics.Metrics.health`)."""
+        return self.metrics.health()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -569,6 +580,7 @@ class KafkaManager(Manager):
             ]
         coords = [[base, None if base == SEND_ALL else _key(record), record.partition,
                    record.offset]] if self._recovery is not None else []
+        self.metrics.delivered[record.topic] += 1
         self._deliver(event, tuple(arguments), namespace, room, excluded, callback, coords)
 
     def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:

@@ -9,6 +9,7 @@ import gevent
 from kafka import KafkaProducer
 from kafka.partitioner import DefaultPartitioner
 
+from .metrics import ProducerStats
 from .topics import KafkaTopicConfig
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Publisher:
         self.await_produce = await_produce
         self.producer = KafkaProducer(**config)
         self._sends = 0
+        self.stats = ProducerStats()
 
     def send(self, base: str, key: str | None, value: bytes | None) -> Any:
         """Publish ``value`` on the topic of ``base``, keyed by ``key``;
@@ -74,6 +76,8 @@ class Publisher:
         future = self.producer.send(
             topic, value=value, key=None if key is None else key.encode()
         )
+        self.stats.produced[topic] += 1
+        future.add_errback(self.stats.failed, topic)
         if self.await_produce:
             future.get()
             return future

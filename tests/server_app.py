@@ -30,6 +30,7 @@ from flask_signalr_kafka import (  # noqa: E402
     TopicSpec,
     user,
 )
+from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -60,6 +61,23 @@ if os.environ.get("ADMIN_UI") == "1":
     # The Socket.IO Admin UI's server side, as an app turns it on.
     socketio.server.instrument(auth=False, server_stats_interval=0.5)
 LABEL = os.environ.get("SERVER_LABEL", mgr.server_name)
+
+
+add_routes(app, mgr)  # /healthz and /metrics, as the sample app serves them
+
+
+@app.get("/stats")
+def stats():
+    return json.dumps(mgr.stats()), 200, {"Content-Type": "application/json"}
+
+
+@app.post("/stop-consumer/<base>")
+def stop_consumer(base):
+    """Stop one topic's consumer greenlet, as a crash of it would."""
+    for consumer in mgr._consumers:
+        if consumer.topic == mgr.topic_config.name(base):
+            consumer.stop()
+    return "stopped"
 
 
 @app.get("/ready")

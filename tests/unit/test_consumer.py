@@ -25,7 +25,8 @@ def tp(partition):
 
 
 def rec(partition, offset, value=b"ok", key=None):
-    return SimpleNamespace(topic=TOPIC, partition=partition, offset=offset, key=key, value=value)
+    return SimpleNamespace(topic=TOPIC, partition=partition, offset=offset, key=key, value=value,
+                           timestamp=0)
 
 
 class FakeCluster:
