@@ -15,6 +15,7 @@ from flask import Flask, abort, render_template, request, send_file  # noqa: E40
 from flask_socketio import SocketIO, emit, join_room, leave_room  # noqa: E402
 
 from flask_signalr_kafka import AckTimeoutError, KafkaManager, KafkaTopicConfig, user  # noqa: E402
+from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
 
 TOPIC_PREFIX = os.environ.get("CHAT_TOPIC_PREFIX", "chat")
 # Heroku names its dynos (web.1, web.2, ...); locally we go by the port.
@@ -31,6 +32,9 @@ mgr = KafkaManager.from_env(
 )
 app = Flask(__name__)
 socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
+# /healthz (503 when this dyno cannot deliver) and, with the `metrics` extra
+# installed, /metrics for Prometheus. See docs/operating.md.
+add_routes(app, mgr)
 
 
 @app.get("/")
