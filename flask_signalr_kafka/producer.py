@@ -77,15 +77,23 @@ class Publisher:
             topic, value=value, key=None if key is None else key.encode()
         )
         self.stats.produced[topic] += 1
-        future.add_errback(self.stats.failed, topic)
         if self.await_produce:
-            future.get()
+            try:
+                future.get()
+            except Exception as exc:
+                self.stats.failed(topic, exc)
+                raise
             return future
-        future.add_errback(_log_failure, topic, key)
+        # One errback logs and counts: each costs a lock and a partial a record.
+        future.add_errback(self._lost, topic, key)
         self._sends += 1
         if self._sends % _YIELD_EVERY == 0:
             gevent.sleep(0)
         return future
+
+    def _lost(self, topic: str, key: str | None, error: Exception) -> None:
+        self.stats.failed(topic, error)
+        _log_failure(topic, key, error)
 
     def flush(self, timeout: float | None = None) -> None:
         self.producer.flush(timeout)
