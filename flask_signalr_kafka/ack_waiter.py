@@ -54,10 +54,11 @@ class AckWaiter:
         """
         done = threading.Event()
         ack_id = self.register(lambda args: done.set(), timeout)
+        deadline = time.monotonic() + timeout  # publishing counts too
         started = time.monotonic()
         try:
             publish(ack_id)
-            if done.wait(timeout):
+            if done.wait(max(0.0, deadline - time.monotonic())):
                 self.stats.acked(time.monotonic() - started)
             else:
                 self.stats.ack_timeouts += 1

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from typing import Any
 
 import gevent
 from kafka import KafkaProducer
+from kafka.errors import (
+    InvalidProducerEpochError,
+    OutOfOrderSequenceNumberError,
+    UnknownProducerIdError,
+)
 from kafka.partitioner import DefaultPartitioner
 
 from .metrics import ProducerStats
@@ -60,26 +66,42 @@ class Publisher:
     :param await_produce: ``True`` to block each send until the broker has
                           it and raise its error; ``False`` to return at once
                           and log delivery errors.
+
+    An idempotent producer whose cluster forgot its producer id bumps its
+    epoch and goes on (Apache Kafka 2.5+, KIP-360); where that bump fails too
+    (Tansu) kafka-python's producer enters a fatal state and fails every
+    later record. The publisher then replaces it with a new producer (a new
+    producer id), so a dyno loses the records of that moment, logged, and
+    never goes mute.
     """
 
     def __init__(self, config: dict, topics: KafkaTopicConfig, await_produce: bool) -> None:
         self.topics = topics
         self.await_produce = await_produce
+        self._config = config
+        self._replacing = threading.Lock()
         self.producer = KafkaProducer(**config)
+        self.replaced = 0  # producers replaced after a fatal producer-state error
         self._sends = 0
         self.stats = ProducerStats()
 
-    def send(self, base: str, key: str | None, value: bytes | None) -> Any:
+    def send(
+        self, base: str, key: str | None, value: bytes | None, timeout: float | None = None
+    ) -> Any:
         """Publish ``value`` on the topic of ``base``, keyed by ``key``;
-        return kafka-python's future of the record (``None`` is a tombstone)."""
+        return kafka-python's future of the record (``None`` is a tombstone).
+        With ``await_produce``, wait at most ``timeout`` seconds (``None``:
+        the producer's ``delivery_timeout_ms``) and raise its error."""
         topic = self.topics.names.get(base) or self.topics.name(base)
-        future = self.producer.send(
+        producer = self.producer
+        future = producer.send(
             topic, value=value, key=None if key is None else key.encode()
         )
+        future.add_errback(self._check, producer)
         self.stats.produced[topic] += 1
         if self.await_produce:
             try:
-                future.get()
+                future.get(timeout)
             except Exception as exc:
                 self.stats.failed(topic, exc)
                 raise
@@ -98,8 +120,48 @@ class Publisher:
     def flush(self, timeout: float | None = None) -> None:
         self.producer.flush(timeout)
 
+    def _check(self, producer: KafkaProducer, error: Exception) -> None:
+        """A produce errback (on the producer's IO thread): replace a
+        producer that can no longer send, from another thread."""
+        if producer is self.producer and _unusable(producer, error):
+            threading.Thread(target=self._replace, args=(producer,), daemon=True).start()
+
+    def _replace(self, broken: KafkaProducer) -> None:
+        with self._replacing:
+            if broken is not self.producer:
+                return  # already replaced
+            logger.error(
+                "the Kafka producer is in a fatal state (the cluster forgot its producer "
+                "id and refused a new epoch); replacing it"
+            )
+            self.producer = KafkaProducer(**self._config)
+            self.replaced += 1
+        try:
+            broken.close(timeout=0)
+        except Exception:
+            logger.debug("closing the replaced producer failed", exc_info=True)
+
     def close(self, timeout: float | None = None) -> None:
         self.producer.close(timeout)
+
+
+_PRODUCER_STATE_ERRORS = (
+    UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError
+)
+
+
+def _unusable(producer: KafkaProducer, error: Exception) -> bool:
+    """Whether ``producer`` will fail every later record: its idempotence
+    state is fatal, or it lost its producer id and is not getting a new
+    epoch (then kafka-python fails each batch with the InitProducerId error,
+    forever: measured on Tansu). That state lives in kafka-python 3.0's
+    private transaction manager; without it, a producer-state error counts."""
+    manager = getattr(producer, "_transaction_manager", None)
+    try:
+        return bool(manager.has_fatal_error() or (
+            not manager.has_producer_id() and not manager.is_bumping_epoch()))
+    except AttributeError:  # not idempotent, or another kafka-python
+        return isinstance(error, _PRODUCER_STATE_ERRORS)
 
 
 def _log_failure(topic: str, key: str | None, error: Exception) -> None:
