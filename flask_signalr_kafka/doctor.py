@@ -197,8 +197,7 @@ def assess(report: Report) -> list[Finding]:
             if t.base == SESSIONS:
                 add(NOTE, "missing", t,
                     "missing; only connection state recovery uses it, and a dyno with "
-                    "recovery on creates it at startup (or run `flask-signalr-kafka "
-                    "create-topics`)")
+                    "connection_state_recovery on creates it at startup")
             else:
                 add(ERROR, "missing", t,
                     "missing: dynos that may create topics create it at startup; otherwise "
@@ -343,9 +342,13 @@ def render(report: Report) -> str:
                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))
             ).rstrip())
     lines.append("")
+    # The same finding on several topics is one line naming them all.
+    grouped: dict[tuple[str, str, str], list[str]] = {}
     for f in sorted(report.findings, key=lambda f: -_RANK[f.level]):
-        where = f"{f.topic}: " if f.topic else ""
-        lines.append(f"{f.level.upper():7} [{f.check}] {where}{f.message}")
+        grouped.setdefault((f.level, f.check, f.message), []).append(f.topic or "")
+    for (level, check, message), topics in grouped.items():
+        where = ", ".join(t for t in topics if t)
+        lines.append(f"{level.upper():7} [{check}] {where + ': ' if where else ''}{message}")
     counts = {level: sum(f.level == level for f in report.findings)
               for level in (ERROR, WARNING, NOTE)}
     lines.append(f"{report.status.upper()}: {counts[ERROR]} error(s), {counts[WARNING]} "
