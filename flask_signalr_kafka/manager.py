@@ -8,17 +8,13 @@ topics.
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import logging
 import math
-import os
-import signal
 import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -30,7 +26,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from socketio import Manager
 
-from . import hub_protocol, records, socketio_hooks, topics
+from . import hub_protocol, records, shutdown, socketio_hooks, topics
 from .ack_waiter import AckWaiter
 from .addressing import (
     SEND_ALL,
@@ -61,8 +57,6 @@ from .recovery import ConnectionStateRecovery, Recovery, options_from
 from .topics import SESSIONS, KafkaTopicConfig
 
 logger = logging.getLogger("flask_signalr_kafka")
-
-_live_managers: weakref.WeakSet[KafkaManager] = weakref.WeakSet()
 
 
 class KafkaManager(Manager):
@@ -284,7 +278,7 @@ class KafkaManager(Manager):
         if self._closed:
             return
         self._closed = True
-        _live_managers.discard(self)
+        shutdown.forget(self)
         if self._publisher is not None:
             try:
                 self._publisher.flush(timeout)
@@ -300,6 +294,18 @@ class KafkaManager(Manager):
             self._recovery.save_all()
         if self._publisher is not None:
             self._publisher.close(timeout)
+
+    def drain(self) -> None:
+        """Hand every connection of this server to the rest of the fleet
+        (connection state recovery): save each session and close its
+        socket, so that its client reconnects elsewhere and is recovered.
+        SIGTERM calls it under gunicorn; a no-op without recovery."""
+        if self._recovery is None or self._closed or self.server is None:
+            return
+        self._recovery.drain()
+
+    def _send_consumers(self) -> list[TopicConsumer]:
+        return [c for base, c in self._consumers_by_base.items() if base.startswith("send-")]
 
     def _start(self) -> None:
         """Create missing topics, connect the producer, start the consumers."""
@@ -325,7 +331,7 @@ class KafkaManager(Manager):
                 self._start_consumers()
             if self._recovery is not None:
                 self._recovery.start()
-            _watch_for_exit(self)
+            shutdown.watch(self)
 
     def _start_consumers(self) -> None:
         handlers: dict[str, Callable[[Any], None]] = {
@@ -744,37 +750,3 @@ def _check_protocols(protocols: Iterable[str]) -> tuple[str, ...]:
     if hub_protocol.JSON not in chosen:
         chosen = (hub_protocol.JSON,) + chosen  # .NET aborts clients whose frame is missing
     return chosen
-
-
-def _watch_for_exit(manager: KafkaManager) -> None:
-    """Flush every live manager when the process exits, SIGTERM included: a
-    dyno stopped by its platform must not drop what it already emitted."""
-    global _exit_hooks_installed
-    if not _exit_hooks_installed:
-        _exit_hooks_installed = True
-        atexit.register(_close_all)
-        _install_sigterm_flush()
-    _live_managers.add(manager)
-
-
-def _close_all() -> None:
-    for manager in list(_live_managers):
-        manager.close()
-
-
-_exit_hooks_installed = False
-
-
-def _install_sigterm_flush() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return  # the server (gunicorn, ...) handles SIGTERM and exits through atexit
-
-    def on_sigterm() -> None:
-        _close_all()
-        watcher.cancel()
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    watcher = gevent.signal_handler(signal.SIGTERM, on_sigterm)

@@ -86,7 +86,7 @@ class ConnectionStateRecovery:
     max_disconnection_duration: float = 120.0
     skip_connect_handler: bool = False
     max_replay_records: int = 50_000
-    checkpoint_interval: float = 1.0
+    checkpoint_interval: float = 0.25
     release_timeout: float = 2.0
     window_steps: int = 200_000
 
@@ -160,6 +160,8 @@ class Recovery:
         self._own_acked: dict[tuple[str, int], int] = {}
         self._pending: dict[tuple[str, str], Restore] = {}
         self._checkpointer: gevent.Greenlet | None = None
+        #: Set by :meth:`drain`: new connections are turned away.
+        self.draining = False
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -207,7 +209,7 @@ class Recovery:
         out = {}
         for base, consumer in self.manager._consumers_by_base.items():
             if base in SEND_BASES:
-                for tp, offset in consumer.positions.items():
+                for tp, offset in list(consumer.positions.items()):
                     out[(base, tp.partition)] = offset
         return out
 
@@ -317,7 +319,7 @@ class Recovery:
 
     def _liveness(self) -> float:
         """Seconds without a checkpoint after which a dyno counts as dead."""
-        return 2 * self.options.checkpoint_interval + 0.5
+        return 3 * self.options.checkpoint_interval + 1
 
     def begin(self, sid: str, namespace: str) -> None:
         """A recovered connection takes its sid: hold its live events back
@@ -360,6 +362,9 @@ class Recovery:
         if key in self._released:
             self._released.discard(key)
             return
+        current = self.store.sessions.get(pid)
+        if current is not None and current.owner != self.owner:
+            return  # its client is back on another dyno already
         if reason in RECOVERABLE:
             eio = self.manager.server.eio
             window = 5.0 if reason != "ping timeout" else eio.ping_interval + eio.ping_timeout + 2
@@ -393,8 +398,9 @@ class Recovery:
         self.stats["saved"] += 1
 
     def save_all(self) -> None:
-        """At shutdown, with the consumers stopped: save every connection.
-        The sockets close cleanly after what was sent, so no window."""
+        """At shutdown, with the consumers stopped: save every connection
+        (and forget it: its disconnect changes nothing more). The sockets
+        close cleanly after what was sent, so no window."""
         positions = self._position_list()
         now = time.time()
         for (sid, namespace), pid in list(self._pids.items()):
@@ -404,6 +410,24 @@ class Recovery:
             ))
             self.stats["saved"] += 1
         self._pids.clear()
+
+    def drain(self) -> None:
+        """Stop delivering, save every connection's session and close its
+        socket: its client reconnects to another dyno and is recovered there,
+        exactly (everything sent before a clean close arrives)."""
+        self.draining = True
+        self.await_readback(3.0)
+        self.stop()
+        for consumer in self.manager._send_consumers():
+            consumer.stop()
+        held = list(self._pids)
+        self.save_all()
+        server = self.manager.server
+        for sid, namespace in held:
+            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+            if eio_sid is not None:
+                server.eio.disconnect(eio_sid)
+        logger.info("drained: %d connections saved and closed", len(held))
 
     def _rooms(self, sid: str, namespace: str) -> list[str]:
         return [r for r in self.manager.get_rooms(sid, namespace) if r != sid]

@@ -116,6 +116,10 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
     """python-socketio 5.18.1's ``Server._handle_connect``, with recovery:
     the CONNECT carries a pid, a returning client gets its sid, rooms and
     missed events (before the CONNECT reply, as a Node server writes them)."""
+    if recovery.draining:
+        # This dyno is stopping: the client's retry finds another one.
+        server.eio.disconnect(eio_sid)
+        return
     pid, offset, announced, data = recovery.split_auth(data)
     restore = None
     sid = None

@@ -1,0 +1,82 @@
+"""What a dyno does when its platform stops it (SIGTERM, then exit).
+
+Every live manager is closed at exit, so what it already emitted is flushed.
+With connection state recovery, SIGTERM first *drains* the dyno: every
+connection's session is saved and its socket closed, so its client
+reconnects to another dyno at once and is recovered exactly, instead of
+waiting for the web server's graceful timeout to cut it (gunicorn waits 30 s
+for websockets, then kills them).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import gevent
+
+if TYPE_CHECKING:
+    from .manager import KafkaManager
+
+logger = logging.getLogger(__name__)
+
+_live_managers: weakref.WeakSet[KafkaManager] = weakref.WeakSet()
+_installed = False
+
+
+def watch(manager: KafkaManager) -> None:
+    """Close ``manager`` at exit and drain it at SIGTERM."""
+    global _installed
+    if not _installed:
+        _installed = True
+        atexit.register(close_all)
+        _install_sigterm()
+    _live_managers.add(manager)
+
+
+def forget(manager: KafkaManager) -> None:
+    _live_managers.discard(manager)
+
+
+def close_all() -> None:
+    for manager in list(_live_managers):
+        manager.close()
+
+
+def drain_all() -> None:
+    for manager in list(_live_managers):
+        try:
+            manager.drain()
+        except Exception:
+            logger.exception("draining %s failed", manager.server_name)
+
+
+def _install_sigterm() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        # Nobody else handles SIGTERM (socketio.run, a plain script): close
+        # everything, then die of SIGTERM as the platform expects.
+        def on_sigterm() -> None:
+            watcher.cancel()
+            close_all()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        watcher = gevent.signal_handler(signal.SIGTERM, on_sigterm)
+        return
+    if not callable(previous):
+        return
+
+    # A server that handles SIGTERM (gunicorn) stops accepting, waits for its
+    # requests, then exits through atexit: drain first, then let it.
+    def chained(signum: int, frame: Any) -> None:
+        gevent.spawn(drain_all)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, chained)
