@@ -165,8 +165,15 @@ def test_broker_frozen(fleet3, cluster3, artifacts):
         stream.close()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "consumer re-delivers after a cluster restart: 41 of 3,420 records delivered twice that "
+    "the broker holds once (an idempotent producer); see docs/kafka-faults.md"))
 def test_cluster_restarted(fleet3, cluster3, artifacts):
-    a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
+    # Idempotent: with the shipped producer (not idempotent) the broker held
+    # 8 records twice in each of two runs (retried batches it had written
+    # before going down); the consumers never re-read (asserted below too).
+    env = {"PRODUCER_JSON": json.dumps({"enable_idempotence": True})}
+    a, b = dyno(fleet3, "A", **env), dyno(fleet3, "B", **env)
     stream = Stream(fleet3, a, b)
     try:
         stream.start()
