@@ -7,6 +7,7 @@ from gevent import monkey
 
 monkey.patch_all()  # first: before Flask, Flask-SocketIO or kafka are imported
 
+import logging  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -17,6 +18,12 @@ from flask_socketio import SocketIO, emit, join_room, leave_room  # noqa: E402
 from flask_signalr_kafka import AckTimeoutError, KafkaManager, KafkaTopicConfig, user  # noqa: E402
 from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
 
+# The backplane's own lines (drains, recoveries, skipped records); LOG_LEVEL
+# overrides. kafka-python's chatter stays at warnings.
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                    format="%(asctime)s %(name)s %(levelname)s %(message)s")
+logging.getLogger("kafka").setLevel(logging.WARNING)
+
 TOPIC_PREFIX = os.environ.get("CHAT_TOPIC_PREFIX", "chat")
 # Heroku names its dynos (web.1, web.2, ...); locally we go by the port.
 DYNO = os.environ.get("DYNO") or f"{socket.gethostname()}:{os.environ.get('PORT', '5000')}"
@@ -26,6 +33,9 @@ SOCKETIO_JS = Path(__file__).parent.parent / "node_modules/socket.io-client/dist
 mgr = KafkaManager.from_env(
     topic_config=KafkaTopicConfig(prefix=TOPIC_PREFIX),
     ack_timeout=10,
+    # A tab whose dyno restarts (a deploy, a crash) or whose network drops
+    # comes back with its connection id, rooms and every line it missed.
+    connection_state_recovery=True,
     # Tansu workaround: it answers a fetch only at its deadline, keep it short.
     consumer_config={"fetch_max_wait_ms": 20}
     if os.environ.get("BROKER_ENGINE") == "tansu" else None,
@@ -66,7 +76,8 @@ def on_connect(auth):
         return False  # refuse: the page always sends a name
     socketio.server.save_session(request.sid, {"name": user_name})
     join_room(user(user_name))  # to=user(name) now reaches this tab, on any dyno
-    emit("welcome", {"sid": request.sid, "name": user_name, "dyno": DYNO})
+    emit("welcome", {"sid": request.sid, "name": user_name, "dyno": DYNO,
+                     "recovered": mgr.is_recovered(request.sid)})
 
 
 @socketio.on("join")

@@ -19,13 +19,22 @@
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
     // websocket only: several dynos behind one address need no sticky sessions.
-    socket = io({ transports: ["websocket"], auth: { name: $("name").value.trim() } });
+    // csr: this tab reads recovery offsets from its first connection on, so
+    // even its first drop is recovered exactly (see the README).
+    socket = io({ transports: ["websocket"], auth: { name: $("name").value.trim(), csr: true } });
     socket.on("welcome", (me) => {
       $("login").hidden = true;
       $("chat").hidden = false;
       $("me").textContent = `You are ${me.name}, on dyno ${me.dyno}; your connection id is ${me.sid}`;
       $("me").dataset.sid = me.sid;
+      $("me").dataset.dyno = me.dyno;
     });
+    socket.on("connect", () => {
+      if (socket.recovered) {
+        show("recovered", `recovered: connection ${socket.id} kept, missed lines delivered`);
+      }
+    });
+    socket.on("disconnect", (reason) => show("error", `disconnected (${reason}); reconnecting…`));
     socket.on("line", (line) => {
       const where = line.kind === "private" ? `private to ${line.to}`
         : line.kind === "all" ? "everyone" : line.room;

@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def start_dyno(broker, prefix, log_dir, name):
-    port = free_port()
+def start_dyno(broker, prefix, log_dir, name, port=None):
+    port = port or free_port()
     env = dict(os.environ, KAFKA_URL=f"kafka://{broker.bootstrap}", CHAT_TOPIC_PREFIX=prefix,
                PORT=str(port), DYNO=name, BROKER_ENGINE=broker.engine)
     # The Procfile's web command, for one dyno.
@@ -33,7 +33,8 @@ def start_dyno(broker, prefix, log_dir, name):
     process = subprocess.Popen(
         [str(gunicorn), "--worker-class",
          "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "--workers", "1",
-         "--bind", f"127.0.0.1:{port}", "--no-control-socket", "sample_app.app:app"],
+         "--bind", f"127.0.0.1:{port}", "--no-control-socket", "--graceful-timeout", "5",
+         "sample_app.app:app"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -147,3 +148,55 @@ def test_two_dynos_chat_in_a_real_browser(dynos, browser, artifacts):
     alice_page.save_screenshot(str(artifacts / "browser-web1.png"))
     bob_page.save_screenshot(str(artifacts / "browser-web2.png"))
     assert (artifacts / "browser-web2.png").stat().st_size > 0
+
+
+def test_a_tab_keeps_its_connection_and_every_line_across_a_dyno_restart(
+        broker, artifacts, browser):
+    """The dyno a tab is on is restarted (SIGTERM, as a deploy does, then
+    started again): the tab shows "recovered", keeps its connection id, and
+    shows the lines sent while its dyno was down."""
+    prefix = f"browser-{uuid.uuid4().hex[:8]}"
+    web1 = start_dyno(broker, prefix, artifacts, "web.1")
+    web2 = start_dyno(broker, prefix, artifacts, "web.2")
+    started = [web1, web2]
+    try:
+        alice_page, bob_page = browser(web1[1]), browser(web2[1])
+        alice, bob = f"alice{uuid.uuid4().hex[:4]}", f"bob{uuid.uuid4().hex[:4]}"
+        sign_in(alice_page, alice)
+        bob_sid = sign_in(bob_page, bob)
+        for page in (alice_page, bob_page):
+            page.find_element("id", "join").click()
+        log_has(alice_page, f"[lobby] {bob}: joined lobby")
+
+        process, url = web2
+        # gunicorn: the worker drains (the tab is handed back at once), then
+        # waits out the browser's idle keep-alive connections.
+        process.terminate()
+        assert process.wait(30) == 0
+        for text in ("while you were away 1", "while you were away 2"):
+            fill(alice_page, "text", text)
+            alice_page.find_element("id", "say").click()
+            log_has(alice_page, f"[lobby] {alice}: {text}")
+        fill(alice_page, "to", bob)
+        fill(alice_page, "text", "a private line while away")
+        alice_page.find_element("id", "whisper").click()
+        port = int(url.rsplit(":", 1)[1])
+        started.append(start_dyno(broker, prefix, artifacts, "web.2", port=port))
+
+        log_has(bob_page, "recovered: connection", timeout=30)
+        log_has(bob_page, f"[lobby] {alice}: while you were away 1")
+        log_has(bob_page, f"[lobby] {alice}: while you were away 2")
+        log_has(bob_page, f"[private to {bob}] {alice}: a private line while away")
+        assert bob_page.find_element("id", "me").get_attribute("data-sid") == bob_sid
+        text = bob_page.find_element("id", "log").text
+        assert text.count("while you were away 1") == 1, text
+        # Still in the room, on the restarted dyno: new lines arrive too.
+        fill(alice_page, "text", "after the restart")
+        alice_page.find_element("id", "say").click()
+        log_has(bob_page, f"[lobby] {alice}: after the restart")
+        bob_page.save_screenshot(str(artifacts / "browser-recovered.png"))
+    finally:
+        for process, _ in started:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
