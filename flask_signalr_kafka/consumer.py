@@ -63,6 +63,7 @@ class TopicConsumer:
         self.caught_up = threading.Event()
         self._startup_ends: dict[TopicPartition, int] = {}
         self.positions: dict[TopicPartition, int] = {}
+        self._behind: set[TopicPartition] = set()
         self.stats = ConsumerStats()
         self._started = False
         self._greenlet: gevent.Greenlet | None = None
@@ -145,9 +146,9 @@ class TopicConsumer:
 
     def _lost_log(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
         """Whether the topic changed under us: it vanished, it has other
-        partitions, or a log ends behind our position (the broker lost its
-        data). The log end is the high watermark of our last fetch, which
-        is exact, where a ListOffsets lookup may not be."""
+        partitions, or a log ends behind our position at two checks in a row
+        (the broker lost its data). The log end is the high watermark of our
+        last fetch, which is exact, where a ListOffsets lookup may not be."""
         ids = consumer.partitions_for_topic(self.topic)
         if len(ids) != len(partitions):
             logger.warning("topic %s now has %d partitions; reassigning", self.topic, len(ids))
@@ -157,7 +158,16 @@ class TopicConsumer:
         lost = False
         for tp in partitions:
             end = consumer.highwater(tp)
-            if end is not None and end < self.positions[tp]:
+            if end is None or end >= self.positions[tp]:
+                self._behind.discard(tp)
+            elif tp not in self._behind:
+                # Seen once, it may be a leader that just restarted: its high
+                # watermark lags (it is checkpointed every few seconds) until
+                # the followers catch up. Only a log still behind at the next
+                # check was lost; reading it again would deliver twice.
+                self._behind.add(tp)
+            else:
+                self._behind.discard(tp)
                 logger.warning(
                     "%s partition %d ends at offset %d, behind our position %d: the broker "
                     "lost this log (restarted, or the topic was recreated); reading it from "

@@ -165,9 +165,6 @@ def test_broker_frozen(fleet3, cluster3, artifacts):
         stream.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "consumer re-delivers after a cluster restart: 41 of 3,420 records delivered twice that "
-    "the broker holds once (an idempotent producer); see docs/kafka-faults.md"))
 def test_cluster_restarted(fleet3, cluster3, artifacts):
     # Idempotent: with the shipped producer (not idempotent) the broker held
     # 8 records twice in each of two runs (retried batches it had written
