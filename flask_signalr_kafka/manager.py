@@ -54,6 +54,7 @@ from .records import (
     InvocationExt,
 )
 from .recovery import ConnectionStateRecovery, Recovery, options_from
+from .recovery import metric_families as recovery_metric_families
 from .topics import SESSIONS, KafkaTopicConfig
 
 logger = logging.getLogger("flask_signalr_kafka")
@@ -197,6 +198,9 @@ class KafkaManager(Manager):
 
         self._acks = AckWaiter()
         self.metrics = Metrics(self)  # mgr.metrics.add(...) for more figures
+        if self.connection_state_recovery is not None:
+            for family in recovery_metric_families(lambda: self._recovery):
+                self.metrics.add(family)
         self._publisher: Publisher | None = None
         self._consumers: list[TopicConsumer] = []
         self._consumers_by_base: dict[str, TopicConsumer] = {}

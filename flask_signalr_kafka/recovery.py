@@ -47,6 +47,7 @@ from kafka.partitioner.default import murmur2
 from . import hub_protocol, records
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, user_id_of
 from .errors import MalformedRecord
+from .metrics import COUNTER, GAUGE, Family
 from .sessions import LIVE, SAVED, Checkpoint, Position, Session, SessionStore
 
 if TYPE_CHECKING:
@@ -113,6 +114,44 @@ def options_from(value: Any) -> ConnectionStateRecovery | None:
         return value
     raise TypeError("connection_state_recovery must be False, True or a "
                     f"ConnectionStateRecovery(...), not {value!r}")
+
+
+def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
+    """Recovery's figures for ``mgr.stats()`` and Prometheus."""
+
+    def counter(key: str) -> Callable[[], int]:
+        return lambda: (r := recovery_of()) and r.stats[key] or 0
+
+    def failed() -> dict:
+        r = recovery_of()
+        return {} if r is None else {
+            (k.split(":", 1)[1],): v for k, v in r.stats.items() if k.startswith("failed:")
+        }
+
+    def held() -> dict:
+        r = recovery_of()
+        states = Counter(s.state for s in r.store.sessions.values()) if r else Counter()
+        return {("live",): states[LIVE], ("saved",): states[SAVED]}
+
+    return [
+        Family("recoveries_attempted", COUNTER,
+               "Reconnects that asked for connection state recovery.", (), counter("attempted")),
+        Family("recoveries_succeeded", COUNTER, "Connections recovered.", (),
+               counter("succeeded")),
+        Family("recoveries_failed", COUNTER,
+               "Recoveries refused (the client got a new connection), by reason.",
+               ("reason",), failed),
+        Family("recoveries_from_checkpoint", COUNTER,
+               "Recoveries of clients whose dyno died (from its last checkpoint).", (),
+               counter("from-checkpoint")),
+        Family("recovery_replayed_events", COUNTER, "Missed events sent to recovered clients.",
+               (), counter("replayed")),
+        Family("sessions_saved", COUNTER, "Sessions this dyno saved at a drop or shutdown.", (),
+               counter("saved")),
+        Family("sessions_held", GAUGE,
+               "Sessions in this dyno's copy of the sessions topic, by state.", ("state",),
+               held),
+    ]
 
 
 class RecoveryFailed(Exception):

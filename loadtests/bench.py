@@ -39,7 +39,7 @@ from ws_reader import Reader  # noqa: E402
 from flask_signalr_kafka.broker import ENGINES, free_port, start_broker, wait_for_port  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-BACKENDS = ("ours", "stock-kafka", "redis")
+BACKENDS = ("ours", "ours-recovery", "stock-kafka", "redis")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -113,7 +113,9 @@ def settle(reader: Reader, expected: int, quiet: float = 1.5, limit: float = 120
 def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
     a = Dyno(backend, env, log_dir, "A")
     b = Dyno(backend, env, log_dir, "B")
-    reader = Reader("127.0.0.1", b.port, args.clients)
+    # Readers that announce recovery get an offset on every event, as
+    # socket.io-client >= 4.6 does once it reconnected.
+    reader = Reader("127.0.0.1", b.port, args.clients, announce=backend == "ours-recovery")
     try:
         # Warm up: until a broadcast from A reaches every reader (the stock
         # managers start listening only at their first client).

@@ -1,7 +1,8 @@
 """One dyno of the benchmark: a python-socketio server on gevent with the
 backplane named by BACKEND, and a small HTTP control API for the driver.
 
-BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``stock-kafka``
+BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``ours-recovery`` (the
+same with connection state recovery on), ``stock-kafka``
 (python-socketio's KafkaManager, see StockKafkaManager) or ``redis``
 (python-socketio's RedisManager). Env: PORT, BOOTSTRAP, PREFIX, REDIS_URL,
 FETCH_MAX_WAIT_MS (ours only; default: the manager's own default).
@@ -36,14 +37,15 @@ class StockKafkaManager(socketio.KafkaManager):
 
 
 def make_manager():
-    if BACKEND == "ours":
+    if BACKEND in ("ours", "ours-recovery"):
         from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 
         consumer = {}
         if os.environ.get("FETCH_MAX_WAIT_MS"):
             consumer["fetch_max_wait_ms"] = int(os.environ["FETCH_MAX_WAIT_MS"])
         return KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], consumer_config=consumer,
-                            topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]))
+                            topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]),
+                            connection_state_recovery=BACKEND == "ours-recovery")
     if BACKEND == "stock-kafka":
         return StockKafkaManager("kafka://" + os.environ["BOOTSTRAP"],
                                  channel=os.environ["PREFIX"])

@@ -21,7 +21,7 @@ import time
 
 
 class Connection:
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, announce: bool = False) -> None:
         self.sock = socket.create_connection((host, port))
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((
@@ -36,7 +36,9 @@ class Connection:
         if b" 101 " not in head.split(b"\r\n", 1)[0]:
             raise ConnectionError(f"websocket upgrade refused: {head[:200]!r}")
         self.sid = None
-        self.send(b"40")  # connect to the default namespace
+        # Connect to the default namespace; announcing connection state
+        # recovery makes the server append an offset to every event.
+        self.send(b'40{"csr":true}' if announce else b"40")
 
     def send(self, payload: bytes) -> None:
         mask = os.urandom(4)
@@ -75,8 +77,8 @@ class Reader:
     """``count`` connections to ``host:port``; counts event frames and, when
     ``measure`` is on, the latency from the send time in each event."""
 
-    def __init__(self, host: str, port: int, count: int) -> None:
-        self.connections = [Connection(host, port) for _ in range(count)]
+    def __init__(self, host: str, port: int, count: int, announce: bool = False) -> None:
+        self.connections = [Connection(host, port, announce) for _ in range(count)]
         self.selector = selectors.DefaultSelector()
         for conn in self.connections:
             conn.sock.setblocking(False)
