@@ -240,6 +240,19 @@ def count_client(client: dict, targets: list[str], emitted: dict[str, int]) -> d
     first_sid = client["connectLog"][0]["sid"] if client["connectLog"] else None
     reconnects = client["connectLog"][1:]
     ok = sum(1 for c in reconnects if c["recovered"] and c["sid"] == first_sid)
+    # time away: from the first disconnect after a connect to the next connect
+    away = []
+    gone_at = None
+    for t, kind in sorted([(c["t"], "c") for c in client["connectLog"]]
+                          + [(d["t"], "d") for d in client["disconnectLog"]]):
+        if kind == "d" and gone_at is None:
+            gone_at = t
+        elif kind == "c" and gone_at is not None:
+            away.append(t - gone_at)
+            gone_at = None
+    # socket.io-client reports "disconnect" also when a reconnect attempt's
+    # transport closes before the server answered its CONNECT
+    closed_connections = len(client["connectLog"]) - (1 if client["connected"] else 0)
     return {
         "id": client["id"], "expected": expected, "received": received, "lost": lost,
         "dup": dup, "ooo": ooo, "stray": stray, "unknown": unknown,
@@ -247,6 +260,8 @@ def count_client(client: dict, targets: list[str], emitted: dict[str, int]) -> d
         "drops": len(client["disconnectLog"]),
         "reasons": dict(Counter(d["reason"] for d in client["disconnectLog"])),
         "recovered": ok, "not_recovered": len(reconnects) - ok,
+        "unanswered": len(client["disconnectLog"]) - closed_connections,
+        "away_max_s": round(max(away) / 1000, 2) if away else 0.0,
         "connected_at_end": client["connected"],
         "upstreams": [c["upstream"] for c in client["connectLog"]],
         "streams": per_stream,
@@ -255,8 +270,9 @@ def count_client(client: dict, targets: list[str], emitted: dict[str, int]) -> d
 
 def totals(rows: list[dict]) -> dict:
     keys = ("expected", "received", "lost", "dup", "ooo", "stray", "unknown", "drops",
-            "recovered", "not_recovered")
+            "recovered", "not_recovered", "unanswered")
     out = {k: sum(r[k] for r in rows) for k in keys}
+    out["away_max_s"] = max((r["away_max_s"] for r in rows), default=0.0)
     out["clients"] = len(rows)
     out["clients_losing"] = sum(1 for r in rows if r["lost"])
     out["clients_disturbed"] = sum(1 for r in rows if r["drops"])
@@ -373,8 +389,23 @@ def run(bootstrap: str, *, engine: str = "kafka", dynos: int = 3, clients: int =
         "max_disconnection": max_disconnection, "streams": len(streams),
         "emitted": sum(emitted.values()), "emit_failures": emit_failures,
         "totals": totals(rows), "per_client": rows, "timeline": timeline,
-        "prefix": prefix, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "code": code_version(), "prefix": prefix,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
     }
+
+
+def code_version() -> str:
+    """HEAD, and "+dirty" when flask_signalr_kafka/ or tests/server_app.py
+    differ from it: which server code the figures are of."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "flask_signalr_kafka",
+                                "tests/server_app.py"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 def disturb(server: ServerProcess, kill: str, driver: NodeClients, mark) -> None:
@@ -413,13 +444,15 @@ def settle_clients(driver: NodeClients, plan, settle: float, mark, limit: float 
 
 
 # -- output ---------------------------------------------------------------------
-COLUMNS = ("expected", "received", "lost", "dup", "ooo", "recovered", "not_recovered")
+COLUMNS = ("expected", "received", "lost", "dup", "ooo", "recovered", "not_recovered",
+           "unanswered", "away_max_s")
 
 
 def markdown(results: list[dict]) -> str:
     lines = ["| engine | kill | recovery | clients | expected | received | lost | dup | "
-             "out of order | recoveries ok | recoveries failed | clients losing |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "out of order | recoveries ok | recoveries failed | unanswered connects | "
+             "longest away (s) | clients losing |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         t = r["totals"]
         lines.append(
@@ -432,7 +465,7 @@ def markdown(results: list[dict]) -> str:
            f"(`loadtests/restart_test.py`, see docs/restart-test.md).", "", *lines, ""]
     for r in results:
         out += [f"## {r['kill']}, recovery {'on' if r['recovery'] else 'off'} "
-                f"({r['started']}, prefix {r['prefix']})", "",
+                f"({r['started']}, prefix {r['prefix']}, code {r.get('code', '?')})", "",
                 f"disconnect reasons: {r['totals']['reasons']}; "
                 f"lost by target kind: {r['totals']['lost_by_kind']}; "
                 f"emitted {r['emitted']} messages on {r['streams']} streams, "
@@ -455,7 +488,8 @@ def print_run(r: dict, say=print) -> None:
     say(f"== {r['engine']} kill={r['kill']} recovery={'on' if r['recovery'] else 'off'}: "
         f"expected {t['expected']}, received {t['received']}, lost {t['lost']}, "
         f"dup {t['dup']}, out-of-order {t['ooo']}, recoveries {t['recovered']} ok / "
-        f"{t['not_recovered']} failed, {t['clients_losing']}/{t['clients']} clients lost "
+        f"{t['not_recovered']} failed, {t['unanswered']} unanswered connects, longest away "
+        f"{t['away_max_s']} s, {t['clients_losing']}/{t['clients']} clients lost "
         f"messages, reasons {t['reasons']}, lost by kind {t['lost_by_kind']}")
     for row in r["per_client"]:
         if row["drops"] or row["lost"] or row["dup"]:
