@@ -68,7 +68,7 @@ loadtest: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 RESTART_ARGS ?=
 restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) loadtests/restart_test.py --kill term,kill,drop,blackhole --recovery both \
-	  --ping-timeout-ms 2000 $(RESTART_ARGS)
+	  --ping-timeout-ms 5000 $(RESTART_ARGS)
 
 # Lint, then every unit and integration test, each broker-backed one on
 # Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one); the
