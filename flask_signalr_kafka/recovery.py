@@ -295,6 +295,9 @@ class Recovery:
             logger.info("no recovery for pid %s…: %s", pid[:6], exc)
             return None
         self._pending[(eio_sid, namespace)] = restore
+        logger.info("recovering %s: session of %s, %d rooms, %d in its window",
+                    restore.session.sid, restore.session.owner, len(restore.session.rooms),
+                    len(restore.session.window))
         return restore
 
     def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
@@ -333,6 +336,7 @@ class Recovery:
                 return saved
         elif self.store.alive(session.owner, self._liveness()):
             self.stats["releases-requested"] += 1
+            logger.info("asking %s to release %s", session.owner, session.sid)
             try:
                 self.manager._request_release(session.sid, session.namespace,
                                               self.options.release_timeout)
@@ -351,6 +355,7 @@ class Recovery:
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
         self.stats["from-checkpoint"] += 1
+        logger.info("%s resumes from the last checkpoint of %s", session.sid, session.owner)
         return msgspec.structs.replace(
             session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
             emit_seq=checkpoint.emit_seq, window=[], tag=checkpoint.tag,
@@ -421,6 +426,7 @@ class Recovery:
         eio = self.manager.server.eio
         self._save(pid, sid, namespace, eio.ping_interval + eio.ping_timeout + 2)
         self._released.add(key)
+        logger.info("released %s: its client is back on another connection", sid)
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         if eio_sid is not None:
             self.manager.server.eio.disconnect(eio_sid)
@@ -564,6 +570,7 @@ class Recovery:
             self.stats["failed:replay"] += 1
             self.replaying.pop(sid, None)
             raise
+        logger.debug("replaying %d events to %s", len(missed), sid)
         for coords, event, args in missed:
             send(eio_sid, session.namespace, event, args, self.step(coords))
         buffered = self.replaying.get(sid, [])
@@ -593,6 +600,8 @@ class Recovery:
         ends = self.positions()
         slots = self._relevant(session, ends)
         ranges = {s: (start.get(s, 0), ends[s]) for s in slots if ends.get(s, 0) > start.get(s, 0)}
+        logger.debug("replay of %s reads %d window records and ranges %s", session.sid,
+                     len(window), ranges)
         if not ranges and not window:
             return []
         config = {k: v for k, v in self.manager.consumer_config.items()
@@ -601,8 +610,23 @@ class Recovery:
         topic = self.manager.topic_config.name
         try:
             out = []
+            # The window's records, read in one pass per partition, replayed
+            # in the order they were first sent.
+            spans: dict[tuple[str, int], tuple[int, int]] = {}
             for base, partition, at in window:
-                record = _read_one(consumer, TopicPartition(topic(base), partition), at)
+                low, high = spans.get((base, partition), (at, at + 1))
+                spans[(base, partition)] = (min(low, at), max(high, at + 1))
+            wanted = set(window)
+            by_coord = {
+                (base, record.partition, record.offset): record
+                for base, record in _read_ranges(consumer, {
+                    (base, TopicPartition(topic(base), p)): span
+                    for (base, p), span in spans.items()
+                })
+                if (base, record.partition, record.offset) in wanted
+            }
+            for base, partition, at in window:
+                record = by_coord.get((base, partition, at))
                 event = record and self._event_for(record, base, session, skip_own=False)
                 if event is not None:
                     out.append(([[base, _key(record), partition, at]], *event))
@@ -664,20 +688,6 @@ def _step_of(offset: str | None, tag: str) -> int | None:
     return int(step)
 
 
-def _read_one(consumer: KafkaConsumer, tp: TopicPartition, offset: int) -> Any:
-    consumer.assign([tp])
-    consumer.seek(tp, offset)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        for batch in consumer.poll(timeout_ms=200, max_records=1).values():
-            for record in batch:
-                if record.offset == offset:
-                    return record
-                if record.offset > offset:
-                    return None  # compacted or deleted away
-    return None
-
-
 def _read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:
     """Every record in ``{(base, tp): (start, end)}``, merged across
     partitions by timestamp (each partition stays in its own order)."""
@@ -685,12 +695,14 @@ def _read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:
         return []
     by_tp = {tp: (base, start, end) for (base, tp), (start, end) in ranges.items()}
     consumer.assign(list(by_tp))
+    consumer.resume(*by_tp)
     for tp, (_, start, _) in by_tp.items():
         consumer.seek(tp, start)
     pending = set(by_tp)
     found: dict[TopicPartition, list] = {tp: [] for tp in by_tp}
     deadline = time.monotonic() + 30
     while pending:
+        logger.debug("replay read: waiting for %s", sorted(map(str, pending)))
         if time.monotonic() > deadline:
             raise TimeoutError(f"replay read did not reach the end of {sorted(map(str, pending))}")
         for tp, batch in consumer.poll(timeout_ms=200).items():

@@ -111,6 +111,11 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
             server._send_eio_packet(eio_sid, p)
 
 
+def _socket_open(server: Any, eio_sid: str) -> bool:
+    socket = server.eio.sockets.get(eio_sid)
+    return socket is not None and not socket.closed
+
+
 def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: str,
                     data: Any) -> None:
     """python-socketio 5.18.1's ``Server._handle_connect``, with recovery:
@@ -121,6 +126,7 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
         server.eio.disconnect(eio_sid)
         return
     pid, offset, announced, data = recovery.split_auth(data)
+    logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
     restore = None
     sid = None
     if namespace in server.handlers or namespace in server.namespace_handlers \
@@ -148,6 +154,14 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
                 server.manager.disconnect(sid, namespace, ignore_queue=True)
                 recovery.store.put(pid, restore.session)  # still recoverable
                 server.eio.disconnect(eio_sid)
+                return False
+            if not _socket_open(server, eio_sid):
+                # The client gave up during the replay (python-socketio ignores
+                # the disconnect of a connection still connecting): forget it
+                # here, and keep its session for the next try.
+                logger.info("%s left during its replay; its session is kept", sid)
+                server.manager.disconnect(sid, namespace, ignore_queue=True)
+                recovery.store.put(pid, restore.session)
                 return False
         server._send_packet(eio_sid, server.packet_class(packet.CONNECT, reply,
                                                          namespace=namespace))

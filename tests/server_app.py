@@ -6,7 +6,8 @@ SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
 LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
 producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
 the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
-CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds).
+CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
+PING_TIMEOUT (seconds).
 """
 from gevent import monkey
 
@@ -16,9 +17,11 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
+import gevent.util  # noqa: E402
 from flask import Flask, request  # noqa: E402
 from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_room  # noqa: E402
 
@@ -55,8 +58,13 @@ mgr = KafkaManager(
         max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
     ) if os.environ.get("CONNECTION_STATE_RECOVERY") == "1" else False,
 )
+# kill -USR2 <pid> prints every greenlet's stack into the log (a hang's where).
+gevent.signal_handler(signal.SIGUSR2, lambda: print(
+    "\n".join(gevent.util.format_run_info()), flush=True))
 app = Flask(__name__)
-socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
+socketio = SocketIO(app, client_manager=mgr, async_mode="gevent",
+                    ping_interval=float(os.environ.get("PING_INTERVAL", "25")),
+                    ping_timeout=float(os.environ.get("PING_TIMEOUT", "20")))
 if os.environ.get("ADMIN_UI") == "1":
     # The Socket.IO Admin UI's server side, as an app turns it on.
     socketio.server.instrument(auth=False, server_stats_interval=0.5)
