@@ -510,15 +510,20 @@ class Recovery:
 
     def _run_checkpoints(self) -> None:
         next_prune = time.monotonic() + 30
+        # An idle dyno writes only often enough to count as alive.
+        heartbeat = self._liveness() / 3
+        last: tuple = ()
+        last_at = 0.0
         while True:
             gevent.sleep(self.options.checkpoint_interval)
             try:
                 dirty, self._dirty = self._dirty, set()
                 for key in dirty:
                     self._write_live(key)
-                self.store.put_checkpoint(Checkpoint(
-                    self.owner, self.tag, time.time(), self._position_list(), self._emit_seq,
-                ))
+                state = (self._position_list(), self._emit_seq)
+                if state != last or time.monotonic() - last_at >= heartbeat:
+                    self.store.put_checkpoint(Checkpoint(self.owner, self.tag, time.time(), *state))
+                    last, last_at = state, time.monotonic()
                 if time.monotonic() > next_prune:
                     next_prune = time.monotonic() + 30
                     self.store.prune(self._liveness())
