@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -38,6 +38,9 @@ class TopicConsumer:
     :param from_beginning: read each partition from its start (a compacted
                            topic whose every record matters) rather than
                            from its end at startup.
+    :param partitions: which of the topic's partition ids to read (all when
+                       ``None``); asked again at each assignment and after
+                       :meth:`refresh`, so the set can grow and shrink.
     """
 
     poll_timeout_ms = 1000
@@ -51,6 +54,7 @@ class TopicConsumer:
         on_missing_topic: Callable[[], None] | None = None,
         check_interval: float = 10.0,
         from_beginning: bool = False,
+        partitions: Callable[[list[int]], Iterable[int]] | None = None,
     ) -> None:
         self.topic = topic
         self.handler = handler
@@ -58,12 +62,16 @@ class TopicConsumer:
         self.on_missing_topic = on_missing_topic
         self.check_interval = check_interval
         self.from_beginning = from_beginning
+        self.partitions = partitions
         self.ready = threading.Event()
         #: Set once every record that existed at startup was handled.
         self.caught_up = threading.Event()
         self._startup_ends: dict[TopicPartition, int] = {}
         self.positions: dict[TopicPartition, int] = {}
         self._behind: set[TopicPartition] = set()
+        #: The partition ids the topic had at the last assignment.
+        self._known: set[int] = set()
+        self._refreshed: list[threading.Event] = []
         self.stats = ConsumerStats()
         self._started = False
         self._greenlet: gevent.Greenlet | None = None
@@ -75,6 +83,14 @@ class TopicConsumer:
         if self._greenlet is not None:
             self._greenlet.kill(timeout=timeout)
             self._greenlet = None
+
+    def refresh(self) -> threading.Event:
+        """Ask the loop to apply ``partitions`` again between two polls; the
+        event is set once every partition it reads is assigned and has its
+        position (a newly read one at its log end)."""
+        done = threading.Event()
+        self._refreshed.append(done)
+        return done
 
     @property
     def running(self) -> bool:
@@ -100,6 +116,12 @@ class TopicConsumer:
             self.ready.set()
             next_check = time.monotonic() + self.check_interval
             while True:
+                if self._refreshed:
+                    # Between polls: the consumer is this greenlet's alone.
+                    done, self._refreshed = self._refreshed, []
+                    partitions = self._assign(consumer)
+                    for event in done:
+                        event.set()
                 batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
                 for tp, records in batches.items():
                     for record in records:
@@ -118,16 +140,29 @@ class TopicConsumer:
             consumer.close()
 
     def _assign(self, consumer: KafkaConsumer) -> list[TopicPartition]:
-        """Assign every partition and seek each to a fixed position: where
-        we stopped, else the log end at startup and the log start later."""
+        """Assign every partition (of ``partitions``) and seek each to a
+        fixed position: where we stopped, else the log end at startup and
+        the log start later; a partition we start reading while running
+        (not one the topic just got) from its log end."""
         while not (ids := consumer.partitions_for_topic(self.topic)):
             logger.warning("topic %s does not exist; creating it", self.topic)
             if self.on_missing_topic is not None:
                 self.on_missing_topic()
             gevent.sleep(self.restart_delay)
-        partitions = [TopicPartition(self.topic, p) for p in sorted(ids)]
+        wanted = ids if self.partitions is None else set(self.partitions(sorted(ids))) & ids
+        partitions = [TopicPartition(self.topic, p) for p in sorted(wanted)]
+        for tp in [tp for tp in self.positions if tp.partition not in wanted]:
+            # No longer read: a stale position would claim deliveries.
+            del self.positions[tp]
+            self._behind.discard(tp)
         consumer.assign(partitions)
         new = [tp for tp in partitions if tp not in self.positions]
+        taken_up = [tp for tp in new if tp.partition in self._known]
+        if taken_up and self._started:
+            # Existing records are not ours to deliver: the log end.
+            self.positions.update(consumer.end_offsets(taken_up))
+            new = [tp for tp in new if tp not in self.positions]
+        self._known = set(ids)
         if new and self._started:
             # A partition (or a recreated topic) that appeared while we ran
             # holds only records we must deliver.
@@ -150,10 +185,11 @@ class TopicConsumer:
         (the broker lost its data). The log end is the high watermark of our
         last fetch, which is exact, where a ListOffsets lookup may not be."""
         ids = consumer.partitions_for_topic(self.topic)
-        if len(ids) != len(partitions):
+        if len(ids) != len(self._known):
             logger.warning("topic %s now has %d partitions; reassigning", self.topic, len(ids))
             if not ids:
                 self.positions.clear()
+                self._known = set()  # recreated: every partition is new
             return True
         lost = False
         for tp in partitions:

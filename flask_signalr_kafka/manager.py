@@ -41,6 +41,7 @@ from .addressing import (
 from .consumer import TopicConsumer
 from .env_config import settings_from_env
 from .errors import AckTimeoutError, BrokerUnavailableError, MalformedRecord
+from .home_partitions import HomePartitions, draw_server_name
 from .metrics import Metrics
 from .producer import Publisher, StickyPartitioner
 from .records import (
@@ -88,6 +89,12 @@ class KafkaManager(Manager):
     :param connection_state_recovery: ``True`` or a
         :class:`ConnectionStateRecovery` to recover Socket.IO 4.6+ clients
         that drop and come back, on any server (see :mod:`.recovery`).
+    :param home_partitions: ``True`` (default): read only the send-conn
+        partitions this server's connection ids hash to and the ack
+        partition of its name (see :mod:`.home_partitions`); an int: that
+        many home send-conn partitions. ``False``: read every partition, for
+        .NET peers whose producers use a partitioner other than librdkafka's
+        default (CRC-32) or murmur2.
     """
 
     name = "kafka"
@@ -107,6 +114,7 @@ class KafkaManager(Manager):
         connect_timeout: float = 10.0,
         callback_timeout: float = 120.0,
         connection_state_recovery: bool | ConnectionStateRecovery = False,
+        home_partitions: bool | int = True,
         logger: logging.Logger | None = None,
     ) -> None:
         super().__init__()
@@ -126,6 +134,7 @@ class KafkaManager(Manager):
         if self.connection_state_recovery and self.write_only:
             raise ValueError("connection_state_recovery needs a manager that serves clients: "
                              "turn it off for a write_only emitter")
+        self.home_partitions = _check_home(home_partitions)
         self.server_name = f"{socket.gethostname()}_{uuid.uuid4().hex}"
         self._server_key = self.server_name.encode()
 
@@ -205,6 +214,9 @@ class KafkaManager(Manager):
         self._consumers: list[TopicConsumer] = []
         self._consumers_by_base: dict[str, TopicConsumer] = {}
         self._recovery: Recovery | None = None
+        self._home: HomePartitions | None = None
+        #: sid -> when this server claimed its send-conn partitions.
+        self._claimed_at: dict[str, float] = {}
         self._start_lock = threading.Lock()
         self._closed = False
 
@@ -260,9 +272,11 @@ class KafkaManager(Manager):
         self._start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Block until this server consumes every partition of the six topics
-        from a fixed position, so that any record published afterwards is
-        delivered. ``False`` if that takes longer than ``timeout`` seconds."""
+        """Block until this server consumes, from a fixed position, every
+        partition that can hold a record for it (its home send-conn and ack
+        partitions, every partition of the other topics), so that any record
+        published afterwards is delivered. ``False`` if that takes longer
+        than ``timeout`` seconds."""
         if self.write_only:
             raise RuntimeError("a write_only manager consumes nothing: nothing to wait for")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -324,6 +338,8 @@ class KafkaManager(Manager):
                     "gevent.monkey.patch_all() before importing flask or kafka"
                 )
             self.create_topics()
+            if self.home_partitions is not False and not self.write_only:
+                self._choose_home()
             self._publisher = self._connect(
                 Publisher, self.producer_config, self.topic_config, self.await_produce
             )
@@ -348,6 +364,9 @@ class KafkaManager(Manager):
         }
         if self._recovery is not None:
             handlers[SESSIONS] = self._recovery.store.handle
+        wanted = {}
+        if self._home is not None:
+            wanted = {topics.ACK: self._home.ack_wanted, topics.SEND_CONN: self._home.conn_wanted}
         for base, handler in handlers.items():
             consumer = TopicConsumer(
                 self.topic_config.name(base),
@@ -355,7 +374,10 @@ class KafkaManager(Manager):
                 self.consumer_config,
                 on_missing_topic=self.create_topics,
                 from_beginning=base == SESSIONS,
+                partitions=wanted.get(base),
             )
+            if base == topics.SEND_CONN and self._home is not None:
+                consumer.poll_timeout_ms = 200  # a claim waits for the poll to return
             consumer.start()
             self._consumers.append(consumer)
             self._consumers_by_base[base] = consumer
@@ -363,6 +385,31 @@ class KafkaManager(Manager):
             "kafka backplane %s consuming %s",
             self.server_name, ", ".join(self.topic_config.names.values()),
         )
+
+    def _choose_home(self) -> None:
+        """Learn the partition counts of ack and send-conn, draw a server
+        name whose ack partition is the same under murmur2 and CRC-32, and
+        derive the home send-conn partitions from it."""
+        names = [self.topic_config.name(topics.ACK), self.topic_config.name(topics.SEND_CONN)]
+        admin = self._connect(KafkaAdminClient, **self.admin_config)
+        try:
+            counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+        finally:
+            admin.close()
+        n_ack, n_conn = (counts.get(name) or 1 for name in names)
+        old = self.server_name
+        self.server_name = draw_server_name(old.rsplit("_", 1)[0], n_ack)
+        self._server_key = self.server_name.encode()
+        for config in (self.producer_config, self.consumer_config, self.admin_config):
+            if config.get("client_id") == self.topic_config.tenant_prefix + old:
+                config["client_id"] = self.topic_config.tenant_prefix + self.server_name
+        count = None if self.home_partitions is True else self.home_partitions
+        self._home = HomePartitions(self.server_name, n_conn, count, self._local_sids)
+        self._log().info("%s reads send-conn partitions %s of %d and its ack partition",
+                         self.server_name, sorted(self._home.home), n_conn)
+
+    def _local_sids(self) -> set[str]:
+        return {sid for ns in list(self.rooms.values()) for sid in list(ns.get(None, {}))}
 
     def create_topics(self) -> list[str]:
         """Create the backplane topics that are missing (what a release phase
@@ -398,7 +445,14 @@ class KafkaManager(Manager):
         """As python-socketio's, but the sid has a shape that every server
         recognises as a connection id (see :mod:`.addressing`)."""
         restore = self._recovery and self._recovery.take_pending(eio_sid, namespace)
-        sid = restore.session.sid if restore else make_sid(self.server.eio.generate_id())
+        if restore:
+            sid = restore.session.sid
+            if sid not in self._claimed_at:
+                self._claim_connection(sid)  # normally done by Recovery.prepare
+        elif self._home is not None:
+            sid = self._home.allocate_sid()  # lands on a partition this server reads
+        else:
+            sid = make_sid(self.server.eio.generate_id())
         try:
             self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
         except ValueDuplicationError:
@@ -410,6 +464,53 @@ class KafkaManager(Manager):
                 self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self.pending_connect.setdefault(namespace, []).append(sid)
         return sid
+
+    def disconnect(self, sid, namespace, **kwargs):
+        result = super().disconnect(sid, namespace, **kwargs)
+        self._release_connection(sid)
+        return result
+
+    def _claim_connection(self, sid: str, timeout: float = 10.0) -> None:
+        """Read the send-conn partitions of ``sid`` (murmur2's and CRC-32's),
+        a connection this server takes over, from their log end; return
+        once they are assigned and positioned, so that every record for it
+        from then on is read here. Released by :meth:`_release_connection`
+        (the manager calls it on disconnect).
+
+        :raises TimeoutError: not positioned within ``timeout`` seconds.
+        """
+        home = self._home
+        if home is None:
+            return  # every partition is read
+        now = time.monotonic()
+        # A claim whose connection never arrived (its recovery failed after
+        # the claim) is dropped after a while.
+        for stale in [s for s, at in self._claimed_at.items()
+                      if now - at > _CLAIM_GRACE and not self._is_local_anywhere(s)]:
+            self._release_connection(stale)
+        self._claimed_at[sid] = now
+        if not home.claim(sid):
+            return  # it hashes home
+        consumer = self._consumers_by_base.get(topics.SEND_CONN)
+        if consumer is None:
+            return  # the consumer's first assignment will include it
+        if not consumer.refresh().wait(timeout):
+            raise TimeoutError(f"the send-conn partitions of {sid} were not read "
+                               f"within {timeout:g} s")
+
+    def _release_connection(self, sid: str) -> None:
+        """Stop reading the partitions of ``sid`` when no local connection
+        has that id any more."""
+        if self._is_local_anywhere(sid):
+            return
+        self._claimed_at.pop(sid, None)
+        if self._home is not None and self._home.release(sid):
+            consumer = self._consumers_by_base.get(topics.SEND_CONN)
+            if consumer is not None:
+                consumer.refresh()
+
+    def _is_local_anywhere(self, sid: str) -> bool:
+        return any(self.is_local(sid, ns) for ns in list(self.rooms))
 
     def is_recovered(self, sid: str, namespace: str = "/") -> bool:
         """Whether connection ``sid`` was recovered (connection state
@@ -666,6 +767,18 @@ class KafkaManager(Manager):
 
     def _log(self) -> logging.Logger:
         return self.logger or logger
+
+
+#: Seconds a claimed sid may wait for its connection before it is dropped.
+_CLAIM_GRACE = 60.0
+
+
+def _check_home(value: Any) -> bool | int:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value > 0:
+        return value
+    raise ValueError(f"home_partitions must be True, False or a positive int, not {value!r}")
 
 
 def _has_binary(data: Any) -> bool:

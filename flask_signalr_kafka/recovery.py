@@ -262,7 +262,8 @@ class Recovery:
             logger.warning("could not flush before saving sessions", exc_info=True)
         while True:
             positions = self.positions()
-            behind = [s for s, off in self._own_acked.items() if positions.get(s, 0) <= off]
+            # A partition not read here (another dyno's home) has nothing to wait for.
+            behind = [s for s, off in self._own_acked.items() if positions.get(s, off + 1) <= off]
             if not behind:
                 return True
             if time.monotonic() > deadline:
@@ -320,6 +321,10 @@ class Recovery:
             raise RecoveryFailed("window-lost", "its dyno no longer knew what it last sent")
         if self.manager.is_local(session.sid, namespace):
             raise RecoveryFailed("duplicate", "that connection is connected here")
+        try:  # its send-conn partitions, read from now on (home partitions)
+            self.manager._claim_connection(session.sid)
+        except TimeoutError as exc:
+            raise RecoveryFailed("not-ready", str(exc)) from exc
         self._check_backlog(session)
         return session
 
@@ -596,7 +601,7 @@ class Recovery:
 
         def caught_up() -> bool:
             now = self.positions()
-            return all(now.get(s, 0) >= off for s, off in start.items())
+            return all(now.get(s, off) >= off for s, off in start.items())  # read here only
 
         # A lagging consumer would deliver again what the session saw.
         deadline = time.monotonic() + 2.0

@@ -7,7 +7,7 @@ LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (mo
 producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
 the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
-PING_TIMEOUT (seconds).
+PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition).
 """
 from gevent import monkey
 
@@ -57,6 +57,7 @@ mgr = KafkaManager(
     connection_state_recovery=ConnectionStateRecovery(
         max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
     ) if os.environ.get("CONNECTION_STATE_RECOVERY") == "1" else False,
+    home_partitions=os.environ.get("HOME_PARTITIONS", "1") != "0",
 )
 # kill -USR2 <pid> prints every greenlet's stack into the log (a hang's where).
 gevent.signal_handler(signal.SIGUSR2, lambda: print(
@@ -86,6 +87,15 @@ def stop_consumer(base):
         if consumer.topic == mgr.topic_config.name(base):
             consumer.stop()
     return "stopped"
+
+
+@app.get("/partitions")
+def partitions():
+    """The partitions each topic's consumer reads (those with a position)."""
+    read = {base: sorted(tp.partition for tp in c.positions)
+            for base, c in mgr._consumers_by_base.items()}
+    return json.dumps({"server_name": mgr.server_name, "read": read}), 200, {
+        "Content-Type": "application/json"}
 
 
 @app.get("/ready")
