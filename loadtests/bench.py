@@ -39,7 +39,7 @@ from ws_reader import Reader  # noqa: E402
 from flask_signalr_kafka.broker import ENGINES, free_port, start_broker, wait_for_port  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-BACKENDS = ("ours", "ours-recovery", "stock-kafka", "redis")
+BACKENDS = ("ours", "ours-all", "ours-recovery", "stock-kafka", "redis")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -2,7 +2,8 @@
 backplane named by BACKEND, and a small HTTP control API for the driver.
 
 BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``ours-recovery`` (the
-same with connection state recovery on), ``stock-kafka``
+same with connection state recovery on), ``ours-all`` (ours reading every
+partition: ``home_partitions=False``), ``stock-kafka``
 (python-socketio's KafkaManager, see StockKafkaManager) or ``redis``
 (python-socketio's RedisManager). Env: PORT, BOOTSTRAP, PREFIX, REDIS_URL,
 FETCH_MAX_WAIT_MS (ours only; default: the manager's own default).
@@ -13,6 +14,7 @@ monkey.patch_all()
 
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import time  # noqa: E402
 
 import gevent  # noqa: E402
@@ -22,6 +24,31 @@ from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 from pacing import paced  # noqa: E402
 
 BACKEND = os.environ["BACKEND"]
+#: Bytes this process read from its sockets (broker or Redis, and clients).
+RECEIVED = [0]
+
+
+def _count_reads() -> None:
+    """Count every byte read from a socket (gevent's socket class, which
+    every client library here uses once patched): what a dyno fetches."""
+    import gevent._socket3 as gsocket
+
+    recv, recv_into = gsocket.socket.recv, gsocket.socket.recv_into
+
+    def counted_recv(self, *args, **kwargs):
+        data = recv(self, *args, **kwargs)
+        RECEIVED[0] += len(data)
+        return data
+
+    def counted_recv_into(self, *args, **kwargs):
+        n = recv_into(self, *args, **kwargs)
+        RECEIVED[0] += n or 0
+        return n
+
+    gsocket.socket.recv, gsocket.socket.recv_into = counted_recv, counted_recv_into
+
+
+_count_reads()
 ROOM = "bench"
 
 
@@ -37,7 +64,7 @@ class StockKafkaManager(socketio.KafkaManager):
 
 
 def make_manager():
-    if BACKEND in ("ours", "ours-recovery"):
+    if BACKEND in ("ours", "ours-recovery", "ours-all"):
         from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 
         consumer = {}
@@ -45,7 +72,8 @@ def make_manager():
             consumer["fetch_max_wait_ms"] = int(os.environ["FETCH_MAX_WAIT_MS"])
         return KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], consumer_config=consumer,
                             topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]),
-                            connection_state_recovery=BACKEND == "ours-recovery")
+                            connection_state_recovery=BACKEND == "ours-recovery",
+                            home_partitions=BACKEND != "ours-all")
     if BACKEND == "stock-kafka":
         return StockKafkaManager("kafka://" + os.environ["BOOTSTRAP"],
                                  channel=os.environ["PREFIX"])
@@ -75,6 +103,23 @@ def burst(target, n, rate):
     return time.time() - started
 
 
+def mix(targets, n, rate, room_every=0, all_every=0, seed=0):
+    """The fleet benchmark's load: ``n`` emits at ``rate``/s, each to a
+    random connection of ``targets`` (any dyno's), every ``room_every``-th
+    to the room instead and every ``all_every``-th to everyone."""
+    pick = random.Random(seed).choice
+    started = time.time()
+    for seq in paced(n, rate):
+        if all_every and seq % all_every == all_every - 1:
+            to = None
+        elif room_every and seq % room_every == room_every - 1:
+            to = ROOM
+        else:
+            to = pick(targets)
+        sio.emit("m", (seq, time.time()), to=to)
+    return time.time() - started
+
+
 def control(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/ready":
@@ -88,6 +133,14 @@ def control(environ, start_response):
     if path == "/burst":
         body = json.loads(environ["wsgi.input"].read() or b"{}")
         seconds = burst(body["target"], body["n"], body.get("rate", 0))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"seconds": seconds}).encode()]
+    if path == "/received":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"bytes": RECEIVED[0]}).encode()]
+    if path == "/mix":
+        body = json.loads(environ["wsgi.input"].read() or b"{}")
+        seconds = mix(**body)
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"seconds": seconds}).encode()]
     start_response("404 Not Found", [])
