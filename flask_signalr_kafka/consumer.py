@@ -74,13 +74,23 @@ class TopicConsumer:
         self._refreshed: list[threading.Event] = []
         self.stats = ConsumerStats()
         self._started = False
+        self._stopping = False
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
         self._greenlet = gevent.spawn(self._run)
 
+    def request_stop(self) -> None:
+        """Stop after the batch being delivered (see :meth:`stop`)."""
+        self._stopping = True
+
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop consuming. The loop finishes the batch it is delivering, so
+        that its positions say exactly what was delivered (connection state
+        recovery saves them), and is killed if that takes over ``timeout``."""
+        self._stopping = True
         if self._greenlet is not None:
+            self._greenlet.join(timeout=min(timeout, self.poll_timeout_ms / 1000 + 1))
             self._greenlet.kill(timeout=timeout)
             self._greenlet = None
 
@@ -96,8 +106,14 @@ class TopicConsumer:
     def running(self) -> bool:
         return self._greenlet is not None and not self._greenlet.dead
 
+    @property
+    def partition_count(self) -> int:
+        """How many partitions the topic has (read or not), 0 before the
+        first assignment."""
+        return len(self._known)
+
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 self._consume()
             except gevent.GreenletExit:
@@ -115,7 +131,7 @@ class TopicConsumer:
             partitions = self._assign(consumer)
             self.ready.set()
             next_check = time.monotonic() + self.check_interval
-            while True:
+            while not self._stopping:
                 if self._refreshed:
                     # Between polls: the consumer is this greenlet's alone.
                     done, self._refreshed = self._refreshed, []

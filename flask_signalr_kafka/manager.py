@@ -307,6 +307,8 @@ class KafkaManager(Manager):
             self._recovery.await_readback(min(timeout, 3.0))
             self._recovery.stop()
         for consumer in self._consumers:
+            consumer.request_stop()  # all at once: each may finish a poll
+        for consumer in self._consumers:
             consumer.stop()
         if self._recovery is not None:
             self._recovery.save_all()
@@ -571,18 +573,11 @@ class KafkaManager(Manager):
                 f"{what} was not published within {self.ack_timeout:g} s: {exc}"
             ) from exc
 
-    def _request_release(self, sid: str, namespace: str, timeout: float) -> None:
+    def _request_release(self, sid: str, namespace: str) -> None:
         """Ask the server that holds ``sid`` to let it go and save its session
-        (its client came back here); block until it acks.
-
-        :raises AckTimeoutError: no server did within ``timeout`` seconds.
-        """
-        def publish(ack_id: int) -> None:
-            command = GroupCommandExt(ack_id, self.server_name, REMOVE, "", sid, namespace,
-                                      OP_RELEASE)
-            self._publisher.send(topics.GROUP_MGMT, sid, records.encode(command))
-
-        self._acks.wait(publish, timeout, f"releasing {sid}")
+        (its client came back here); the saved session is the answer."""
+        command = GroupCommandExt(0, self.server_name, REMOVE, "", sid, namespace, OP_RELEASE)
+        self._publisher.send(topics.GROUP_MGMT, sid, records.encode(command))
 
     def basic_enter_room(self, sid, namespace, room, eio_sid=None):
         result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
@@ -745,8 +740,6 @@ class KafkaManager(Manager):
         if command.op == OP_RELEASE:
             if self._recovery is not None:
                 self._recovery.release(sid, namespace)
-            self._publisher.send(topics.ACK, command.server_name,
-                                 records.encode(records.Ack(command.id)))
             return
         try:
             if command.action == ADD:

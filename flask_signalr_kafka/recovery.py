@@ -33,7 +33,6 @@ import heapq
 import logging
 import secrets
 import time
-import zlib
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,11 +41,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import msgspec
 from kafka import KafkaConsumer, TopicPartition
-from kafka.partitioner.default import murmur2
 
 from . import hub_protocol, records
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, user_id_of
 from .errors import MalformedRecord
+from .home_partitions import partitions_of
 from .metrics import COUNTER, GAUGE, Family
 from .sessions import LIVE, SAVED, Checkpoint, Position, Session, SessionStore
 
@@ -88,7 +87,7 @@ class ConnectionStateRecovery:
     skip_connect_handler: bool = False
     max_replay_records: int = 50_000
     checkpoint_interval: float = 0.25
-    release_timeout: float = 2.0
+    release_timeout: float = 3.0
     window_steps: int = 200_000
 
     def __post_init__(self) -> None:
@@ -188,6 +187,7 @@ class Recovery:
         self.announced: set[str] = set()
         #: sid -> live events held back while its missed ones are replayed.
         self.replaying: dict[str, list] = {}
+        self._replay_ends: dict[str, dict[tuple[str, int], int]] = {}
         self.stats: Counter[str] = Counter()
         self._step = 0
         self._emit_seq = 0
@@ -325,6 +325,7 @@ class Recovery:
             self.manager._claim_connection(session.sid)
         except TimeoutError as exc:
             raise RecoveryFailed("not-ready", str(exc)) from exc
+        self._catch_up(session)
         self._check_backlog(session)
         return session
 
@@ -342,20 +343,17 @@ class Recovery:
         elif self.store.alive(session.owner, self._liveness()):
             self.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
-            try:
-                self.manager._request_release(session.sid, session.namespace,
-                                              self.options.release_timeout)
-            except TimeoutError:
-                pass  # it died meanwhile: its checkpoint, below
-            else:
-                def saved_session() -> Session | None:
-                    current = self.store.sessions.get(pid)
-                    return current if current is not None and current.state == SAVED else None
+            self.manager._request_release(session.sid, session.namespace)
 
-                # Acked after its save was sent: the record is on its way.
-                saved = self.store.wait_for(saved_session, self.options.release_timeout)
-                if saved is not None:
-                    return saved
+            def saved_session() -> Session | None:
+                current = self.store.sessions.get(pid)
+                return current if current is not None and current.state == SAVED else None
+
+            # What counts is the saved session, not an ack: a busy dyno may
+            # take a while to save it, a dead one never will.
+            saved = self.store.wait_for(saved_session, self.options.release_timeout)
+            if saved is not None:
+                return saved
         checkpoint = self.store.checkpoints.get(session.owner)
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
@@ -370,10 +368,25 @@ class Recovery:
         """Seconds without a checkpoint after which a dyno counts as dead."""
         return 3 * self.options.checkpoint_interval + 1
 
+    def _catch_up(self, session: Session) -> None:
+        """Before the connection joins its rooms here: this dyno's positions
+        must cover its own records and the session's positions, or its live
+        consumers would deliver again what the session already had."""
+        self.await_readback(2.0)
+        start = {(b, p): off for b, p, off in session.positions}
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            now = self.positions()
+            if all(now.get(s, off) >= off for s, off in start.items()):  # read here only
+                return
+            gevent.sleep(0.01)
+
     def begin(self, sid: str, namespace: str) -> None:
-        """A recovered connection takes its sid: hold its live events back
-        until :meth:`replay` has sent what it missed."""
+        """A recovered connection takes its sid and rooms: from now on live
+        events reach it (held back until :meth:`replay` has sent what it
+        missed), so the replay ends exactly where this dyno stands now."""
         self.replaying[sid] = []
+        self._replay_ends[sid] = self.positions()
         self._recovered.add((sid, namespace))
 
     def registered(self, sid: str, namespace: str, pid: str, announced: bool) -> None:
@@ -404,6 +417,7 @@ class Recovery:
         pid = self._pids.pop(key, None)
         self.announced.discard(sid)
         self.replaying.pop(sid, None)
+        self._replay_ends.pop(sid, None)
         self._recovered.discard(key)
         self._dirty.discard(key)
         if pid is None:
@@ -438,7 +452,7 @@ class Recovery:
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> None:
         rooms = self._rooms(sid, namespace)
-        self.await_readback(2.0)
+        self.await_readback(1.0)
         positions = self._position_list()
         window, exact = self._window(sid, rooms, window_seconds)
         self.store.put(pid, Session(
@@ -468,7 +482,10 @@ class Recovery:
         self.draining = True
         self.await_readback(3.0)
         self.stop()
-        for consumer in self.manager._send_consumers():
+        consumers = self.manager._send_consumers()
+        for consumer in consumers:
+            consumer.request_stop()
+        for consumer in consumers:
             consumer.stop()
         held = list(self._pids)
         self.save_all()
@@ -537,19 +554,17 @@ class Recovery:
 
     # -- replay ------------------------------------------------------------
 
-    def _relevant(self, session: Session, ends: dict[tuple[str, int], int]) -> set:
+    def _relevant(self, session: Session) -> set:
         """The (base, partition) slots that can hold a record for the session."""
-        counts = Counter(base for base, _ in ends)
-        slots = {(SEND_ALL, p) for base, p in ends if base == SEND_ALL}
+        consumers = self.manager._consumers_by_base
+        slots = {(SEND_ALL, p) for p in range(consumers[SEND_ALL].partition_count)}
 
         def add(base: str, key: str) -> None:
-            n = counts.get(base)
+            # murmur2 for Java and kafka-python producers, CRC-32 for
+            # librdkafka's (so .NET's) default partitioner.
+            n = consumers[base].partition_count
             if n:
-                raw = key.encode()
-                # murmur2 for Java and kafka-python producers, CRC-32 for
-                # librdkafka's (so .NET's) default partitioner.
-                slots.add((base, (murmur2(raw) & 0x7FFFFFFF) % n))
-                slots.add((base, zlib.crc32(raw) % n))
+                slots.update((base, p) for p in partitions_of(key, n))
 
         add(SEND_CONN, session.sid)
         for room in session.rooms:
@@ -562,7 +577,7 @@ class Recovery:
     def _check_backlog(self, session: Session) -> None:
         start = {(b, p): off for b, p, off in session.positions}
         ends = self.positions()
-        slots = self._relevant(session, ends)
+        slots = self._relevant(session)
         backlog = sum(max(0, ends.get(s, 0) - start.get(s, 0)) for s in slots)
         if backlog + len(session.window) > self.options.max_replay_records:
             raise RecoveryFailed("backlog", f"{backlog} records to read, more than "
@@ -592,23 +607,14 @@ class Recovery:
         self.stats["replayed"] += len(missed)
 
     def _read_missed(self, session: Session, offset: str | None) -> list:
+        # (the ends were taken by begin(), when the connection joined its rooms)
         """The events addressed to the session after its positions (and those
         of its window the client's offset says it did not get), in order."""
         last = _step_of(offset, session.tag)
         window = [(b, p, o) for step, b, p, o in session.window if last is None or step > last]
-        self.await_readback(2.0)
         start = {(b, p): off for b, p, off in session.positions}
-
-        def caught_up() -> bool:
-            now = self.positions()
-            return all(now.get(s, off) >= off for s, off in start.items())  # read here only
-
-        # A lagging consumer would deliver again what the session saw.
-        deadline = time.monotonic() + 2.0
-        while not caught_up() and time.monotonic() < deadline:
-            gevent.sleep(0.01)
-        ends = self.positions()
-        slots = self._relevant(session, ends)
+        ends = self._replay_ends.pop(session.sid)
+        slots = self._relevant(session)
         ranges = {s: (start.get(s, 0), ends[s]) for s in slots if ends.get(s, 0) > start.get(s, 0)}
         logger.debug("replay of %s reads %d window records and ranges %s", session.sid,
                      len(window), ranges)
@@ -643,7 +649,9 @@ class Recovery:
             found = _read_ranges(consumer, {
                 (base, TopicPartition(topic(base), p)): r for (base, p), r in ranges.items()
             })
-            for base, record in found:
+            for count, (base, record) in enumerate(found, 1):
+                if count % 500 == 0:
+                    gevent.sleep(0)  # a long catch-up must not stall the dyno
                 event = self._event_for(record, base, session, skip_own=True)
                 if event is not None:
                     out.append(([[base, _key(record), record.partition, record.offset]], *event))
