@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import socket
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import gevent
 import gevent.monkey
 from bidict import ValueDuplicationError
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from socketio import Manager
 
@@ -38,12 +37,14 @@ from .addressing import (
     make_sid,
     route,
 )
+from .arguments import check_home, check_instance, check_protocols, positive
+from .client_config import kafka_configs
 from .consumer import TopicConsumer
 from .env_config import settings_from_env
 from .errors import AckTimeoutError, BrokerUnavailableError, MalformedRecord
 from .home_partitions import HomePartitions, draw_server_name
 from .metrics import Metrics
-from .producer import Publisher, StickyPartitioner
+from .producer import Publisher
 from .records import (
     ADD,
     OP_CLOSE_ROOM,
@@ -119,91 +120,30 @@ class KafkaManager(Manager):
     ) -> None:
         super().__init__()
         self.logger = logger
-        self.topic_config = _check_instance(
+        self.topic_config = check_instance(
             KafkaTopicConfig() if topic_config is None else topic_config,
             KafkaTopicConfig,
             "topic_config",
         )
         self.await_produce = bool(await_produce)
-        self.ack_timeout = _positive(ack_timeout, "ack_timeout")
-        self.connect_timeout = _positive(connect_timeout, "connect_timeout")
-        self.callback_timeout = _positive(callback_timeout, "callback_timeout")
+        self.ack_timeout = positive(ack_timeout, "ack_timeout")
+        self.connect_timeout = positive(connect_timeout, "connect_timeout")
+        self.callback_timeout = positive(callback_timeout, "callback_timeout")
         self.write_only = bool(write_only)
-        self.hub_protocols = _check_protocols(hub_protocols)
+        self.hub_protocols = check_protocols(hub_protocols)
         self.connection_state_recovery = options_from(connection_state_recovery)
         if self.connection_state_recovery and self.write_only:
             raise ValueError("connection_state_recovery needs a manager that serves clients: "
                              "turn it off for a write_only emitter")
-        self.home_partitions = _check_home(home_partitions)
+        self.home_partitions = check_home(home_partitions)
         self.server_name = f"{socket.gethostname()}_{uuid.uuid4().hex}"
         self._server_key = self.server_name.encode()
 
-        producer_config = _check_config(producer_config, KafkaProducer, "producer_config")
-        consumer_config = _check_config(consumer_config, KafkaConsumer, "consumer_config")
-        admin_config = _check_config(admin_config, KafkaAdminClient, "admin_config")
-        servers = _check_servers(bootstrap_servers)
-        if servers is None and not all(
-            "bootstrap_servers" in c for c in (producer_config, consumer_config, admin_config)
-        ):
-            raise ValueError(
-                "KafkaManager needs a broker: pass bootstrap_servers='host:9092' "
-                "(or bootstrap_servers in each of producer_config, consumer_config "
-                "and admin_config)"
-            )
-        common = {
-            "bootstrap_servers": servers,
-            "bootstrap_timeout_ms": int(self.connect_timeout * 1000),
-        }
-        # kafka-python's client metrics cost ~5% of a busy dyno's CPU and
-        # nothing here reads them; pass metrics_enabled=True to have them.
-        no_metrics = {"metrics_enabled": False}
-        client_id = self.topic_config.tenant_prefix + self.server_name
-        self.producer_config = {
-            **common,
-            **no_metrics,
-            "client_id": client_id,
-            "linger_ms": 1,
-            # acks=all: on a three-node Apache Kafka (RF 3, min.insync.replicas
-            # 2) a SIGKILLed leader lost no acknowledged record (figures in
-            # docs/kafka-faults.md). Retries stay kafka-python's (unbounded
-            # within delivery_timeout_ms 120 s: a record outlives a whole
-            # cluster restart, 18-50 s here), 5 in flight, request_timeout_ms
-            # 30 s.
-            # Idempotence off, measured: without it the broker held 8 of
-            # 6,552 records twice after a cluster restart and 1 of 528 after a
-            # leader kill (await_produce); with it, none. But once a cluster
-            # forgets its producer id (Tansu restarted), kafka-python 3.0.12
-            # either enters a fatal state (the Publisher replaces the
-            # producer) or resets its sequence and retries UnknownProducerId
-            # until delivery_timeout_ms, for every batch: a mute dyno. A
-            # backplane prefers a rare duplicate; enable_idempotence=True is
-            # safe on Apache Kafka, where none of that was seen.
-            "enable_idempotence": False,
-            "acks": "all",
-            # Reconnect within 1 s of a broker coming back (the Java client's
-            # default; kafka-python backs off up to 30 s, which stretched the
-            # silence after a cluster restart well past the restart itself).
-            "reconnect_backoff_max_ms": 1000,
-            "partitioner": StickyPartitioner(),
-            **producer_config,
-        }
-        self.consumer_config = {
-            **common,
-            **no_metrics,
-            "client_id": client_id,
-            # No consumer group: every server reads every partition.
-            "group_id": None,
-            "enable_auto_commit": False,
-            # Kafka's own default. Apache Kafka answers a fetch as soon as data
-            # arrives, so this only sets how often six idle consumers ask
-            # (100 ms cost an idle dyno ~9% of a core, 500 ms ~2%). Brokers
-            # that hold a fetch to its deadline (Tansu) want less: 20.
-            "fetch_max_wait_ms": 500,
-            # As the producer's: back within 1 s of a broker's return.
-            "reconnect_backoff_max_ms": 1000,
-            **consumer_config,
-        }
-        self.admin_config = {**common, "client_id": client_id, **admin_config}
+        self.producer_config, self.consumer_config, self.admin_config = kafka_configs(
+            bootstrap_servers, self.connect_timeout,
+            self.topic_config.tenant_prefix + self.server_name,
+            producer_config, consumer_config, admin_config,
+        )
 
         self._acks = AckWaiter()
         self.metrics = Metrics(self)  # mgr.metrics.add(...) for more figures
@@ -766,12 +706,6 @@ class KafkaManager(Manager):
 _CLAIM_GRACE = 60.0
 
 
-def _check_home(value: Any) -> bool | int:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value > 0:
-        return value
-    raise ValueError(f"home_partitions must be True, False or a positive int, not {value!r}")
 
 
 def _has_binary(data: Any) -> bool:
@@ -805,58 +739,10 @@ def _key(record) -> str:
         raise MalformedRecord("record key is not UTF-8") from None
 
 
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 < value < math.inf
-    ):
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
 
 
-def _check_instance(value: Any, cls: type, name: str) -> Any:
-    if not isinstance(value, cls):
-        raise TypeError(f"{name} must be a {cls.__name__}, not {type(value).__name__}")
-    return value
 
 
-def _check_servers(servers: Any) -> str | list[str] | None:
-    if servers is None:
-        return None
-    items = [servers] if isinstance(servers, str) else servers
-    if not isinstance(items, (list, tuple)) or not items or not all(
-        isinstance(s, str) and s.strip() for s in items
-    ):
-        raise ValueError(
-            f"bootstrap_servers must be 'host:port' or a list of them, not {servers!r}"
-        )
-    return servers if isinstance(servers, str) else list(servers)
 
 
-def _check_config(config: Any, client: type, name: str) -> dict[str, Any]:
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise TypeError(f"{name} must be a dict of {client.__name__} keyword arguments")
-    unknown = sorted(set(config) - set(client.DEFAULT_CONFIG))
-    if unknown:
-        raise ValueError(
-            f"{name} has settings {client.__name__} does not know: {', '.join(unknown)} "
-            "(see the kafka-python documentation for its keyword arguments)"
-        )
-    if name == "producer_config" and config.get("acks") == 0:
-        logger.warning("producer_config acks=0: delivery errors go unseen and records can be lost")
-    return dict(config)
 
-
-def _check_protocols(protocols: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(protocols, str):
-        protocols = (protocols,)
-    chosen = tuple(dict.fromkeys(protocols))
-    unknown = [p for p in chosen if p not in hub_protocol.PROTOCOLS]
-    if unknown:
-        raise ValueError(
-            f"hub_protocols {unknown} unknown: use {list(hub_protocol.PROTOCOLS)}"
-        )
-    if hub_protocol.JSON not in chosen:
-        chosen = (hub_protocol.JSON,) + chosen  # .NET aborts clients whose frame is missing
-    return chosen

@@ -29,7 +29,6 @@ order (CONTRACT.md, "Connection state recovery"). How:
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import secrets
 import time
@@ -40,13 +39,11 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import msgspec
-from kafka import KafkaConsumer, TopicPartition
 
-from . import hub_protocol, records
-from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, user_id_of
-from .errors import MalformedRecord
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
 from .home_partitions import partitions_of
 from .metrics import COUNTER, GAUGE, Family
+from .replay import addressed, read_missed, step_of
 from .sessions import LIVE, SAVED, Checkpoint, Position, Session, SessionStore
 
 if TYPE_CHECKING:
@@ -514,7 +511,7 @@ class Recovery:
             if sent_at < cutoff:
                 break
             for base, key, partition, offset in coords:
-                if not _addressed_key(base, key, sid, in_rooms):
+                if not addressed(base, key, sid, in_rooms):
                     continue
                 if offset < 0:
                     exact = False  # never acked: not in Kafka to replay
@@ -607,134 +604,18 @@ class Recovery:
         self.stats["replayed"] += len(missed)
 
     def _read_missed(self, session: Session, offset: str | None) -> list:
-        # (the ends were taken by begin(), when the connection joined its rooms)
-        """The events addressed to the session after its positions (and those
-        of its window the client's offset says it did not get), in order."""
-        last = _step_of(offset, session.tag)
+        """The events addressed to the session after its positions, and those
+        of its window the client's offset says it did not get, in order; the
+        ranges end where begin() found this dyno's positions."""
+        last = step_of(offset, session.tag)
         window = [(b, p, o) for step, b, p, o in session.window if last is None or step > last]
         start = {(b, p): off for b, p, off in session.positions}
         ends = self._replay_ends.pop(session.sid)
-        slots = self._relevant(session)
-        ranges = {s: (start.get(s, 0), ends[s]) for s in slots if ends.get(s, 0) > start.get(s, 0)}
+        ranges = {s: (start.get(s, 0), ends[s]) for s in self._relevant(session)
+                  if ends.get(s, 0) > start.get(s, 0)}
         logger.debug("replay of %s reads %d window records and ranges %s", session.sid,
                      len(window), ranges)
         if not ranges and not window:
             return []
-        config = {k: v for k, v in self.manager.consumer_config.items()
-                  if k not in ("group_id", "enable_auto_commit")}
-        consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **config)
-        topic = self.manager.topic_config.name
-        try:
-            out = []
-            # The window's records, read in one pass per partition, replayed
-            # in the order they were first sent.
-            spans: dict[tuple[str, int], tuple[int, int]] = {}
-            for base, partition, at in window:
-                low, high = spans.get((base, partition), (at, at + 1))
-                spans[(base, partition)] = (min(low, at), max(high, at + 1))
-            wanted = set(window)
-            by_coord = {
-                (base, record.partition, record.offset): record
-                for base, record in _read_ranges(consumer, {
-                    (base, TopicPartition(topic(base), p)): span
-                    for (base, p), span in spans.items()
-                })
-                if (base, record.partition, record.offset) in wanted
-            }
-            for base, partition, at in window:
-                record = by_coord.get((base, partition, at))
-                event = record and self._event_for(record, base, session, skip_own=False)
-                if event is not None:
-                    out.append(([[base, _key(record), partition, at]], *event))
-            found = _read_ranges(consumer, {
-                (base, TopicPartition(topic(base), p)): r for (base, p), r in ranges.items()
-            })
-            for count, (base, record) in enumerate(found, 1):
-                if count % 500 == 0:
-                    gevent.sleep(0)  # a long catch-up must not stall the dyno
-                event = self._event_for(record, base, session, skip_own=True)
-                if event is not None:
-                    out.append(([[base, _key(record), record.partition, record.offset]], *event))
-            return out
-        finally:
-            consumer.close()
-
-    def _event_for(self, record: Any, base: str, session: Session, skip_own: bool):
-        """``(event, args)`` if ``record`` is for the session's connection."""
-        try:
-            inv = records.decode(record.value, records.InvocationExt)
-            if inv.namespace != session.namespace or inv.callback_id:
-                return None
-            if skip_own and inv.origin == session.owner and 0 < inv.emit_seq <= session.emit_seq:
-                return None  # its dyno delivered it when it was emitted
-            key = _key(record)
-            rooms = set(session.rooms)
-            if not _addressed_key(base, key, session.sid, rooms):
-                return None
-            if session.sid in inv.excluded:
-                return None
-            if any(t == session.sid or t in rooms for t in inv.earlier_targets):
-                return None  # it came with an earlier record of the same emit
-            return hub_protocol.decode_frames(inv.frames)
-        except MalformedRecord:
-            return None
-
-
-def _addressed_key(base: str, key: str | None, sid: str, rooms: set[str]) -> bool:
-    if base == SEND_ALL:
-        return True
-    if key is None:
-        return False
-    if base == SEND_GROUP:
-        return key in rooms
-    if base == SEND_USER:
-        return USER_PREFIX + key in rooms
-    return base == SEND_CONN and key == sid
-
-
-def _key(record: Any) -> str | None:
-    return None if record.key is None else record.key.decode(errors="replace")
-
-
-def _step_of(offset: str | None, tag: str) -> int | None:
-    """The step of a client's offset if it is one of ``tag``'s."""
-    if not offset or "." not in offset:
-        return None
-    offset_tag, _, step = offset.partition(".")
-    if offset_tag != tag or not step.isdigit():
-        return None
-    return int(step)
-
-
-def _read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:
-    """Every record in ``{(base, tp): (start, end)}``, merged across
-    partitions by timestamp (each partition stays in its own order)."""
-    if not ranges:
-        return []
-    by_tp = {tp: (base, start, end) for (base, tp), (start, end) in ranges.items()}
-    consumer.assign(list(by_tp))
-    consumer.resume(*by_tp)
-    for tp, (_, start, _) in by_tp.items():
-        consumer.seek(tp, start)
-    pending = set(by_tp)
-    found: dict[TopicPartition, list] = {tp: [] for tp in by_tp}
-    deadline = time.monotonic() + 30
-    while pending:
-        logger.debug("replay read: waiting for %s", sorted(map(str, pending)))
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"replay read did not reach the end of {sorted(map(str, pending))}")
-        for tp, batch in consumer.poll(timeout_ms=200).items():
-            base, _, end = by_tp[tp]
-            for record in batch:
-                if record.offset < end:
-                    found[tp].append((base, record))
-            if batch and batch[-1].offset >= end - 1:
-                pending.discard(tp)
-                consumer.pause(tp)
-        for tp in list(pending):
-            if consumer.position(tp) >= by_tp[tp][2]:
-                pending.discard(tp)
-        gevent.sleep(0)
-    # heapq.merge keeps each partition's own order even where producers'
-    # clocks make its timestamps go backwards.
-    return list(heapq.merge(*found.values(), key=lambda item: item[1].timestamp))
+        return read_missed(self.manager.consumer_config, self.manager.topic_config.name,
+                           session, window, ranges)

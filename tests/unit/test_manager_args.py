@@ -8,6 +8,7 @@ import re
 import socket
 
 import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, manager
 from flask_signalr_kafka.producer import StickyPartitioner
@@ -148,9 +149,9 @@ def test_defaults():
 def test_every_merged_config_key_is_known_to_its_client():
     mgr = KafkaManager(BROKER)
     for config, cls in (
-        (mgr.producer_config, manager.KafkaProducer),
-        (mgr.consumer_config, manager.KafkaConsumer),
-        (mgr.admin_config, manager.KafkaAdminClient),
+        (mgr.producer_config, KafkaProducer),
+        (mgr.consumer_config, KafkaConsumer),
+        (mgr.admin_config, KafkaAdminClient),
     ):
         assert set(config) <= set(cls.DEFAULT_CONFIG)
 

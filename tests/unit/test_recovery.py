@@ -7,7 +7,8 @@ import pytest
 
 from flask_signalr_kafka import ConnectionStateRecovery
 from flask_signalr_kafka.errors import MalformedRecord
-from flask_signalr_kafka.recovery import Recovery, _step_of, options_from
+from flask_signalr_kafka.recovery import Recovery, options_from
+from flask_signalr_kafka.replay import step_of
 from flask_signalr_kafka.sessions import (
     LIVE,
     SAVED,
@@ -46,11 +47,11 @@ def test_split_auth(auth, expected):
 
 
 def test_offsets_are_read_only_from_their_own_dyno():
-    assert _step_of("ab12.42", "ab12") == 42
-    assert _step_of("ffff.42", "ab12") is None
-    assert _step_of("hello", "ab12") is None  # a string argument the JS client kept
-    assert _step_of("ab12.x", "ab12") is None
-    assert _step_of(None, "ab12") is None
+    assert step_of("ab12.42", "ab12") == 42
+    assert step_of("ffff.42", "ab12") is None
+    assert step_of("hello", "ab12") is None  # a string argument the JS client kept
+    assert step_of("ab12.x", "ab12") is None
+    assert step_of(None, "ab12") is None
 
 
 def fake_manager():
