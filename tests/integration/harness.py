@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 import socketio
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from flask_signalr_kafka.broker import free_port
 
@@ -153,8 +153,18 @@ class RawTopic:
         self.topic = topic
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                       enable_auto_commit=False, fetch_max_wait_ms=20)
-        partitions = wait_until(lambda: self.consumer.partitions_for_topic(topic), 10,
-                                what=f"topic {topic}")
+        # Right after a topic is created, metadata may not list the partitions
+        # whose leader is not elected yet: wait for all of them.
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            count = len(wait_until(lambda: _described(admin, topic), 10,
+                                   what=f"topic {topic}"))
+        finally:
+            admin.close()
+        partitions = wait_until(
+            lambda: len(self.consumer.partitions_for_topic(topic) or ()) == count
+            and self.consumer.partitions_for_topic(topic), 10,
+            what=f"all {count} partitions of {topic}")
         tps = [TopicPartition(topic, p) for p in partitions]
         self.consumer.assign(tps)
         self.consumer.seek_to_beginning(*tps)
@@ -185,3 +195,14 @@ class RawTopic:
 
     def close(self):
         self.consumer.close()
+
+
+def _described(admin, topic):
+    """The partitions of ``topic`` that have a leader, once the topic exists."""
+    try:
+        (described,) = admin.describe_topics([topic])
+    except Exception:
+        return None
+    partitions = described.get("partitions") or []
+    return partitions if partitions and all(
+        p.get("leader_id", p.get("leader", -1)) >= 0 for p in partitions) else None
