@@ -344,14 +344,19 @@ def main() -> int:
             if redis_process is not None:
                 redis_process.terminate()
                 redis_process.wait()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     table = markdown(report) if "ours" in report["results"] else json.dumps(report, indent=1)
-    (out_dir / f"bench-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (out_dir / f"bench-{stamp}.md").write_text(table)
+    write_report(out_dir, "bench", report, table)
+    return 0
+
+
+def write_report(out_dir: Path, name: str, report: dict, table: str) -> None:
+    """``<name>-<time>.json`` and ``.md`` in ``out_dir``; the table printed."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"{name}-{stamp}.json").write_text(json.dumps(report, indent=1))
+    (out_dir / f"{name}-{stamp}.md").write_text(table)
     print()
     print(table)
-    print(f"written: {out_dir}/bench-{stamp}.md and .json")
-    return 0
+    print(f"written: {out_dir}/{name}-{stamp}.md and .json")
 
 
 if __name__ == "__main__":

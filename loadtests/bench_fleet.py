@@ -17,7 +17,6 @@ Writes loadtests/results/fleet-<date>.md and .json and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -33,7 +32,7 @@ import requests
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
-from bench import Dyno, own_cpu, percentile, start_redis  # noqa: E402
+from bench import Dyno, own_cpu, percentile, start_redis, write_report  # noqa: E402
 from ws_reader import Reader  # noqa: E402
 
 from flask_signalr_kafka.broker import start_broker  # noqa: E402
@@ -202,13 +201,7 @@ def main() -> int:
             if redis_process is not None:
                 redis_process.terminate()
                 redis_process.wait()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    table = markdown(report)
-    (out_dir / f"fleet-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (out_dir / f"fleet-{stamp}.md").write_text(table)
-    print()
-    print(table)
-    print(f"written: {out_dir}/fleet-{stamp}.md and .json")
+    write_report(out_dir, "fleet", report, markdown(report))
     return 0
 
 

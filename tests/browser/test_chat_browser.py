@@ -112,18 +112,24 @@ def fill(driver, field, value):
     element.send_keys(value)
 
 
+def both_in_the_lobby(alice_page, bob_page):
+    """Sign alice and bob in and have both join the lobby; ``(alice, bob,
+    bob's connection id)``."""
+    alice, bob = f"alice{uuid.uuid4().hex[:4]}", f"bob{uuid.uuid4().hex[:4]}"
+    sign_in(alice_page, alice)
+    bob_sid = sign_in(bob_page, bob)
+    for page in (alice_page, bob_page):
+        page.find_element("id", "join").click()
+    log_has(alice_page, f"[lobby] {bob}: joined lobby")
+    return alice, bob, bob_sid
+
+
 def test_two_dynos_chat_in_a_real_browser(dynos, browser, artifacts):
     alice_page, bob_page = browser(dynos[0]), browser(dynos[1])
     assert "web.1" in alice_page.find_element("id", "dyno").text
     assert "web.2" in bob_page.find_element("id", "dyno").text
-    alice, bob = f"alice{uuid.uuid4().hex[:4]}", f"bob{uuid.uuid4().hex[:4]}"
-    sign_in(alice_page, alice)
-    bob_sid = sign_in(bob_page, bob)
-
     # One room, joined from both dynos: a line typed on web.1 shows on web.2.
-    for page in (alice_page, bob_page):
-        page.find_element("id", "join").click()
-    log_has(alice_page, f"[lobby] {bob}: joined lobby")
+    alice, bob, bob_sid = both_in_the_lobby(alice_page, bob_page)
     fill(alice_page, "text", "hello from web.1")
     alice_page.find_element("id", "say").click()
     log_has(bob_page, f"[lobby] {alice}: hello from web.1")
@@ -161,12 +167,7 @@ def test_a_tab_keeps_its_connection_and_every_line_across_a_dyno_restart(
     started = [web1, web2]
     try:
         alice_page, bob_page = browser(web1[1]), browser(web2[1])
-        alice, bob = f"alice{uuid.uuid4().hex[:4]}", f"bob{uuid.uuid4().hex[:4]}"
-        sign_in(alice_page, alice)
-        bob_sid = sign_in(bob_page, bob)
-        for page in (alice_page, bob_page):
-            page.find_element("id", "join").click()
-        log_has(alice_page, f"[lobby] {bob}: joined lobby")
+        alice, bob, bob_sid = both_in_the_lobby(alice_page, bob_page)
 
         process, url = web2
         # gunicorn: the worker drains (the tab is handed back at once), then
