@@ -82,10 +82,6 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 ENGINE ?= both
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
 	$(PY) -m pytest tests --engine $(ENGINE)
-	# Again with connection state recovery on: python-socketio Clients,
-	# routing and .NET records must not notice it.
-	TEST_RECOVERY=1 $(PY) -m pytest tests/integration/test_routing.py \
-	  tests/integration/test_interop.py --engine kafka
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit

@@ -255,3 +255,27 @@ def test_namespace_and_binary_are_recovered(new_fleet, js):
     client, _ = received(js, cid)
     assert_recovered(client)
     assert not [e for e in client["eventLog"] if e[1] == "elsewhere"]
+
+
+def test_python_clients_get_no_offsets(new_fleet, js):
+    """python-socketio Clients never announce recovery: every event reaches
+    their handlers with exactly its own arguments, beside a JS client that
+    gets offsets, and callbacks work with recovery on."""
+    a, b = servers(new_fleet, "A", "B")
+    cid, sid = add_client(js, [a], announce=True)
+    # A handler with fixed parameters: an appended offset would be a TypeError.
+    py = new_fleet.client(a, user=f"u-{cid}", answers={"ask": lambda data: {"got": data}})
+    py.call("join", {"room": f"r-{cid}"})
+    streams = Streams(new_fleet.client(b), cid, py.sid)
+    streams.targets["js-sid"] = {"to": sid}
+    streams.one_round()
+    for kind in ("all", "room", "user", "sid"):
+        py.wait_for("s", ({"st": kind, "n": 0},))
+    assert all(len(args) == 1 for args in py.got("s")), py.got("s")
+    client, _ = settled(js, cid, 1)
+    offsets = [offset for _, event, _args, offset in client["eventLog"] if event == "s"]
+    assert offsets and all(o and o.count(".") == 1 for o in offsets), offsets
+    # A call to the python client on another dyno, answered through Kafka.
+    caller = new_fleet.client(b)
+    answer = caller.call("call", {"event": "ask", "data": 7, "to": py.sid})
+    assert answer == {"answer": {"got": 7}}, answer
