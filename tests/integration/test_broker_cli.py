@@ -1,0 +1,47 @@
+"""`flask-signalr-kafka broker`: a local Apache Kafka in the foreground that
+prints its bootstrap servers and stops on Ctrl-C, and a one-line error when
+Java is missing."""
+import os
+import signal
+import subprocess
+import sys
+
+from kafka import KafkaAdminClient
+
+from flask_signalr_kafka.broker import free_port
+
+CLI = [sys.executable, "-m", "flask_signalr_kafka", "broker"]
+
+
+def test_kafka_broker_runs_until_ctrl_c(artifacts):
+    port = free_port()
+    process = subprocess.Popen([*CLI, "--engine", "kafka", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith(f"bootstrap servers: 127.0.0.1:{port} "), first
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        assert len(admin.describe_cluster()["brokers"]) == 1
+        admin.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # The JVM went with it: nothing listens on the port any more.
+    result = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                            capture_output=True)
+    assert result.returncode != 0
+
+
+def test_missing_java_says_what_to_install(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(tmp_path)  # no java, no mvn
+    result = subprocess.run([*CLI, "--engine", "kafka"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "flask-signalr-kafka: Apache Kafka 4 needs Java 17 or newer: install it "
+        "(apt-get install openjdk-17-jre-headless), or use --engine tansu"
+    ]
