@@ -318,6 +318,10 @@ class Recovery:
             raise RecoveryFailed("window-lost", "its dyno no longer knew what it last sent")
         if self.manager.is_local(session.sid, namespace):
             raise RecoveryFailed("duplicate", "that connection is connected here")
+        # This dyno's own records must land before a claimed partition is
+        # positioned at its log end: one landing after it would be read live,
+        # skipped as delivered at emit time, and never replayed.
+        self.await_readback(2.0)
         try:  # its send-conn partitions, read from now on (home partitions)
             self.manager._claim_connection(session.sid)
         except TimeoutError as exc:
