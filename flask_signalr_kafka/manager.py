@@ -57,7 +57,7 @@ from .records import (
 )
 from .recovery import ConnectionStateRecovery, Recovery, options_from
 from .recovery import metric_families as recovery_metric_families
-from .topics import SESSIONS, KafkaTopicConfig
+from .topics import KafkaTopicConfig
 
 logger = logging.getLogger("flask_signalr_kafka")
 
@@ -159,6 +159,7 @@ class KafkaManager(Manager):
         self._claimed_at: dict[str, float] = {}
         self._start_lock = threading.Lock()
         self._closed = False
+        self._closer: gevent.Greenlet | None = None
 
     @classmethod
     def from_env(
@@ -224,19 +225,31 @@ class KafkaManager(Manager):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not consumer.ready.wait(remaining):
                 return False
-        sessions = self._consumers_by_base.get(SESSIONS)
-        if sessions is not None:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not sessions.caught_up.wait(remaining):
-                return False
         return bool(self._consumers)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued, stop consuming, and close every Kafka client."""
+        """Send what is queued, stop consuming, and close every Kafka client.
+
+        Safe in a signal handler: there gevent runs it in its event loop,
+        where nothing may block, so the work moves to a greenlet of its own,
+        which the exit that normally follows waits for.
+        """
+        closer = self._closer
+        if closer is None and gevent.getcurrent() is gevent.get_hub():
+            self._closer = gevent.spawn(self.close, timeout)
+            return
+        if closer is not None and closer is not gevent.getcurrent():
+            closer.join(timeout + 5)
+            return
         if self._closed:
             return
         self._closed = True
-        shutdown.forget(self)
+        try:
+            self._close(timeout)
+        finally:
+            shutdown.forget(self)
+
+    def _close(self, timeout: float) -> None:
         if self._publisher is not None:
             try:
                 self._publisher.flush(timeout)
@@ -252,6 +265,7 @@ class KafkaManager(Manager):
             consumer.stop()
         if self._recovery is not None:
             self._recovery.save_all()
+            self._recovery.close()
         if self._publisher is not None:
             self._publisher.close(timeout)
 
@@ -304,8 +318,6 @@ class KafkaManager(Manager):
             topics.SEND_GROUP: partial(self._handle_invocation, SEND_GROUP),
             topics.SEND_USER: partial(self._handle_invocation, SEND_USER),
         }
-        if self._recovery is not None:
-            handlers[SESSIONS] = self._recovery.store.handle
         wanted = {}
         if self._home is not None:
             wanted = {topics.ACK: self._home.ack_wanted, topics.SEND_CONN: self._home.conn_wanted}
@@ -315,7 +327,6 @@ class KafkaManager(Manager):
                 handler,
                 self.consumer_config,
                 on_missing_topic=self.create_topics,
-                from_beginning=base == SESSIONS,
                 partitions=wanted.get(base),
             )
             if base == topics.SEND_CONN and self._home is not None:

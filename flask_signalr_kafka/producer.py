@@ -86,16 +86,21 @@ class Publisher:
         self.stats = ProducerStats()
 
     def send(
-        self, base: str, key: str | None, value: bytes | None, timeout: float | None = None
+        self, base: str, key: str | None, value: bytes | None, timeout: float | None = None,
+        partition: int | None = None,
     ) -> Any:
         """Publish ``value`` on the topic of ``base``, keyed by ``key``;
         return kafka-python's future of the record (``None`` is a tombstone).
         With ``await_produce``, wait at most ``timeout`` seconds (``None``:
-        the producer's ``delivery_timeout_ms``) and raise its error."""
+        the producer's ``delivery_timeout_ms``) and raise its error.
+
+        :param partition: this partition rather than the key's (the sessions
+                          topic places records by their pid).
+        """
         topic = self.topics.names.get(base) or self.topics.name(base)
         producer = self.producer
         future = producer.send(
-            topic, value=value, key=None if key is None else key.encode()
+            topic, value=value, key=None if key is None else key.encode(), partition=partition
         )
         future.add_errback(self._check, producer)
         self.stats.produced[topic] += 1

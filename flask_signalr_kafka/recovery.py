@@ -12,8 +12,11 @@ order (CONTRACT.md, "Connection state recovery"). How:
   missed events are the records after them addressed to it.
 - **Sessions** live in the compacted sessions topic (:mod:`.sessions`):
   saved when the holder notices the drop or shuts down (SIGTERM), and
-  written live on connect and on room changes, with a dyno checkpoint every
-  second, so a SIGKILLed dyno's clients resume from its last checkpoint.
+  written live on connect and on room changes, with a dyno checkpoint a few
+  times a second, so a SIGKILLed dyno's clients resume from its last
+  checkpoint. Each dyno writes only its own connections' sessions, in a
+  partition the client's pid names; a dyno reads a partition only when a
+  client whose pid names it comes back to it.
 - **Offsets.** Each delivery step gets an id; clients that announced
   recovery get ``"<dyno tag>.<step>"`` appended to each event, as a Node
   server appends its offsets. On a drop the holder cannot know what reached
@@ -23,12 +26,14 @@ order (CONTRACT.md, "Connection state recovery"). How:
   offset as an extra argument, so only clients that announced recovery get
   them: every socket.io-client >= 4.6 announces when it reconnects (it sends
   ``pid``); a client may announce on its first connection with
-  ``auth: {csr: true}``. A client recovered without an offset (its first
+  ``auth: {csr: true}``; a browser (its User-Agent) runs the official client
+  and gets them from its first connection. A client recovered without an offset (its first
   drop, unannounced) gets the whole window again: nothing is lost, but a
   few events may come twice.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import secrets
 import time
@@ -41,10 +46,22 @@ import gevent
 import msgspec
 
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
+from .errors import MalformedRecord
 from .home_partitions import partitions_of
 from .metrics import COUNTER, GAUGE, Family
-from .replay import addressed, read_missed, step_of
-from .sessions import LIVE, SAVED, Checkpoint, Position, Session, SessionStore
+from .replay import read_missed, step_of
+from .sessions import (
+    LIVE,
+    SAVED,
+    Checkpoint,
+    Position,
+    Session,
+    SessionReader,
+    SessionStore,
+    WindowEntry,
+    home_partition,
+)
+from .topics import SESSIONS
 
 if TYPE_CHECKING:
     from .manager import KafkaManager
@@ -54,6 +71,9 @@ logger = logging.getLogger(__name__)
 SEND_BASES = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 #: engine.io's reasons for a drop the client did not ask for.
 RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
+#: Seconds of sent records a session keeps when its socket may have died
+#: with some of them unread.
+_DROP_WINDOW = 5.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
 
@@ -126,8 +146,9 @@ def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
 
     def held() -> dict:
         r = recovery_of()
-        states = Counter(s.state for s in r.store.sessions.values()) if r else Counter()
-        return {("live",): states[LIVE], ("saved",): states[SAVED]}
+        if r is None:
+            return {("live",): 0, ("read",): 0}
+        return {("live",): len(r._pids), ("read",): r.store.reader.held()}
 
     return [
         Family("recoveries_attempted", COUNTER,
@@ -145,9 +166,17 @@ def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
         Family("sessions_saved", COUNTER, "Sessions this dyno saved at a drop or shutdown.", (),
                counter("saved")),
         Family("sessions_held", GAUGE,
-               "Sessions in this dyno's copy of the sessions topic, by state.", ("state",),
-               held),
+               "Sessions of this dyno's live connections, and those it read for "
+               "reconnecting clients.", ("state",), held),
     ]
+
+
+def in_browser(environ: Any) -> bool:
+    """Whether a connection's client runs in a web browser, where only the
+    official Socket.IO client runs: it reads offsets from its first
+    connection on, so it need not announce recovery to get them."""
+    agent = environ.get("HTTP_USER_AGENT", "") if isinstance(environ, dict) else ""
+    return agent.startswith("Mozilla/")
 
 
 class RecoveryFailed(Exception):
@@ -180,7 +209,14 @@ class Recovery:
         self.options = options
         self.owner = manager.server_name
         self.tag = secrets.token_hex(4)
-        self.store = SessionStore(self._publish_session, options.max_disconnection_duration)
+        reader = SessionReader(manager.consumer_config, manager.topic_config.name(SESSIONS),
+                               keep=min(60.0, options.max_disconnection_duration))
+        count = reader.partition_count() or 1
+        self.store = SessionStore(self._publish_session, reader, count,
+                                  home_partition(self.owner, count),
+                                  options.max_disconnection_duration)
+        #: sessions partition -> how many of this dyno's connections it holds.
+        self._held_in: Counter[int] = Counter()
         self.announced: set[str] = set()
         #: sid -> live events held back while its missed ones are replayed.
         self.replaying: dict[str, list] = {}
@@ -209,10 +245,12 @@ class Recovery:
             self._checkpointer.kill()
             self._checkpointer = None
 
-    def _publish_session(self, key: str, value: bytes | None) -> None:
-        from .topics import SESSIONS
+    def close(self) -> None:
+        self.stop()
+        self.store.reader.close()
 
-        self.manager._publisher.send(SESSIONS, key, value)
+    def _publish_session(self, key: str, value: bytes | None, partition: int) -> None:
+        self.manager._publisher.send(SESSIONS, key, value, partition=partition)
 
     # -- delivery: steps, offsets and own records ------------------------------
 
@@ -302,10 +340,12 @@ class Recovery:
         return self._pending.pop((eio_sid, namespace), None)
 
     def _restorable(self, pid: str, namespace: str) -> Session:
-        consumer = self.manager._consumers_by_base.get("sessions")
-        if consumer is None or not consumer.caught_up.wait(5):
-            raise RecoveryFailed("not-ready", "the sessions topic is not read yet")
-        session = self.store.sessions.get(pid)
+        try:
+            session = self.store.session(pid)
+        except TimeoutError as exc:
+            raise RecoveryFailed("not-ready", str(exc)) from exc
+        except MalformedRecord as exc:
+            raise RecoveryFailed("unknown", str(exc)) from exc
         if session is None:
             raise RecoveryFailed("unknown", "no session with this pid")
         if session.namespace != namespace:
@@ -335,27 +375,22 @@ class Recovery:
         that dyno noticed the drop, or the dyno died. Have it let go (it
         saves the session), or resume from its last checkpoint."""
         key = (session.sid, session.namespace)
+        checkpoint = self.store.checkpoint(pid, session.owner)
         if session.owner == self.owner:
-            if self.manager.is_local(*key):
-                self.release(*key)
-            saved = self.store.sessions.get(pid)
-            if saved is not None and saved.state == SAVED:
+            saved = self.release(*key) if self.manager.is_local(*key) else None
+            if saved is not None:
                 return saved
-        elif self.store.alive(session.owner, self._liveness()):
+        elif checkpoint is not None and time.time() - checkpoint.at < self._liveness():
             self.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
             self.manager._request_release(session.sid, session.namespace)
-
-            def saved_session() -> Session | None:
-                current = self.store.sessions.get(pid)
-                return current if current is not None and current.state == SAVED else None
-
             # What counts is the saved session, not an ack: a busy dyno may
             # take a while to save it, a dead one never will.
-            saved = self.store.wait_for(saved_session, self.options.release_timeout)
-            if saved is not None:
+            saved = self.store.wait_for(pid, lambda s: s is not None and s.state == SAVED,
+                                        self.options.release_timeout)
+            if saved is not None and saved.state == SAVED:
                 return saved
-        checkpoint = self.store.checkpoints.get(session.owner)
+            checkpoint = self.store.checkpoint(pid, session.owner)
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
         self.stats["from-checkpoint"] += 1
@@ -391,18 +426,32 @@ class Recovery:
         self._recovered.add((sid, namespace))
 
     def registered(self, sid: str, namespace: str, pid: str, announced: bool) -> None:
-        """A connection was accepted (new or recovered): write its live session."""
+        """A connection was accepted (new or recovered): its live session is
+        written with the next checkpoint (one batch for a connect storm)."""
         key = (sid, namespace)
         self._pids[key] = pid
+        partition = self.store.partition(pid)
+        if partition is not None:
+            self._held_in[partition] += 1
         if announced:
             self.announced.add(sid)
-        self._write_live(key)
+        self._dirty.add(key)
+
+    def _forget(self, key: tuple[str, str]) -> str | None:
+        """Stop holding a connection's session; return its pid."""
+        pid = self._pids.pop(key, None)
+        partition = None if pid is None else self.store.partition(pid)
+        if partition is not None:
+            self._held_in[partition] -= 1
+            if self._held_in[partition] <= 0:
+                del self._held_in[partition]
+        return pid
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (sid, namespace) in self._recovered
 
     def new_pid(self) -> str:
-        return secrets.token_urlsafe(16)
+        return self.store.new_pid()
 
     # -- drops and saves ---------------------------------------------------
 
@@ -415,7 +464,7 @@ class Recovery:
         """Before python-socketio forgets the connection: save its session
         if the client may come back, else delete it."""
         key = (sid, namespace)
-        pid = self._pids.pop(key, None)
+        pid = self._forget(key)
         self.announced.discard(sid)
         self.replaying.pop(sid, None)
         self._replay_ends.pop(sid, None)
@@ -426,55 +475,59 @@ class Recovery:
         if key in self._released:
             self._released.discard(key)
             return
-        current = self.store.sessions.get(pid)
-        if current is not None and current.owner != self.owner:
-            return  # its client is back on another dyno already
         if reason in RECOVERABLE:
             eio = self.manager.server.eio
-            window = 5.0 if reason != "ping timeout" else eio.ping_interval + eio.ping_timeout + 2
+            window = (_DROP_WINDOW if reason != "ping timeout"
+                      else eio.ping_interval + eio.ping_timeout + 2)
             self._save(pid, sid, namespace, window)
         else:
             self.store.delete(pid)
 
-    def release(self, sid: str, namespace: str) -> None:
+    def release(self, sid: str, namespace: str) -> Session | None:
         """Let a connection go because its client is back elsewhere: save its
-        session, then close the old socket."""
+        session, then close the old socket; return the saved session."""
         key = (sid, namespace)
         pid = self._pids.get(key)
         if pid is None:
-            return
+            return None
         eio = self.manager.server.eio
-        self._save(pid, sid, namespace, eio.ping_interval + eio.ping_timeout + 2)
+        saved = self._save(pid, sid, namespace, eio.ping_interval + eio.ping_timeout + 2)
         self._released.add(key)
         logger.info("released %s: its client is back on another connection", sid)
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
         if eio_sid is not None:
             self.manager.server.eio.disconnect(eio_sid)
+        return saved
 
-    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> None:
+    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
         rooms = self._rooms(sid, namespace)
         self.await_readback(1.0)
         positions = self._position_list()
-        window, exact = self._window(sid, rooms, window_seconds)
-        self.store.put(pid, Session(
-            SAVED, sid, namespace, rooms, self.owner, self.tag, time.time(), positions,
-            self._emit_seq, window, exact,
-        ))
+        window, exact = self._windows({sid: rooms}, window_seconds)[sid]
+        session = Session(SAVED, sid, namespace, rooms, self.owner, self.tag, time.time(),
+                          positions, self._emit_seq, window, exact)
+        self.store.put(pid, session)
         self.stats["saved"] += 1
+        return session
 
     def save_all(self) -> None:
         """At shutdown, with the consumers stopped: save every connection
-        (and forget it: its disconnect changes nothing more). The sockets
-        close cleanly after what was sent, so no window."""
+        (and forget it: its disconnect changes nothing more). Whether the
+        last events left a socket that the process exit cuts is unknown, so
+        each session keeps its window, as at a drop."""
         positions = self._position_list()
         now = time.time()
+        rooms = {key: self._rooms(*key) for key in self._pids}
+        windows = self._windows({sid: r for (sid, _), r in rooms.items()}, _DROP_WINDOW)
         for (sid, namespace), pid in list(self._pids.items()):
+            window, exact = windows[sid]
             self.store.put(pid, Session(
-                SAVED, sid, namespace, self._rooms(sid, namespace), self.owner, self.tag, now,
-                positions, self._emit_seq,
+                SAVED, sid, namespace, rooms[(sid, namespace)], self.owner, self.tag, now,
+                positions, self._emit_seq, window, exact,
             ))
             self.stats["saved"] += 1
         self._pids.clear()
+        self._held_in.clear()
 
     def drain(self) -> None:
         """Stop delivering, save every connection's session and close its
@@ -503,26 +556,44 @@ class Recovery:
     def _position_list(self) -> list[Position]:
         return [(base, p, off) for (base, p), off in sorted(self.positions().items())]
 
-    def _window(self, sid: str, rooms: list[str], seconds: float) -> tuple[list, bool]:
-        """The records sent in the last ``seconds`` that were addressed to
-        this connection, in the order they were sent."""
+    def _windows(self, rooms_of: dict[str, list[str]],
+                 seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
+        """For each connection of ``rooms_of`` (sid -> rooms): the records
+        sent in the last ``seconds`` addressed to it, in the order they were
+        sent, and whether that is all of them. One pass over the ring for
+        every connection (a shutdown saves them all)."""
         cutoff = time.monotonic() - seconds
         ring = self._ring
         exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
-        in_rooms = set(rooms)
-        out = []
-        for step, sent_at, coords in reversed(ring):
-            if sent_at < cutoff:
+        members: dict[tuple[str, str], list[str]] = {}
+        for sid, rooms in rooms_of.items():
+            members.setdefault((SEND_CONN, sid), []).append(sid)
+            for room in rooms:
+                uid = user_id_of(room)
+                target = (SEND_USER, uid) if uid is not None else (SEND_GROUP, room)
+                members.setdefault(target, []).append(sid)
+        everyone: list[WindowEntry] = []
+        own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
+        unacked: set[str] = set()
+        recent = []
+        for entry in reversed(ring):
+            if entry[1] < cutoff:
                 break
+            recent.append(entry)
+        for step, _, coords in reversed(recent):
             for base, key, partition, offset in coords:
-                if not addressed(base, key, sid, in_rooms):
-                    continue
+                sids = list(rooms_of) if base == SEND_ALL else members.get((base, key), ())
                 if offset < 0:
-                    exact = False  # never acked: not in Kafka to replay
+                    unacked.update(sids)  # never acked: not in Kafka to replay
                     continue
-                out.append((step, base, partition, offset))
-        out.reverse()
-        return out, exact
+                entry = (step, base, partition, offset)
+                if base == SEND_ALL:
+                    everyone.append(entry)
+                else:
+                    for sid in sids:
+                        own[sid].append(entry)
+        return {sid: (list(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
+                for sid in rooms_of}
 
     def _write_live(self, key: tuple[str, str]) -> None:
         pid = self._pids.get(key)
@@ -545,11 +616,14 @@ class Recovery:
                     self._write_live(key)
                 state = (self._position_list(), self._emit_seq)
                 if state != last or time.monotonic() - last_at >= heartbeat:
-                    self.store.put_checkpoint(Checkpoint(self.owner, self.tag, time.time(), *state))
+                    # Beside each session it holds, and at home for the next.
+                    self.store.put_checkpoint(Checkpoint(self.owner, self.tag, time.time(), *state),
+                                              {self.store.home, *self._held_in})
                     last, last_at = state, time.monotonic()
                 if time.monotonic() > next_prune:
                     next_prune = time.monotonic() + 30
-                    self.store.prune(self._liveness())
+                    for partition in range(self.store.partition_count):
+                        self.store.prune(partition, self._liveness())
             except Exception:
                 logger.exception("connection state recovery checkpoint failed")
 

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from engineio import packet as eio_packet
 from socketio import exceptions, packet
 
+from .recovery import in_browser
+
 if TYPE_CHECKING:
     from .recovery import Recovery
 
@@ -126,6 +128,7 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
         server.eio.disconnect(eio_sid)
         return
     pid, offset, announced, data = recovery.split_auth(data)
+    announced = announced or in_browser(server.environ.get(eio_sid))
     logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
     restore = None
     sid = None

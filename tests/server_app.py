@@ -7,7 +7,9 @@ LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (mo
 producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
 the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
-PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition).
+PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition),
+APP_SIGTERM=1 (the app's own SIGTERM handler calls ``mgr.close()`` and exits,
+as a user's ``socketio.run`` app would).
 """
 from gevent import monkey
 
@@ -253,4 +255,12 @@ for ns in ("/", "/chat"):
     register(ns)
 
 if __name__ == "__main__":
+    if os.environ.get("APP_SIGTERM") == "1":
+        import sys
+
+        def on_sigterm(signum, frame):
+            mgr.close()
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
     socketio.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_output=False)
