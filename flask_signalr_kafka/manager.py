@@ -533,7 +533,7 @@ class KafkaManager(Manager):
     def basic_enter_room(self, sid, namespace, room, eio_sid=None):
         result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         if self._recovery is not None:
-            self._recovery.touch(sid, namespace)
+            self._recovery.joined(sid, namespace, room)
         return result
 
     def basic_leave_room(self, sid, namespace, room):
@@ -577,6 +577,8 @@ class KafkaManager(Manager):
         skip_sid = _sid_list(skip_sid)
         recovery = self._recovery
         coords: list = []
+        # Counted before the local delivery, whose step records it.
+        emit_seq = recovery.next_emit() if recovery is not None else 0
         if self.server is not None:
             # This server's clients at once, each once however many of the
             # targets it is in, as python-socketio delivers a list. A local
@@ -585,7 +587,6 @@ class KafkaManager(Manager):
                           skip_sid, callback, coords)
         frames = None
         callback_id = 0
-        emit_seq = recovery.next_emit() if recovery is not None else 0
         for index, one in enumerate(targets):
             # With recovery on, a local connection's events are in Kafka too:
             # it may drop before they reach it, and they are replayed from there.

@@ -45,21 +45,23 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import msgspec
 
+from . import offsets
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
 from .errors import MalformedRecord
 from .home_partitions import partitions_of
 from .metrics import COUNTER, GAUGE, Family
+from .offsets import Slot
 from .replay import read_missed, step_of
 from .sessions import (
     LIVE,
     SAVED,
     Checkpoint,
     Position,
+    RefPoint,
     Session,
     SessionReader,
     SessionStore,
     WindowEntry,
-    home_partition,
 )
 from .topics import SESSIONS
 
@@ -74,6 +76,12 @@ RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
 #: Seconds of sent records a session keeps when its socket may have died
 #: with some of them unread.
 _DROP_WINDOW = 5.0
+#: The most steps a checkpoint's tail keeps (a client lagging further behind
+#: its dying dyno is not recovered rather than lose events).
+_TAIL_STEPS = 5000
+#: Seconds between a busy dyno's reference points: full offsets name the
+#: slots delivered past the last one, so this bounds their length.
+_REF_EVERY = 1.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
 
@@ -211,12 +219,14 @@ class Recovery:
         self.tag = secrets.token_hex(4)
         reader = SessionReader(manager.consumer_config, manager.topic_config.name(SESSIONS),
                                keep=min(60.0, options.max_disconnection_duration))
-        count = reader.partition_count() or 1
-        self.store = SessionStore(self._publish_session, reader, count,
-                                  home_partition(self.owner, count),
+        self.store = SessionStore(self._publish_session, reader, self.owner,
                                   options.max_disconnection_duration)
-        #: sessions partition -> how many of this dyno's connections it holds.
-        self._held_in: Counter[int] = Counter()
+        #: Full offsets: the newest acked reference point (n, positions,
+        #: emit counter), the slots delivered past it and by how much.
+        self._ref: tuple[int, dict[Slot, int], int] | None = None
+        self._ref_n = 0
+        self._delivered: dict[Slot, int] = {}
+        self._past_ref: dict[Slot, int] = {}
         self.announced: set[str] = set()
         #: sid -> live events held back while its missed ones are replayed.
         self.replaying: dict[str, list] = {}
@@ -224,7 +234,8 @@ class Recovery:
         self.stats: Counter[str] = Counter()
         self._step = 0
         self._emit_seq = 0
-        self._ring: deque[tuple[int, float, list]] = deque(maxlen=options.window_steps)
+        #: (step, monotonic time, coords, emit counter) of each delivery step.
+        self._ring: deque[tuple[int, float, list, int]] = deque(maxlen=options.window_steps)
         self._pids: dict[tuple[str, str], str] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._released: set[tuple[str, str]] = set()
@@ -238,6 +249,7 @@ class Recovery:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
+        self.store.partition_count  # noqa: B018 - learnt before the first connect
         self._checkpointer = gevent.spawn(self._run_checkpoints)
 
     def stop(self) -> None:
@@ -249,8 +261,8 @@ class Recovery:
         self.stop()
         self.store.reader.close()
 
-    def _publish_session(self, key: str, value: bytes | None, partition: int) -> None:
-        self.manager._publisher.send(SESSIONS, key, value, partition=partition)
+    def _publish_session(self, key: str, value: bytes | None, partition: int) -> Any:
+        return self.manager._publisher.send(SESSIONS, key, value, partition=partition)
 
     # -- delivery: steps, offsets and own records ------------------------------
 
@@ -258,12 +270,57 @@ class Recovery:
         self._emit_seq += 1
         return self._emit_seq
 
-    def step(self, coords: list) -> str:
+    def step(self, coords: list, live: bool = True) -> str:
         """Register one delivery step (the records it came from, filled in as
-        they are acked) and return its offset string."""
+        they are acked) and return its offset string: a full one for a live
+        step, a short one for a replayed or held-back event, which comes
+        after newer records were delivered to others."""
         self._step += 1
-        self._ring.append((self._step, time.monotonic(), coords))
-        return f"{self.tag}.{self._step}"
+        self._ring.append((self._step, time.monotonic(), coords, self._emit_seq))
+        ref = self._ref
+        if not live or ref is None:
+            return offsets.short(self.tag, self._step)
+        for base, _, partition, offset in coords:
+            if offset >= 0:  # a record read here (its own ones land later)
+                self._advance((base, partition), offset + 1, ref[1])
+        return offsets.full(self.tag, self._step, ref[0], self._emit_seq - ref[2],
+                            self._past_ref)
+
+    def _advance(self, slot: Slot, position: int, at_ref: dict[Slot, int]) -> None:
+        if position > self._delivered.get(slot, 0):
+            self._delivered[slot] = position
+            if position > at_ref.get(slot, 0):
+                self._past_ref[slot] = position - at_ref.get(slot, 0)
+
+    def joined(self, sid: str, namespace: str, room: str | None) -> None:
+        """A connection joined ``room``: its session changes, and a full
+        offset from now on must not reach back before the join (a record
+        for the room read here before it joined was not for it)."""
+        self.touch(sid, namespace)
+        ref = self._ref
+        if room is None or room == sid or ref is None:
+            return
+        positions = self.positions()
+        for slot in self._slots_of_room(room):
+            if slot in positions:
+                self._advance(slot, positions[slot], ref[1])
+
+    def _use_ref(self, n: int, positions: dict[Slot, int], emit_seq: int) -> None:
+        """Reference point ``n`` is durable: full offsets count from it."""
+        if self._ref is not None and self._ref[0] >= n:
+            return
+        self._ref = (n, positions, emit_seq)
+        self._past_ref = {slot: at - positions.get(slot, 0)
+                          for slot, at in self._delivered.items() if at > positions.get(slot, 0)}
+
+    def _write_ref(self) -> None:
+        self._ref_n += 1
+        n, emit_seq = self._ref_n, self._emit_seq
+        position_list = self._position_list()
+        positions = {(b, p): off for b, p, off in position_list}
+        future = self.store.put_ref(RefPoint(self.owner, self.tag, n, time.time(),
+                                             position_list, emit_seq))
+        future.add_callback(lambda _: self._use_ref(n, positions, emit_seq))
 
     def track(self, future: Any, coords: list, base: str, key: str | None) -> None:
         """Note where one of this dyno's records lands, once the broker says."""
@@ -325,7 +382,7 @@ class Recovery:
         taken by :meth:`take_pending` in the manager's ``pre_connect``."""
         self.stats["attempted"] += 1
         try:
-            restore = Restore(pid, self._restorable(pid, namespace), offset)
+            restore = Restore(pid, self._restorable(pid, namespace, offset), offset)
         except RecoveryFailed as exc:
             self.stats[f"failed:{exc.reason}"] += 1
             logger.info("no recovery for pid %s…: %s", pid[:6], exc)
@@ -339,7 +396,7 @@ class Recovery:
     def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
         return self._pending.pop((eio_sid, namespace), None)
 
-    def _restorable(self, pid: str, namespace: str) -> Session:
+    def _restorable(self, pid: str, namespace: str, offset: str | None) -> Session:
         try:
             session = self.store.session(pid)
         except TimeoutError as exc:
@@ -351,7 +408,8 @@ class Recovery:
         if session.namespace != namespace:
             raise RecoveryFailed("unknown", "the session is of another namespace")
         if session.state == LIVE:
-            session = self._take_over(pid, session)
+            session = self._take_over(pid, session, offset)
+        session = self._exactly(session, offset)
         if time.time() - session.saved_at > self.options.max_disconnection_duration:
             raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
         if not session.exact:
@@ -370,34 +428,81 @@ class Recovery:
         self._check_backlog(session)
         return session
 
-    def _take_over(self, pid: str, session: Session) -> Session:
+    def _take_over(self, pid: str, session: Session, offset: str | None) -> Session:
         """The session is still live on its dyno: the client came back before
         that dyno noticed the drop, or the dyno died. Have it let go (it
         saves the session), or resume from its last checkpoint."""
         key = (session.sid, session.namespace)
-        checkpoint = self.store.checkpoint(pid, session.owner)
         if session.owner == self.owner:
             saved = self.release(*key) if self.manager.is_local(*key) else None
             if saved is not None:
                 return saved
-        elif checkpoint is not None and time.time() - checkpoint.at < self._liveness():
+        elif self._alive(session.owner):
             self.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
             self.manager._request_release(session.sid, session.namespace)
             # What counts is the saved session, not an ack: a busy dyno may
-            # take a while to save it, a dead one never will.
-            saved = self.store.wait_for(pid, lambda s: s is not None and s.state == SAVED,
-                                        self.options.release_timeout)
+            # take a while to save it, a dead one never will (its checkpoints
+            # stop).
+            saved = self.store.wait_for(
+                pid, lambda s: s is None or s.state == SAVED or not self._alive(s.owner),
+                self.options.release_timeout)
             if saved is not None and saved.state == SAVED:
                 return saved
-            checkpoint = self.store.checkpoint(pid, session.owner)
+        checkpoint = self.store.checkpoint(session.owner)
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
         self.stats["from-checkpoint"] += 1
         logger.info("%s resumes from the last checkpoint of %s", session.sid, session.owner)
+        return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
+
+    def _alive(self, owner: str) -> bool:
+        checkpoint = self.store.checkpoint(owner)
+        return checkpoint is not None and time.time() - checkpoint.at < self._liveness()
+
+    def _from_checkpoint(self, session: Session, checkpoint: Checkpoint,
+                         last: int | None) -> Session:
+        """The session of a connection whose dyno died, as of the client's
+        last step ``last`` (``None``: unknown, so the whole tail is sent
+        again): the checkpoint's positions, and its tail's records of later
+        steps as the window."""
+        if last is None:
+            last = checkpoint.tail_from - 1
+        emit_seq = checkpoint.tail_emit_seq
+        for step, seq in checkpoint.emit_steps:
+            if step > last:
+                break
+            emit_seq = seq
+        if last >= checkpoint.step:
+            # Steps after the checkpoint may have reached the client too:
+            # they are sent again (never lost).
+            emit_seq, window, exact = checkpoint.emit_seq, [], True
+        else:
+            slots = self._relevant(session)
+            window = [e for e in checkpoint.tail if e[0] > last and (e[1], e[2]) in slots]
+            # Steps between the client's and the tail's may have been for it.
+            exact = last >= checkpoint.tail_from - 1
         return msgspec.structs.replace(
             session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
-            emit_seq=checkpoint.emit_seq, window=[], tag=checkpoint.tag,
+            emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,
+        )
+
+    def _exactly(self, session: Session, offset: str | None) -> Session:
+        """The session as of the client's full offset, when it has one from
+        the session's last holder and that dyno's reference point is still in
+        the topic: exactly what the client had, whatever befell the dyno."""
+        parsed = offsets.parse(offset)
+        if parsed is None or parsed.ref is None or parsed.tag != session.tag:
+            return session
+        ref = self.store.ref(session.owner, parsed.ref)
+        if ref is None or ref.tag != parsed.tag:
+            return session
+        positions = {(b, p): off for b, p, off in ref.positions}
+        for slot, n in parsed.slots.items():
+            positions[slot] = positions.get(slot, 0) + n
+        return msgspec.structs.replace(
+            session, positions=[(b, p, off) for (b, p), off in sorted(positions.items())],
+            emit_seq=ref.emit_seq + parsed.emits, window=[], exact=True,
         )
 
     def _liveness(self) -> float:
@@ -422,7 +527,7 @@ class Recovery:
         events reach it (held back until :meth:`replay` has sent what it
         missed), so the replay ends exactly where this dyno stands now."""
         self.replaying[sid] = []
-        self._replay_ends[sid] = self.positions()
+        self._replay_ends[sid] = (self.positions(), self._emit_seq)
         self._recovered.add((sid, namespace))
 
     def registered(self, sid: str, namespace: str, pid: str, announced: bool) -> None:
@@ -430,22 +535,10 @@ class Recovery:
         written with the next checkpoint (one batch for a connect storm)."""
         key = (sid, namespace)
         self._pids[key] = pid
-        partition = self.store.partition(pid)
-        if partition is not None:
-            self._held_in[partition] += 1
         if announced:
             self.announced.add(sid)
         self._dirty.add(key)
 
-    def _forget(self, key: tuple[str, str]) -> str | None:
-        """Stop holding a connection's session; return its pid."""
-        pid = self._pids.pop(key, None)
-        partition = None if pid is None else self.store.partition(pid)
-        if partition is not None:
-            self._held_in[partition] -= 1
-            if self._held_in[partition] <= 0:
-                del self._held_in[partition]
-        return pid
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (sid, namespace) in self._recovered
@@ -464,7 +557,7 @@ class Recovery:
         """Before python-socketio forgets the connection: save its session
         if the client may come back, else delete it."""
         key = (sid, namespace)
-        pid = self._forget(key)
+        pid = self._pids.pop(key, None)
         self.announced.discard(sid)
         self.replaying.pop(sid, None)
         self._replay_ends.pop(sid, None)
@@ -527,7 +620,6 @@ class Recovery:
             ))
             self.stats["saved"] += 1
         self._pids.clear()
-        self._held_in.clear()
 
     def drain(self) -> None:
         """Stop delivering, save every connection's session and close its
@@ -580,7 +672,7 @@ class Recovery:
             if entry[1] < cutoff:
                 break
             recent.append(entry)
-        for step, _, coords in reversed(recent):
+        for step, _, coords, _ in reversed(recent):
             for base, key, partition, offset in coords:
                 sids = list(rooms_of) if base == SEND_ALL else members.get((base, key), ())
                 if offset < 0:
@@ -606,20 +698,22 @@ class Recovery:
         next_prune = time.monotonic() + 30
         # An idle dyno writes only often enough to count as alive.
         heartbeat = self._liveness() / 3
-        last: tuple = ()
-        last_at = 0.0
+        last_step = last_emit = -1
+        last_at = last_ref = 0.0
         while True:
             gevent.sleep(self.options.checkpoint_interval)
             try:
                 dirty, self._dirty = self._dirty, set()
                 for key in dirty:
                     self._write_live(key)
-                state = (self._position_list(), self._emit_seq)
-                if state != last or time.monotonic() - last_at >= heartbeat:
-                    # Beside each session it holds, and at home for the next.
-                    self.store.put_checkpoint(Checkpoint(self.owner, self.tag, time.time(), *state),
-                                              {self.store.home, *self._held_in})
-                    last, last_at = state, time.monotonic()
+                moved = (self._step, self._emit_seq) != (last_step, last_emit)
+                if moved or time.monotonic() - last_at >= heartbeat:
+                    last_step, last_emit = self._step, self._emit_seq
+                    self.store.put_checkpoint(self._checkpoint())
+                    last_at = time.monotonic()
+                if (moved or self._ref is None) and time.monotonic() - last_ref >= _REF_EVERY:
+                    self._write_ref()
+                    last_ref = time.monotonic()
                 if time.monotonic() > next_prune:
                     next_prune = time.monotonic() + 30
                     for partition in range(self.store.partition_count):
@@ -627,27 +721,65 @@ class Recovery:
             except Exception:
                 logger.exception("connection state recovery checkpoint failed")
 
+    def _checkpoint(self) -> Checkpoint:
+        """How far this dyno delivered now, with the tail of what it sent."""
+        positions, emit_seq, step = self._position_list(), self._emit_seq, self._step
+        cutoff = time.monotonic() - _DROP_WINDOW
+        recent = []
+        for entry in reversed(self._ring):
+            if entry[1] < cutoff or len(recent) >= _TAIL_STEPS:
+                break
+            recent.append(entry)
+        recent.reverse()
+        # Its own records' places come with the broker's acks.
+        deadline = time.monotonic() + 1.0
+        while any(c[3] < 0 for _, _, coords, _ in recent for c in coords):
+            if time.monotonic() > deadline:
+                break
+            gevent.sleep(0.005)
+        tail_from = recent[0][0] if recent else step + 1
+        for entry_step, _, coords, _ in recent:
+            if any(c[3] < 0 for c in coords):
+                # Never acked: not in Kafka to replay, so steps up to here
+                # cannot be cut exactly.
+                tail_from = entry_step + 1
+        recent = [e for e in recent if e[0] >= tail_from]
+        # The emit counter just before the tail, then wherever it moved in it.
+        tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
+                             recent[0][3] if recent else emit_seq)
+        tail: list[WindowEntry] = []
+        emit_steps: list[tuple[int, int]] = []
+        seq = tail_emit_seq
+        for entry_step, _, coords, entry_seq in recent:
+            if entry_seq != seq:
+                emit_steps.append((entry_step, entry_seq))
+                seq = entry_seq
+            tail.extend((entry_step, base, partition, offset)
+                        for base, _, partition, offset in coords)
+        return Checkpoint(self.owner, self.tag, time.time(), positions, emit_seq, step,
+                          tail_from, tail_emit_seq, tail, emit_steps)
+
     # -- replay ------------------------------------------------------------
 
     def _relevant(self, session: Session) -> set:
         """The (base, partition) slots that can hold a record for the session."""
-        consumers = self.manager._consumers_by_base
-        slots = {(SEND_ALL, p) for p in range(consumers[SEND_ALL].partition_count)}
-
-        def add(base: str, key: str) -> None:
-            # murmur2 for Java and kafka-python producers, CRC-32 for
-            # librdkafka's (so .NET's) default partitioner.
-            n = consumers[base].partition_count
-            if n:
-                slots.update((base, p) for p in partitions_of(key, n))
-
-        add(SEND_CONN, session.sid)
+        count = self.manager._consumers_by_base[SEND_ALL].partition_count
+        slots = {(SEND_ALL, p) for p in range(count)}
+        slots.update(self._slots_of(SEND_CONN, session.sid))
         for room in session.rooms:
-            uid = user_id_of(room)
-            if uid is not None:
-                add(SEND_USER, uid)
-            add(SEND_GROUP, room)
+            slots.update(self._slots_of_room(room))
         return slots
+
+    def _slots_of_room(self, room: str) -> set[Slot]:
+        uid = user_id_of(room)
+        slots = self._slots_of(SEND_GROUP, room)
+        return slots if uid is None else slots | self._slots_of(SEND_USER, uid)
+
+    def _slots_of(self, base: str, key: str) -> set[Slot]:
+        # murmur2 for Java and kafka-python producers, CRC-32 for
+        # librdkafka's (so .NET's) default partitioner.
+        n = self.manager._consumers_by_base[base].partition_count
+        return {(base, p) for p in partitions_of(key, n)} if n else set()
 
     def _check_backlog(self, session: Session) -> None:
         start = {(b, p): off for b, p, off in session.positions}
@@ -672,11 +804,11 @@ class Recovery:
             raise
         logger.debug("replaying %d events to %s", len(missed), sid)
         for coords, event, args in missed:
-            send(eio_sid, session.namespace, event, args, self.step(coords))
+            send(eio_sid, session.namespace, event, args, self.step(coords, live=False))
         buffered = self.replaying.get(sid, [])
         while buffered:
             event, args, coords = buffered.pop(0)
-            send(eio_sid, session.namespace, event, args, self.step(coords))
+            send(eio_sid, session.namespace, event, args, self.step(coords, live=False))
         self.replaying.pop(sid, None)
         self.stats["succeeded"] += 1
         self.stats["replayed"] += len(missed)
@@ -688,12 +820,22 @@ class Recovery:
         last = step_of(offset, session.tag)
         window = [(b, p, o) for step, b, p, o in session.window if last is None or step > last]
         start = {(b, p): off for b, p, off in session.positions}
-        ends = self._replay_ends.pop(session.sid)
-        ranges = {s: (start.get(s, 0), ends[s]) for s in self._relevant(session)
+        ends, own_seq = self._replay_ends.pop(session.sid)
+        relevant = self._relevant(session)
+        ranges = {s: (start.get(s, 0), ends[s]) for s in relevant
                   if ends.get(s, 0) > start.get(s, 0)}
-        logger.debug("replay of %s reads %d window records and ranges %s", session.sid,
-                     len(window), ranges)
-        if not ranges and not window:
+        # This dyno's own records emitted before begin() were not for the
+        # connection then, and live reading skips them as delivered: those
+        # not read back by then are read here.
+        try:
+            self.manager._publisher.flush(5.0)
+        except Exception:
+            logger.warning("could not flush before a replay", exc_info=True)
+        own = {s: (ends[s], self._own_acked[s] + 1) for s in relevant
+               if s in ends and self._own_acked.get(s, -1) + 1 > ends[s]}
+        logger.debug("replay of %s reads %d window records, ranges %s and own %s",
+                     session.sid, len(window), ranges, own)
+        if not ranges and not window and not own:
             return []
         return read_missed(self.manager.consumer_config, self.manager.topic_config.name,
-                           session, window, ranges)
+                           session, window, ranges, (self.owner, own_seq, own))

@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 from kafka import KafkaConsumer, TopicPartition
 
-from . import hub_protocol, records
+from . import hub_protocol, offsets, records
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX
 from .errors import MalformedRecord
 from .sessions import Session
@@ -29,10 +29,12 @@ def read_missed(
     session: Session,
     window: list[tuple[str, int, int]],
     ranges: dict[tuple[str, int], tuple[int, int]],
+    own: tuple[str, int, dict[tuple[str, int], tuple[int, int]]] | None = None,
 ) -> list:
     """``[(coords, event, args)]``: the window's records (in the order they
     were first sent), then every record of ``ranges`` (``{(base, partition):
-    (start, end)}``) addressed to the session.
+    (start, end)}``) addressed to the session, then those of ``own``'s ranges
+    that its server (``(server name, up to emit counter, ranges)``) emitted.
 
     :param topic: the topic name of a base name.
     """
@@ -61,25 +63,31 @@ def read_missed(
             event = record and event_for(record, base, session, skip_own=False)
             if event is not None:
                 out.append(([[base, record_key(record), partition, at]], *event))
-        found = read_ranges(consumer, {
-            (base, TopicPartition(topic(base), p)): r for (base, p), r in ranges.items()
-        })
-        for count, (base, record) in enumerate(found, 1):
-            if count % 500 == 0:
-                gevent.sleep(0)  # a long catch-up must not stall the dyno
-            event = event_for(record, base, session, skip_own=True)
-            if event is not None:
-                out.append(([[base, record_key(record), record.partition, record.offset]], *event))
+        for only, spans in ((None, ranges), (own and own[:2], own and own[2])):
+            found = read_ranges(consumer, {
+                (base, TopicPartition(topic(base), p)): r for (base, p), r in (spans or {}).items()
+            })
+            for count, (base, record) in enumerate(found, 1):
+                if count % 500 == 0:
+                    gevent.sleep(0)  # a long catch-up must not stall the dyno
+                event = event_for(record, base, session, skip_own=True, only=only)
+                if event is not None:
+                    out.append(([[base, record_key(record), record.partition, record.offset]],
+                                *event))
         return out
     finally:
         consumer.close()
 
 
-def event_for(record: Any, base: str, session: Session, skip_own: bool) -> tuple | None:
-    """``(event, args)`` if ``record`` is for the session's connection."""
+def event_for(record: Any, base: str, session: Session, skip_own: bool,
+              only: tuple[str, int] | None = None) -> tuple | None:
+    """``(event, args)`` if ``record`` is for the session's connection (and
+    emitted by ``only``'s server up to its emit counter, if given)."""
     try:
         inv = records.decode(record.value, records.InvocationExt)
         if inv.namespace != session.namespace or inv.callback_id:
+            return None
+        if only is not None and not (inv.origin == only[0] and 0 < inv.emit_seq <= only[1]):
             return None
         if skip_own and inv.origin == session.owner and 0 < inv.emit_seq <= session.emit_seq:
             return None  # its dyno delivered it when it was emitted
@@ -113,13 +121,9 @@ def record_key(record: Any) -> str | None:
 
 
 def step_of(offset: str | None, tag: str) -> int | None:
-    """The step of a client's offset if it is one of ``tag``'s."""
-    if not offset or "." not in offset:
-        return None
-    offset_tag, _, step = offset.partition(".")
-    if offset_tag != tag or not step.isdigit():
-        return None
-    return int(step)
+    """The step of a client's offset (short or full) if it is one of ``tag``'s."""
+    parsed = offsets.parse(offset)
+    return parsed.step if parsed is not None and parsed.tag == tag else None
 
 
 def read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:

@@ -12,19 +12,23 @@ Two kinds of record share the topic (ours alone; .NET never reads it):
 - ``d:<server name>`` -> :class:`Checkpoint`: how far a dyno has delivered,
   written a few times a second: a killed dyno's sessions resume from its
   last one. Its age also tells whether that dyno is alive.
+- ``r:<server name>:<n mod 256>`` -> :class:`RefPoint`: the reference
+  points of full offsets (:mod:`.offsets`), written at most once a second.
 
-**Placement.** A pid names its partition (``"<partition>.<random>"``): the
-dyno that first accepts a connection gives it a pid of its own *home*
-partition (drawn from its server name), and whichever dyno holds the
-connection later writes the session there, with a copy of its checkpoint
-beside it. So the sessions of a dyno's clients and its checkpoints sit in a
-partition or two that other dynos never read, until one of its clients
-reconnects to one of them: that dyno then reads the pid's partition alone
-(:class:`SessionReader`), from where it last stopped. Nothing a dyno spends
-or keeps grows with the other dynos' connections.
+**Placement.** Each dyno has a *home* partition, drawn from its server
+name: it writes its checkpoints and reference points there. A pid names its
+partition (``"<partition>.<random>"``): the dyno that first accepts a
+connection gives it a pid of its home, and whichever dyno holds the
+connection later writes the session there. So a dyno's sessions and
+checkpoints sit in a partition that other dynos never read, until one of
+its clients reconnects to one of them: that dyno then reads the pid's
+partition and the old holder's home (:class:`SessionReader`), each from
+where it last stopped. Nothing a dyno spends or keeps grows with the other
+dynos' connections.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import threading
@@ -46,6 +50,9 @@ SAVED = 2
 
 SESSION_PREFIX = b"s:"
 CHECKPOINT_PREFIX = b"d:"
+REF_PREFIX = b"r:"
+#: How many reference points of a dyno the topic keeps.
+REF_SLOTS = 256
 
 #: A Kafka position: (topic base name, partition, next offset to deliver).
 Position = tuple[str, int, int]
@@ -81,10 +88,37 @@ class Session(msgspec.Struct, array_like=True):
 
 
 class Checkpoint(msgspec.Struct, array_like=True):
-    """How far ``owner`` has delivered, at ``at`` (epoch seconds)."""
+    """How far ``owner`` has delivered, at ``at`` (epoch seconds), and what
+    it sent in its last seconds, so that a client's offset can be cut
+    exactly after the dyno died.
+
+    :param positions: every record before these was delivered by ``step``.
+    :param emit_seq: the owner's own emits up to it were delivered by ``step``.
+    :param step: the owner's last delivery step.
+    :param tail: the records of steps ``tail_from`` to ``step``, as a
+                 session's window (any connection's: filtered on use).
+    :param emit_steps: ``(step, emit_seq)`` where the emit counter moved in
+                       the tail; before the tail it was ``tail_emit_seq``.
+    """
 
     owner: str
     tag: str
+    at: float
+    positions: list[Position]
+    emit_seq: int
+    step: int = 0
+    tail_from: int = 1
+    tail_emit_seq: int = 0
+    tail: list[WindowEntry] = msgspec.field(default_factory=list)
+    emit_steps: list[tuple[int, int]] = msgspec.field(default_factory=list)
+
+
+class RefPoint(msgspec.Struct, array_like=True):
+    """``owner``'s positions and emit counter at its reference point ``n``."""
+
+    owner: str
+    tag: str
+    n: int
     at: float
     positions: list[Position]
     emit_seq: int
@@ -93,9 +127,10 @@ class Checkpoint(msgspec.Struct, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 _session_decoder = msgspec.msgpack.Decoder(Session)
 _checkpoint_decoder = msgspec.msgpack.Decoder(Checkpoint)
+_ref_decoder = msgspec.msgpack.Decoder(RefPoint)
 
 
-def encode(record: Session | Checkpoint) -> bytes:
+def encode(record: Session | Checkpoint | RefPoint) -> bytes:
     return _encoder.encode(record)
 
 
@@ -133,6 +168,7 @@ class _Partition:
     position: int = -1
     sessions: dict[bytes, bytes] = field(default_factory=dict)
     checkpoints: dict[bytes, bytes] = field(default_factory=dict)
+    refs: dict[bytes, bytes] = field(default_factory=dict)
     #: monotonic time the last complete read began: it saw every record
     #: acknowledged before then.
     read_from: float = float("-inf")
@@ -177,7 +213,7 @@ class SessionReader:
             self._forget_unused(now)
             part = self._partitions.setdefault(partition, _Partition())
             part.used_at = now
-            if part.read_from >= since:
+            if part.position >= 0 and part.read_from >= since:
                 return part
             consumer = self._client()
             tp = TopicPartition(self.topic, partition)
@@ -209,6 +245,11 @@ class SessionReader:
         """Sessions kept from the partitions read."""
         return sum(len(p.sessions) for p in list(self._partitions.values()))
 
+    def held_bytes(self) -> int:
+        """The size of what is kept from the partitions read."""
+        return sum(len(v) for p in list(self._partitions.values())
+                   for table in (p.sessions, p.checkpoints, p.refs) for v in table.values())
+
     def close(self) -> None:
         with self._lock:
             if self._consumer is not None:
@@ -233,6 +274,8 @@ def _apply(part: _Partition, record: Any) -> None:
         table = part.sessions
     elif key.startswith(CHECKPOINT_PREFIX):
         table = part.checkpoints
+    elif key.startswith(REF_PREFIX):
+        table = part.refs
     else:
         logger.warning("skipping sessions record at partition %d offset %d with an unknown "
                        "key %r", record.partition, record.offset, key[:40])
@@ -249,19 +292,27 @@ class SessionStore:
 
     :param publish: ``publish(key, value_or_None, partition)`` writes a record.
     :param reader: reads partitions on demand.
-    :param partition_count: the sessions topic's partition count.
-    :param home: this dyno's home partition (where its new pids go).
+    :param owner: this dyno's server name (its home partition's).
     :param max_age: seconds after which a saved session or a checkpoint is
                     of no use (the recovery time limit).
     """
 
     def __init__(self, publish: Callable[[str, bytes | None, int], Any], reader: SessionReader,
-                 partition_count: int, home: int, max_age: float) -> None:
+                 owner: str, max_age: float) -> None:
         self._publish = publish
         self.reader = reader
-        self.partition_count = partition_count
-        self.home = home
+        self.owner = owner
         self.max_age = max_age
+
+    @functools.cached_property
+    def partition_count(self) -> int:
+        """The sessions topic's partitions (asked once: pids name them)."""
+        return self.reader.partition_count() or 1
+
+    @property
+    def home(self) -> int:
+        """This dyno's home partition: its new pids and its checkpoints."""
+        return home_partition(self.owner, self.partition_count)
 
     def new_pid(self) -> str:
         return new_pid(self.home)
@@ -285,13 +336,23 @@ class SessionStore:
         value = part.sessions.get(SESSION_PREFIX + pid.encode())
         return None if value is None else decode_session(value)
 
-    def checkpoint(self, pid: str, owner: str) -> Checkpoint | None:
-        """``owner``'s last checkpoint beside the session of ``pid`` (read by
-        the :meth:`session` call that found it)."""
-        partition = self.partition(pid)
-        part = None if partition is None else self.reader.cached(partition)
-        value = part and part.checkpoints.get(CHECKPOINT_PREFIX + owner.encode())
+    def checkpoint(self, owner: str, since: float | None = None) -> Checkpoint | None:
+        """``owner``'s last checkpoint written before ``since`` (now by
+        default), from its home partition."""
+        part = self._home_of(owner, since)
+        value = part.checkpoints.get(CHECKPOINT_PREFIX + owner.encode())
         return decode_checkpoint(value) if value else None
+
+    def ref(self, owner: str, n: int) -> RefPoint | None:
+        """``owner``'s reference point ``n``, if the topic still has it."""
+        part = self._home_of(owner, None)
+        value = part.refs.get(_ref_key(owner, n).encode())
+        ref = decode_ref(value) if value else None
+        return ref if ref is not None and ref.n == n else None
+
+    def _home_of(self, owner: str, since: float | None) -> _Partition:
+        return self.reader.read(home_partition(owner, self.partition_count),
+                                time.monotonic() if since is None else since)
 
     def wait_for(self, pid: str, predicate: Callable[[Session | None], bool],
                  timeout: float) -> Session | None:
@@ -316,48 +377,64 @@ class SessionStore:
         if partition is not None:
             self._publish((SESSION_PREFIX + pid.encode()).decode(), None, partition)
 
-    def put_checkpoint(self, checkpoint: Checkpoint, partitions: set[int]) -> None:
-        """Write ``checkpoint`` beside every session its dyno holds."""
+    def put_checkpoint(self, checkpoint: Checkpoint) -> None:
         key = (CHECKPOINT_PREFIX + checkpoint.owner.encode()).decode()
-        value = encode(checkpoint)
-        for partition in partitions:
-            self._publish(key, value, partition)
+        self._publish(key, encode(checkpoint), self.home)
+
+    def put_ref(self, ref: RefPoint) -> Any:
+        """Write ``ref``; return the record's future (a reference point is
+        used once it is acked)."""
+        return self._publish(_ref_key(ref.owner, ref.n), encode(ref), self.home)
 
     def prune(self, partition: int, liveness: float) -> int:
         """Delete from the topic what can no longer be restored in a partition
         this dyno read: saved sessions past the time limit, live ones of
-        dynos silent for longer than that, and those dynos' checkpoints
-        (what SIGKILLed dynos leave behind); return how many."""
+        dynos silent for longer than that, and those dynos' checkpoints and
+        reference points (what SIGKILLed dynos leave behind); return how
+        many."""
         part = self.reader.cached(partition)
         if part is None:
             return 0
         now = time.time()
-        ages = {}
-        for key, value in list(part.checkpoints.items()):
-            try:
-                ages[key[len(CHECKPOINT_PREFIX):].decode()] = now - decode_checkpoint(value).at
-            except MalformedRecord:
-                ages[key[len(CHECKPOINT_PREFIX):].decode()] = float("inf")
+        silent: dict[str, bool] = {}
+
+        def gone(owner: str) -> bool:
+            if owner not in silent:
+                checkpoint = self.checkpoint(owner, since=float("-inf"))
+                silent[owner] = checkpoint is None or now - checkpoint.at > self.max_age + liveness
+            return silent[owner]
+
         stale = []
         for key, value in list(part.sessions.items()):
             try:
-                s = decode_session(value)
+                session = decode_session(value)
             except MalformedRecord:
-                stale.append(key)
+                stale.append((part.sessions, key))
                 continue
-            if now - s.saved_at <= self.max_age:
-                continue
-            if s.state == SAVED or ages.get(s.owner, float("inf")) > self.max_age + liveness:
-                stale.append(key)
-        for key in stale:
-            del part.sessions[key]
+            if now - session.saved_at > self.max_age and (
+                    session.state == SAVED or gone(session.owner)):
+                stale.append((part.sessions, key))
+        for key, value in list(part.checkpoints.items()):
+            try:
+                if now - decode_checkpoint(value).at > self.max_age * 2:
+                    stale.append((part.checkpoints, key))
+            except MalformedRecord:
+                stale.append((part.checkpoints, key))
+        dead = {k[len(CHECKPOINT_PREFIX):] for table, k in stale if table is part.checkpoints}
+        stale += [(part.refs, k) for k in part.refs
+                  if k[len(REF_PREFIX):].rpartition(b":")[0] in dead]
+        for table, key in stale:
+            table.pop(key, None)
             self._publish(key.decode(), None, partition)
-        gone = [o for o, age in ages.items() if age > self.max_age * 2]
-        for owner in gone:
-            key = CHECKPOINT_PREFIX + owner.encode()
-            del part.checkpoints[key]
-            self._publish(key.decode(), None, partition)
-        return len(stale) + len(gone)
+        return len(stale)
+
+
+def decode_ref(value: bytes) -> RefPoint:
+    return _decode(_ref_decoder, value)
+
+
+def _ref_key(owner: str, n: int) -> str:
+    return f"{REF_PREFIX.decode()}{owner}:{n % REF_SLOTS}"
 
 
 def _decode(decoder: msgspec.msgpack.Decoder, value: bytes) -> Any:

@@ -9,15 +9,20 @@ from flask_signalr_kafka import ConnectionStateRecovery
 from flask_signalr_kafka.errors import MalformedRecord
 from flask_signalr_kafka.recovery import Recovery, options_from
 from flask_signalr_kafka.replay import step_of
+from flask_signalr_kafka import offsets
+from flask_signalr_kafka.recovery import RecoveryFailed
 from flask_signalr_kafka.sessions import (
     LIVE,
     SAVED,
     Checkpoint,
+    RefPoint,
     Session,
     SessionStore,
-    checkpoint_key,
+    _Partition,
     encode,
-    session_key,
+    home_partition,
+    new_pid,
+    partition_of,
 )
 
 
@@ -48,72 +53,183 @@ def test_split_auth(auth, expected):
 
 def test_offsets_are_read_only_from_their_own_dyno():
     assert step_of("ab12.42", "ab12") == 42
+    assert step_of("ab12.42.3.0.a1+2", "ab12") == 42
     assert step_of("ffff.42", "ab12") is None
     assert step_of("hello", "ab12") is None  # a string argument the JS client kept
     assert step_of("ab12.x", "ab12") is None
     assert step_of(None, "ab12") is None
 
 
-def fake_manager():
-    return SimpleNamespace(server_name="host_1", _consumers_by_base={})
+def test_full_offsets_round_trip_and_untrusted_ones_are_refused():
+    text = offsets.full("ab12", 42, 7, 3, {("send-all", 1): 2, ("send-group", 9): 15})
+    assert text == "ab12.42.7.3.a1+2,g9+15"
+    assert offsets.parse(text) == ("ab12", 42, 7, 3, {("send-all", 1): 2, ("send-group", 9): 15})
+    assert offsets.parse("ab12.42.7.0.") == ("ab12", 42, 7, 0, {})
+    assert offsets.parse(offsets.short("ab12", 5)) == ("ab12", 5, None, 0, {})
+    for bad in ("ab12.42.7.3.x1+2", "ab12.42.7.3.a+2", "ab12.42.7.-1.", "a.b.c", 5, "x" * 5000):
+        assert offsets.parse(bad) is None, bad
 
 
-def test_window_keeps_what_was_addressed_to_the_connection_in_order():
-    recovery = Recovery(fake_manager(), ConnectionStateRecovery())
+def test_pids_name_their_partition():
+    pid = new_pid(7)
+    assert partition_of(pid, 10) == 7
+    assert partition_of(pid, 5) is None  # the topic shrank: not ours to read
+    assert partition_of("hJ8s-random", 10) is None
+    assert 0 <= home_partition("host_1", 10) < 10
+
+
+class FakeReader:
+    """What SessionReader would have read, without Kafka."""
+
+    def __init__(self):
+        self.parts = {}
+
+    def partition_count(self):
+        return 10
+
+    def read(self, partition, since):
+        return self.parts.setdefault(partition, _Partition(position=0))
+
+    def cached(self, partition):
+        return self.parts.get(partition)
+
+    def held(self):
+        return 0
+
+
+def fake_manager(positions=None):
+    consumers = {base: SimpleNamespace(partition_count=10, positions={})
+                 for base in ("send-all", "send-conn", "send-group", "send-user")}
+    return SimpleNamespace(server_name="host_1", _consumers_by_base=consumers,
+                           consumer_config={}, topic_config=SimpleNamespace(name=str))
+
+
+def recovery(**options):
+    r = Recovery(fake_manager(), ConnectionStateRecovery(**options))
+    r.store.reader = FakeReader()
+    r.store._publish = lambda key, value, partition: _put(r.store.reader, key, value, partition)
+    return r
+
+
+def _put(reader, key, value, partition):
+    part = reader.read(partition, 0)
+    table = {b"s": part.sessions, b"d": part.checkpoints, b"r": part.refs}[key.encode()[:1]]
+    if value is None:
+        table.pop(key.encode(), None)
+    else:
+        table[key.encode()] = value
+    return SimpleNamespace(add_callback=lambda fn: fn(None))
+
+
+def test_windows_keep_what_was_addressed_to_each_connection_in_order():
+    r = recovery()
     sid, rooms = "sid~a", ["r1", "user:alice"]
-    recovery.step([["send-group", "r1", 3, 10]])
-    recovery.step([["send-group", "other", 3, 11]])
-    recovery.step([["send-all", None, 0, 5]])
-    recovery.step([["send-user", "alice", 7, 2], ["send-user", "bob", 8, 1]])
-    recovery.step([["send-conn", sid, 1, 9], ["send-conn", "sid~b", 1, 10]])
-    window, exact = recovery._window(sid, rooms, 60)
-    assert window == [(1, "send-group", 3, 10), (3, "send-all", 0, 5),
-                      (4, "send-user", 7, 2), (5, "send-conn", 1, 9)]
-    assert exact
+    r.step([["send-group", "r1", 3, 10]])
+    r.step([["send-group", "other", 3, 11]])
+    r.step([["send-all", None, 0, 5]])
+    r.step([["send-user", "alice", 7, 2], ["send-user", "bob", 8, 1]])
+    r.step([["send-conn", sid, 1, 9], ["send-conn", "sid~b", 1, 10]])
+    windows = r._windows({sid: rooms, "sid~b": []}, 60)
+    assert windows[sid] == ([(1, "send-group", 3, 10), (3, "send-all", 0, 5),
+                             (4, "send-user", 7, 2), (5, "send-conn", 1, 9)], True)
+    assert windows["sid~b"] == ([(3, "send-all", 0, 5), (5, "send-conn", 1, 10)], True)
 
 
 def test_window_is_not_exact_when_a_record_was_never_acked():
-    recovery = Recovery(fake_manager(), ConnectionStateRecovery())
-    recovery.step([["send-all", None, -1, -1]])
-    assert recovery._window("sid~a", [], 60) == ([], False)
+    r = recovery()
+    r.step([["send-all", None, -1, -1]])
+    assert r._windows({"sid~a": []}, 60) == {"sid~a": ([], False)}
 
 
 def test_window_is_not_exact_when_the_ring_forgot_part_of_it():
-    recovery = Recovery(fake_manager(), ConnectionStateRecovery(window_steps=2))
+    r = recovery(window_steps=2)
     for offset in range(3):
-        recovery.step([["send-all", None, 0, offset]])
-    window, exact = recovery._window("sid~a", [], 60)
+        r.step([["send-all", None, 0, offset]])
+    window, exact = r._windows({"sid~a": []}, 60)["sid~a"]
     assert [w[3] for w in window] == [1, 2] and not exact
 
 
-def record(key, value):
-    return SimpleNamespace(key=key, value=value)
+def test_full_offsets_count_from_the_acked_reference_point():
+    r = recovery()
+    assert offsets.parse(r.step([["send-all", None, 0, 4]])).ref is None  # no reference yet
+    r._write_ref()  # acked at once by the fake publisher
+    r.step([["send-all", None, 0, 5]])
+    r.next_emit()
+    last = offsets.parse(r.step([["send-group", "r1", 3, 10]]))
+    assert (last.ref, last.emits) == (1, 1)
+    # The reference point had no position on these slots: counted from 0.
+    assert last.slots == {("send-all", 0): 6, ("send-group", 3): 11}
+    assert offsets.parse(r.step([["send-all", None, 0, 6]], live=False)).ref is None
 
 
-def test_store_applies_sessions_checkpoints_and_tombstones():
-    written = []
-    store = SessionStore(lambda k, v: written.append((k, v)), max_age=120)
-    saved = Session(SAVED, "sid~a", "/", ["r"], "host_1", "ab", time.time())
-    store.handle(record(session_key("pid1").encode(), encode(saved)))
-    assert store.sessions["pid1"] == saved
-    store.handle(record(session_key("pid1").encode(), None))
-    assert "pid1" not in store.sessions
-    checkpoint = Checkpoint("host_1", "ab", time.time(), [("send-all", 0, 3)], 7)
-    store.handle(record(checkpoint_key("host_1").encode(), encode(checkpoint)))
-    assert store.alive("host_1", 2) and not store.alive("host_2", 2)
-    with pytest.raises(MalformedRecord):
-        store.handle(record(b"x:1", b"\x90"))
-    with pytest.raises(MalformedRecord):
-        store.handle(record(session_key("p").encode(), b"\xc1"))
+def test_a_full_offset_restores_exactly_what_the_client_had():
+    r = recovery()
+    positions = [("send-all", 0, 100), ("send-group", 3, 50)]
+    # host_2 wrote it to its own home partition.
+    _put(r.store.reader, "r:host_2:4", encode(RefPoint("host_2", "cd", 4, time.time(),
+                                                       positions, 20)),
+         home_partition("host_2", 10))
+    session = Session(SAVED, "sid~a", "/", ["r1"], "host_2", "cd", time.time(),
+                      [("send-all", 0, 120), ("send-group", 3, 60)], 30,
+                      [(9, "send-all", 0, 119)])
+    exact = r._exactly(session, "cd.77.4.2.a0+3")
+    assert exact.positions == [("send-all", 0, 103), ("send-group", 3, 50)]
+    assert (exact.emit_seq, exact.window, exact.exact) == (22, [], True)
+    # Another dyno's offset, a short one, or a reference point the topic lost.
+    for offset in ("ab.77.4.2.a0+3", "cd.77", "cd.77.5.2.a0+3", None):
+        assert r._exactly(session, offset) is session
+
+
+def test_a_dead_dynos_checkpoint_tail_is_cut_at_the_clients_step():
+    r = recovery()
+    now = time.time()
+    checkpoint = Checkpoint("host_2", "cd", now, [("send-all", 0, 10)], emit_seq=5, step=12,
+                            tail_from=10, tail_emit_seq=3,
+                            tail=[(10, "send-all", 0, 7), (11, "send-group", 4, 1),
+                                  (12, "send-all", 0, 9)],
+                            emit_steps=[(11, 4), (12, 5)])
+    live = Session(LIVE, "sid~a", "/", [], "host_2", "cd", now)
+    cut = r._from_checkpoint(live, checkpoint, 10)
+    # Its rooms hold no send-group slot 4: only what could be for it.
+    assert (cut.window, cut.emit_seq, cut.exact) == ([(12, "send-all", 0, 9)], 3, True)
+    assert r._from_checkpoint(live, checkpoint, None).window == [
+        (10, "send-all", 0, 7), (12, "send-all", 0, 9)]
+    assert r._from_checkpoint(live, checkpoint, 12).emit_seq == 5
+    assert not r._from_checkpoint(live, checkpoint, 3).exact  # older than the tail
+
+
+def test_checkpoint_tail_starts_after_a_record_never_acked():
+    r = recovery()
+    r.step([["send-all", None, 0, 1]])
+    r.next_emit()
+    r.step([["send-all", None, -1, -1]])  # its own record, never acked
+    r.step([["send-all", None, 0, 2]])
+    checkpoint = r._checkpoint()
+    assert (checkpoint.step, checkpoint.tail_from) == (3, 3)
+    assert checkpoint.tail == [(3, "send-all", 0, 2)] and checkpoint.tail_emit_seq == 1
+
+
+def test_an_unknown_or_foreign_pid_is_a_new_connection():
+    r = recovery()
+    for pid in ("not-ours", new_pid(3)):
+        with pytest.raises(RecoveryFailed, match="unknown"):
+            r._restorable(pid, "/", None)
 
 
 def test_store_prunes_what_can_no_longer_be_restored():
-    store = SessionStore(lambda k, v: None, max_age=10)
+    reader = FakeReader()
+    store = SessionStore(lambda k, v, p: _put(reader, k, v, p), reader, "host_1", max_age=10)
     now = time.time()
-    store.put("old", Session(SAVED, "sid~a", "/", [], "host_1", "ab", now - 11))
-    store.put("new", Session(SAVED, "sid~b", "/", [], "host_1", "ab", now))
-    store.put("orphan", Session(LIVE, "sid~c", "/", [], "gone", "cd", now - 30))
+    pids = {name: new_pid(3) for name in ("old", "new", "orphan", "live")}
+    store.put(pids["old"], Session(SAVED, "sid~a", "/", [], "host_1", "ab", now - 11))
+    store.put(pids["new"], Session(SAVED, "sid~b", "/", [], "host_1", "ab", now))
+    store.put(pids["orphan"], Session(LIVE, "sid~c", "/", [], "gone", "cd", now - 30))
+    store.put(pids["live"], Session(LIVE, "sid~d", "/", [], "host_1", "ab", now - 30))
     store.put_checkpoint(Checkpoint("host_1", "ab", now, [], 0))
-    store.put("live", Session(LIVE, "sid~d", "/", [], "host_1", "ab", now - 30))
-    assert store.prune(2.5) == 2
-    assert set(store.sessions) == {"new", "live"}
+    assert store.prune(3, 2.5) == 2
+    assert {k for k in reader.parts[3].sessions} == {
+        f"s:{pids['new']}".encode(), f"s:{pids['live']}".encode()}
+    assert store.session(pids["live"]).owner == "host_1"
+    reader.parts[3].sessions[b"s:" + pids["new"].encode()] = b"\xc1"
+    with pytest.raises(MalformedRecord):
+        store.session(pids["new"])
