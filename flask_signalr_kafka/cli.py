@@ -49,12 +49,39 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_create_topics(args: argparse.Namespace) -> int:
     """Create the six backplane topics that are missing; existing ones are
-    left as they are. Idempotent: what a release phase runs."""
+    left as they are. Idempotent: what a release phase runs. With
+    KAFKA_PREFIX set (Heroku's multi-tenant plans refuse topic creation from
+    clients), print the ``heroku kafka:topics:create`` commands instead."""
     manager = _manager(args)
+    if manager.topic_config.tenant_prefix:
+        return _print_heroku_commands(manager)
     created = manager.create_topics()
     names = manager.topic_config.names.values()
     print(f"created: {', '.join(created)}" if created else "all topics exist")
     print(f"topics: {', '.join(names)}")
+    return 0
+
+
+def _print_heroku_commands(manager) -> int:
+    from kafka import KafkaAdminClient
+
+    from . import topics
+
+    admin = manager._connect(KafkaAdminClient, **manager.admin_config)
+    try:
+        missing = topics.missing_topics(admin, manager.topic_config, sessions=True)
+    finally:
+        admin.close()
+    print("KAFKA_PREFIX is set: topics are not created here (multi-tenant plans refuse it).")
+    bases = [b for b in missing if b != topics.SESSIONS]
+    if bases:
+        print("create the missing ones with:")
+        print("\n".join(topics.heroku_commands(manager.topic_config, bases)))
+    else:
+        print("all topics exist")
+    if topics.SESSIONS in missing:
+        print("and, with connection_state_recovery on:")
+        print("\n".join(topics.heroku_commands(manager.topic_config, [topics.SESSIONS])))
     return 0
 
 
