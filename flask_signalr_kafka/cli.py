@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from .broker import DEFAULT_PORT, ENGINES, BrokerNotFound, start_broker, tansu_command
@@ -38,13 +37,98 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"bootstrap servers: {broker.bootstrap} (Apache Kafka, {args.nodes} node(s); "
               "Ctrl-C stops it)", flush=True)
         print(f"logs: {', '.join(map(str, broker.log_paths))}", flush=True)
-        while all(node.running() for node in broker.nodes):
-            time.sleep(0.5)
-        return _fail(f"a Kafka node exited; see {', '.join(map(str, broker.log_paths))}")
+        return _supervise(broker)
     except KeyboardInterrupt:
         return 0
     finally:
         broker.stop()
+
+
+_BROKER_HELP = ("commands: status, stop N, kill N, start N, restart N "
+                "(SIGUSR1 starts every node that is down)")
+
+
+def _supervise(broker) -> int:
+    """Watch the nodes until Ctrl-C: a node that exits is reported and the
+    others keep running; commands on stdin (and SIGUSR1) stop and start
+    nodes, to try a failover by hand. Returns when every node is down."""
+    import queue
+    import threading
+
+    from .broker import wait_for_port
+
+    commands: queue.Queue[str] = queue.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            commands.put(line.strip())
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    signal.signal(signal.SIGUSR1, lambda *_: commands.put("start down"))
+    for node in broker.nodes:
+        print(f"node {node.node_id}: {node.address} (pid {node.process.pid})", flush=True)
+    if broker.size > 1:
+        print(_BROKER_HELP, flush=True)
+    up = {node.node_id for node in broker.nodes}
+    starting: set[int] = set()
+    while True:
+        for node in broker.nodes:
+            if node.node_id in up and not node.running():
+                up.discard(node.node_id)
+                starting.discard(node.node_id)
+                others = sorted(up) or "none"
+                print(f"node {node.node_id} ({node.address}) exited with status "
+                      f"{node.process.returncode}; nodes still running: {others}. "
+                      f"`start {node.node_id}` starts it again; its log: {node.log_path}",
+                      flush=True)
+            if node.node_id in starting:
+                try:
+                    wait_for_port(node.port, timeout=0)
+                except TimeoutError:
+                    continue
+                starting.discard(node.node_id)
+                print(f"node {node.node_id} is back on {node.address} "
+                      f"(pid {node.process.pid})", flush=True)
+        if not up:
+            return _fail("every Kafka node is down")
+        try:
+            command = commands.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        _broker_command(broker, command, up, starting)
+
+
+def _broker_command(broker, command: str, up: set[int], starting: set[int]) -> None:
+    """One stdin command of :func:`_supervise`."""
+    verb, _, arg = command.partition(" ")
+    if verb == "status":
+        for node in broker.nodes:
+            state = "running" if node.running() else "down"
+            print(f"node {node.node_id}: {node.address} {state}", flush=True)
+        return
+    if verb == "start" and arg == "down":
+        ids = [n.node_id for n in broker.nodes if not n.running()]
+    elif verb in ("stop", "kill", "start", "restart") and arg.isdigit() and (
+            1 <= int(arg) <= broker.size):
+        ids = [int(arg)]
+    else:
+        if command:
+            print(f"unknown command {command!r}; {_BROKER_HELP}", flush=True)
+        return
+    for node_id in ids:
+        node = broker.node(node_id)
+        if verb in ("stop", "kill", "restart") and node.running():
+            if verb == "kill":
+                node.signal(signal.SIGKILL)
+            else:
+                node.stop()
+            up.discard(node_id)
+            print(f"node {node_id} stopped", flush=True)
+        if verb in ("start", "restart") and not node.running():
+            broker.start_node(node_id)
+            up.add(node_id)
+            starting.add(node_id)
+            print(f"node {node_id} starting (pid {node.process.pid})", flush=True)
 
 
 def cmd_create_topics(args: argparse.Namespace) -> int:

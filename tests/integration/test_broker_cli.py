@@ -1,11 +1,12 @@
 """`flask-signalr-kafka broker`: a local Apache Kafka in the foreground that
 prints its bootstrap servers and stops on Ctrl-C, and a one-line error when
-Java is missing."""
+Java is missing, and three nodes that survive one's death."""
 import os
 import signal
 import subprocess
 import sys
 
+from harness import wait_until
 from kafka import KafkaAdminClient
 
 from flask_signalr_kafka.broker import free_port
@@ -45,3 +46,44 @@ def test_missing_java_says_what_to_install(tmp_path):
         "flask-signalr-kafka: Apache Kafka 4 needs Java 17 or newer: install it "
         "(apt-get install openjdk-17-jre-headless), or use --engine tansu"
     ]
+
+
+def test_three_nodes_survive_one_and_restart_it(artifacts):
+    """One node of `broker --nodes 3` dies: the command says which, the two
+    others go on serving, and `restart 2` on stdin brings it back."""
+    port = free_port()
+    process = subprocess.Popen([*CLI, "--engine", "kafka", "--nodes", "3", "--port", str(port)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+
+    def read_until(prefix):
+        for line in process.stdout:
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"the command ended before a line starting {prefix!r}")
+
+    try:
+        bootstrap = read_until("bootstrap servers: ").split()[2]
+        node2 = read_until("node 2: ")
+        pid = int(node2.rsplit("pid ", 1)[1].rstrip(")\n"))
+        os.kill(pid, signal.SIGKILL)
+        exited = read_until("node 2 ")
+        assert "exited with status -9; nodes still running: [1, 3]" in exited, exited
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        assert admin.list_topics() is not None  # the others serve
+        assert process.poll() is None
+        process.stdin.write("restart 2\n")
+        process.stdin.flush()
+        assert read_until("node 2 ").startswith("node 2 starting")
+        assert read_until("node 2 ").startswith("node 2 is back")
+
+        def three_brokers():
+            return len(admin.describe_cluster()["brokers"]) == 3
+        wait_until(three_brokers, 60, 0.5, "node 2 back in the cluster")
+        admin.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
