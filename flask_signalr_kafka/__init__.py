@@ -6,6 +6,7 @@ from .errors import (
     BrokerUnavailableError,
     KafkaBackplaneError,
     MalformedRecord,
+    PayloadTooLargeError,
     TopicCreationError,
 )
 from .manager import KafkaManager
@@ -20,6 +21,7 @@ __all__ = [
     "KafkaManager",
     "KafkaTopicConfig",
     "MalformedRecord",
+    "PayloadTooLargeError",
     "TopicCreationError",
     "TopicSpec",
     "user",

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Any
 
 from .broker import DEFAULT_PORT, ENGINES, BrokerNotFound, start_broker, tansu_command
@@ -38,23 +37,135 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"bootstrap servers: {broker.bootstrap} (Apache Kafka, {args.nodes} node(s); "
               "Ctrl-C stops it)", flush=True)
         print(f"logs: {', '.join(map(str, broker.log_paths))}", flush=True)
-        while all(node.running() for node in broker.nodes):
-            time.sleep(0.5)
-        return _fail(f"a Kafka node exited; see {', '.join(map(str, broker.log_paths))}")
+        return _supervise(broker)
     except KeyboardInterrupt:
         return 0
     finally:
         broker.stop()
 
 
+_BROKER_HELP = ("commands: status, stop N, kill N, start N, restart N "
+                "(SIGUSR1 starts every node that is down)")
+
+
+def _supervise(broker) -> int:
+    """Watch the nodes until Ctrl-C: a node that exits is reported and the
+    others keep running; commands on stdin (and SIGUSR1) stop and start
+    nodes, to try a failover by hand. Returns when every node is down."""
+    import queue
+    import threading
+
+    from .broker import wait_for_port
+
+    commands: queue.Queue[str] = queue.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            commands.put(line.strip())
+
+    threading.Thread(target=read_stdin, daemon=True).start()
+    signal.signal(signal.SIGUSR1, lambda *_: commands.put("start down"))
+    for node in broker.nodes:
+        print(f"node {node.node_id}: {node.address} (pid {node.process.pid})", flush=True)
+    if broker.size > 1:
+        print(_BROKER_HELP, flush=True)
+    up = {node.node_id for node in broker.nodes}
+    starting: set[int] = set()
+    while True:
+        for node in broker.nodes:
+            if node.node_id in up and not node.running():
+                up.discard(node.node_id)
+                starting.discard(node.node_id)
+                others = sorted(up) or "none"
+                print(f"node {node.node_id} ({node.address}) exited with status "
+                      f"{node.process.returncode}; nodes still running: {others}. "
+                      f"`start {node.node_id}` starts it again; its log: {node.log_path}",
+                      flush=True)
+            if node.node_id in starting:
+                try:
+                    wait_for_port(node.port, timeout=0)
+                except TimeoutError:
+                    continue
+                starting.discard(node.node_id)
+                print(f"node {node.node_id} is back on {node.address} "
+                      f"(pid {node.process.pid})", flush=True)
+        if not up:
+            return _fail("every Kafka node is down")
+        try:
+            command = commands.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        _broker_command(broker, command, up, starting)
+
+
+def _broker_command(broker, command: str, up: set[int], starting: set[int]) -> None:
+    """One stdin command of :func:`_supervise`."""
+    verb, _, arg = command.partition(" ")
+    if verb == "status":
+        for node in broker.nodes:
+            state = "running" if node.running() else "down"
+            print(f"node {node.node_id}: {node.address} {state}", flush=True)
+        return
+    if verb == "start" and arg == "down":
+        ids = [n.node_id for n in broker.nodes if not n.running()]
+    elif verb in ("stop", "kill", "start", "restart") and arg.isdigit() and (
+            1 <= int(arg) <= broker.size):
+        ids = [int(arg)]
+    else:
+        if command:
+            print(f"unknown command {command!r}; {_BROKER_HELP}", flush=True)
+        return
+    for node_id in ids:
+        node = broker.node(node_id)
+        if verb in ("stop", "kill", "restart") and node.running():
+            if verb == "kill":
+                node.signal(signal.SIGKILL)
+            else:
+                node.stop()
+            up.discard(node_id)
+            print(f"node {node_id} stopped", flush=True)
+        if verb in ("start", "restart") and not node.running():
+            broker.start_node(node_id)
+            up.add(node_id)
+            starting.add(node_id)
+            print(f"node {node_id} starting (pid {node.process.pid})", flush=True)
+
+
 def cmd_create_topics(args: argparse.Namespace) -> int:
     """Create the six backplane topics that are missing; existing ones are
-    left as they are. Idempotent: what a release phase runs."""
+    left as they are. Idempotent: what a release phase runs. With
+    KAFKA_PREFIX set (Heroku's multi-tenant plans refuse topic creation from
+    clients), print the ``heroku kafka:topics:create`` commands instead."""
     manager = _manager(args)
+    if manager.topic_config.tenant_prefix:
+        return _print_heroku_commands(manager)
     created = manager.create_topics()
     names = manager.topic_config.names.values()
     print(f"created: {', '.join(created)}" if created else "all topics exist")
     print(f"topics: {', '.join(names)}")
+    return 0
+
+
+def _print_heroku_commands(manager) -> int:
+    from kafka import KafkaAdminClient
+
+    from . import topics
+
+    admin = manager._connect(KafkaAdminClient, **manager.admin_config)
+    try:
+        missing = topics.missing_topics(admin, manager.topic_config, sessions=True)
+    finally:
+        admin.close()
+    print("KAFKA_PREFIX is set: topics are not created here (multi-tenant plans refuse it).")
+    bases = [b for b in missing if b != topics.SESSIONS]
+    if bases:
+        print("create the missing ones with:")
+        print("\n".join(topics.heroku_commands(manager.topic_config, bases)))
+    else:
+        print("all topics exist")
+    if topics.SESSIONS in missing:
+        print("and, with connection_state_recovery on:")
+        print("\n".join(topics.heroku_commands(manager.topic_config, [topics.SESSIONS])))
     return 0
 
 

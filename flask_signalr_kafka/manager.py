@@ -25,7 +25,7 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 from socketio import Manager
 
-from . import hub_protocol, records, shutdown, socketio_hooks, topics
+from . import hub_protocol, payload_limits, records, shutdown, socketio_hooks, topics
 from .ack_waiter import AckWaiter
 from .addressing import (
     SEND_ALL,
@@ -155,6 +155,7 @@ class KafkaManager(Manager):
         self._consumers_by_base: dict[str, TopicConsumer] = {}
         self._recovery: Recovery | None = None
         self._home: HomePartitions | None = None
+        self._payload_limit: payload_limits.PayloadLimit | None = None
         #: sid -> when this server claimed its send-conn partitions.
         self._claimed_at: dict[str, float] = {}
         self._start_lock = threading.Lock()
@@ -294,6 +295,7 @@ class KafkaManager(Manager):
                     "gevent.monkey.patch_all() before importing flask or kafka"
                 )
             self.create_topics()
+            self._payload_limit = payload_limits.learn(self)
             if self.home_partitions is not False and not self.write_only:
                 self._choose_home()
             self._publisher = self._connect(
@@ -577,6 +579,9 @@ class KafkaManager(Manager):
         skip_sid = _sid_list(skip_sid)
         recovery = self._recovery
         coords: list = []
+        # Too large for Kafka: raise before anyone, local or remote, gets it.
+        frames = payload_limits.check_emit(self, event, data, namespace, targets, skip_sid,
+                                           callback)
         # Counted before the local delivery, whose step records it.
         emit_seq = recovery.next_emit() if recovery is not None else 0
         if self.server is not None:
@@ -585,7 +590,6 @@ class KafkaManager(Manager):
             # sid is a room of its own: the .NET backplane's one shortcut.
             self._deliver(event, data, namespace, targets if len(targets) > 1 else target,
                           skip_sid, callback, coords)
-        frames = None
         callback_id = 0
         for index, one in enumerate(targets):
             # With recovery on, a local connection's events are in Kafka too:
@@ -594,10 +598,10 @@ class KafkaManager(Manager):
                 continue
             if frames is None:
                 frames = self._frames(event, data)
-                if callback is not None:
-                    callback_id = self._acks.register(
-                        lambda args: callback(*args), self.callback_timeout
-                    )
+            if callback is not None and not callback_id:
+                callback_id = self._acks.register(
+                    lambda args: callback(*args), self.callback_timeout
+                )
             record = InvocationExt(
                 skip_sid, frames, origin=self.server_name, namespace=namespace,
                 callback_id=callback_id,

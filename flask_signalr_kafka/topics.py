@@ -39,17 +39,22 @@ class TopicSpec:
     as it is).
 
     :param num_partitions: partitions of the new topic.
-    :param replication_factor: replicas of each partition.
+    :param replication_factor: replicas of each partition; ``None`` (default):
+        the cluster's ``default.replication.factor`` (KIP-464, Kafka 2.4+), so
+        a managed cluster that demands 3 gets 3 and a three-broker cluster's
+        topics get replicas. ``1`` is the .NET backplane's default.
     :param configs: topic configs, e.g. ``{"retention.ms": "3600000"}``.
     """
 
     num_partitions: int = 10
-    replication_factor: int = 1
+    replication_factor: int | None = None
     configs: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_partitions", "replication_factor"):
             value = getattr(self, name)
+            if value is None and name == "replication_factor":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"TopicSpec.{name} must be a positive int, not {value!r}")
 
@@ -119,16 +124,20 @@ def ensure_topics(
     admin: Any, topic_config: KafkaTopicConfig, servers: str, sessions: bool = False
 ) -> list[str]:
     """Create the backplane topics that do not exist yet; return their names.
+    With a tenant prefix (Heroku's ``KAFKA_PREFIX``: multi-tenant plans
+    refuse CreateTopics from clients) nothing is created: the missing topics
+    are logged in one line with the commands that create them.
 
     :param admin: a connected ``kafka.KafkaAdminClient``.
     :param servers: the bootstrap servers, for error messages.
     :param sessions: also the sessions topic (connection state recovery).
     :raises TopicCreationError: a topic is missing and the cluster refused it.
     """
+    if topic_config.tenant_prefix:
+        _report_missing(topic_config, missing_topics(admin, topic_config, sessions))
+        return []
     existing = set(admin.list_topics())
-    wanted = dict(topic_config.names)
-    if sessions:
-        wanted[SESSIONS] = topic_config.name(SESSIONS)
+    wanted = _wanted(topic_config, sessions)
     missing = {name: base for base, name in wanted.items() if name not in existing}
     if not missing:
         return []
@@ -137,7 +146,9 @@ def ensure_topics(
         spec = topic_config.spec(base)
         request[name] = {
             "num_partitions": spec.num_partitions,
-            "replication_factor": spec.replication_factor,
+            # -1: the cluster's default.replication.factor (CreateTopics v4+).
+            "replication_factor": (-1 if spec.replication_factor is None
+                                   else spec.replication_factor),
             "configs": dict(spec.configs or {}),
         }
     try:
@@ -161,3 +172,62 @@ def ensure_topics(
     if created:
         logger.info("created topics %s", ", ".join(sorted(created)))
     return created
+
+
+def _wanted(topic_config: KafkaTopicConfig, sessions: bool) -> dict[str, str]:
+    wanted = dict(topic_config.names)
+    if sessions:
+        wanted[SESSIONS] = topic_config.name(SESSIONS)
+    return wanted
+
+
+def missing_topics(admin: Any, topic_config: KafkaTopicConfig, sessions: bool = False) -> list[str]:
+    """The base names of the backplane topics the cluster does not list;
+    all of them when it cannot list topics.
+
+    :param admin: a connected ``kafka.KafkaAdminClient``.
+    :param sessions: also the sessions topic (connection state recovery).
+    """
+    wanted = _wanted(topic_config, sessions)
+    try:
+        existing = set(admin.list_topics())
+    except Exception as exc:  # a tenant may not be allowed to list
+        logger.debug("could not list topics: %s", exc)
+        existing = set()
+    return [base for base, name in wanted.items() if name not in existing]
+
+
+def heroku_commands(topic_config: KafkaTopicConfig, bases: list[str]) -> list[str]:
+    """``heroku kafka:topics:create`` commands for the topics of ``bases``,
+    with each topic's spec (partitions; replication factor when set;
+    compaction for the sessions topic).
+
+    :param bases: base names such as ``"send-all"``.
+    """
+    commands = []
+    for base in bases:
+        spec = topic_config.spec(base)
+        command = (f"heroku kafka:topics:create {topic_config.name(base)} "
+                   f"--partitions {spec.num_partitions}")
+        if spec.replication_factor is not None:
+            command += f" --replication-factor {spec.replication_factor}"
+        if (spec.configs or {}).get("cleanup.policy") == "compact":
+            command += " --compaction"
+        commands.append(command)
+    return commands
+
+
+#: The missing sets already logged at WARNING: a consumer waiting for its
+#: topic asks again every second.
+_reported: set[frozenset[str]] = set()
+
+
+def _report_missing(topic_config: KafkaTopicConfig, bases: list[str]) -> None:
+    if not bases:
+        return
+    names = frozenset(map(topic_config.name, bases))
+    level = logging.DEBUG if names in _reported else logging.WARNING
+    _reported.add(names)
+    logger.log(level, "KAFKA_PREFIX is set, so no topic is created (multi-tenant plans refuse "
+               "it): create %s with: %s", ", ".join(sorted(names)),
+               "; ".join(heroku_commands(topic_config, bases)))

@@ -3,7 +3,8 @@ tests: each test asks it, through Socket.IO events, to do what an app would.
 
 Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
-LINGER_MS, REPLICATION_FACTOR, AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
+LINGER_MS, REPLICATION_FACTOR ("default": the cluster's), TOPIC_CONFIGS (topic
+configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
 producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
 the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
@@ -32,6 +33,7 @@ from flask_signalr_kafka import (  # noqa: E402
     ConnectionStateRecovery,
     KafkaManager,
     KafkaTopicConfig,
+    PayloadTooLargeError,
     TopicSpec,
     user,
 )
@@ -40,7 +42,9 @@ from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-spec = TopicSpec(replication_factor=int(os.environ.get("REPLICATION_FACTOR", "1")))
+_rf = os.environ.get("REPLICATION_FACTOR", "1")
+spec = TopicSpec(replication_factor=None if _rf == "default" else int(_rf),
+                 configs=json.loads(os.environ.get("TOPIC_CONFIGS", "{}")))
 mgr = KafkaManager(
     bootstrap_servers=os.environ["BOOTSTRAP"].split(","),
     topic_config=KafkaTopicConfig(
@@ -127,11 +131,19 @@ def register(namespace):
     @socketio.on("emit", namespace=namespace)
     def on_emit(msg):
         """Emit as the test asks: {event, data, to, skip_sid, namespace,
-        args (a list sent as several arguments), user (a user() target)}."""
+        args (a list sent as several arguments), user (a user() target),
+        size (data is that many bytes made here: a client may send at most
+        1 MB), binary (those bytes as bytes, not str)}. A refused emit
+        answers {"error": its class, "message": its text}."""
         data = tuple(msg["args"]) if "args" in msg else msg.get("data")
+        if "size" in msg:
+            data = b"b" * msg["size"] if msg.get("binary") else "s" * msg["size"]
         to = user(msg["user"]) if "user" in msg else msg.get("to")
-        socketio.emit(msg["event"], data, to=to, skip_sid=msg.get("skip_sid"),
-                      namespace=msg.get("namespace", namespace))
+        try:
+            socketio.emit(msg["event"], data, to=to, skip_sid=msg.get("skip_sid"),
+                          namespace=msg.get("namespace", namespace))
+        except PayloadTooLargeError as exc:
+            return {"error": type(exc).__name__, "message": str(exc)}
         return "ok"
 
     @socketio.on("burst", namespace=namespace)

@@ -1,11 +1,13 @@
 """`flask-signalr-kafka broker`: a local Apache Kafka in the foreground that
 prints its bootstrap servers and stops on Ctrl-C, and a one-line error when
-Java is missing."""
+Java is missing, and three nodes that survive one's death."""
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 
+from harness import wait_until
 from kafka import KafkaAdminClient
 
 from flask_signalr_kafka.broker import free_port
@@ -13,11 +15,23 @@ from flask_signalr_kafka.broker import free_port
 CLI = [sys.executable, "-m", "flask_signalr_kafka", "broker"]
 
 
+@contextlib.contextmanager
+def broker_command(*args):
+    """``flask-signalr-kafka broker ARGS`` with stdin and stdout piped,
+    killed if the test leaves it running."""
+    process = subprocess.Popen([*CLI, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_kafka_broker_runs_until_ctrl_c(artifacts):
     port = free_port()
-    process = subprocess.Popen([*CLI, "--engine", "kafka", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with broker_command("--engine", "kafka", "--port", str(port)) as process:
         first = process.stdout.readline()
         assert first.startswith(f"bootstrap servers: 127.0.0.1:{port} "), first
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
@@ -25,10 +39,6 @@ def test_kafka_broker_runs_until_ctrl_c(artifacts):
         admin.close()
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     # The JVM went with it: nothing listens on the port any more.
     result = subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
                             capture_output=True)
@@ -45,3 +55,37 @@ def test_missing_java_says_what_to_install(tmp_path):
         "flask-signalr-kafka: Apache Kafka 4 needs Java 17 or newer: install it "
         "(apt-get install openjdk-17-jre-headless), or use --engine tansu"
     ]
+
+
+def test_three_nodes_survive_one_and_restart_it(artifacts):
+    """One node of `broker --nodes 3` dies: the command says which, the two
+    others go on serving, and `restart 2` on stdin brings it back."""
+    port = free_port()
+    with broker_command("--engine", "kafka", "--nodes", "3", "--port", str(port)) as process:
+
+        def read_until(prefix):
+            for line in process.stdout:
+                if line.startswith(prefix):
+                    return line
+            raise AssertionError(f"the command ended before a line starting {prefix!r}")
+
+        bootstrap = read_until("bootstrap servers: ").split()[2]
+        node2 = read_until("node 2: ")
+        pid = int(node2.rsplit("pid ", 1)[1].rstrip(")\n"))
+        os.kill(pid, signal.SIGKILL)
+        exited = read_until("node 2 ")
+        assert "exited with status -9; nodes still running: [1, 3]" in exited, exited
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        assert admin.list_topics() is not None  # the others serve
+        assert process.poll() is None
+        process.stdin.write("restart 2\n")
+        process.stdin.flush()
+        assert read_until("node 2 ").startswith("node 2 starting")
+        assert read_until("node 2 ").startswith("node 2 is back")
+
+        def three_brokers():
+            return len(admin.describe_cluster()["brokers"]) == 3
+        wait_until(three_brokers, 60, 0.5, "node 2 back in the cluster")
+        admin.close()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0

@@ -5,12 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from flask_signalr_kafka import ConnectionStateRecovery
+from flask_signalr_kafka import ConnectionStateRecovery, offsets
 from flask_signalr_kafka.errors import MalformedRecord
-from flask_signalr_kafka.recovery import Recovery, options_from
+from flask_signalr_kafka.recovery import Recovery, RecoveryFailed, options_from
 from flask_signalr_kafka.replay import step_of
-from flask_signalr_kafka import offsets
-from flask_signalr_kafka.recovery import RecoveryFailed
 from flask_signalr_kafka.sessions import (
     LIVE,
     SAVED,
