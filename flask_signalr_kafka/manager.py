@@ -226,17 +226,23 @@ class KafkaManager(Manager):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not consumer.ready.wait(remaining):
                 return False
+        if self._recovery is not None:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._recovery.ready.wait(remaining):
+                return False
         return bool(self._consumers)
 
     def close(self, timeout: float = 10.0) -> None:
         """Send what is queued, stop consuming, and close every Kafka client.
 
-        Safe in a signal handler: there gevent runs it in its event loop,
-        where nothing may block, so the work moves to a greenlet of its own,
-        which the exit that normally follows waits for.
+        Safe in a signal handler. Under gevent a handler runs in whichever
+        greenlet the signal interrupted (the event loop, or the Kafka
+        client's own I/O, which a flush waits for): called from any greenlet
+        but the main one, the work moves to a greenlet of its own and
+        close() returns at once; the process exit waits for it.
         """
         closer = self._closer
-        if closer is None and gevent.getcurrent() is gevent.get_hub():
+        if closer is None and gevent.getcurrent().parent is not None:
             self._closer = gevent.spawn(self.close, timeout)
             return
         if closer is not None and closer is not gevent.getcurrent():

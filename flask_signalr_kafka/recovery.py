@@ -36,6 +36,7 @@ from __future__ import annotations
 import heapq
 import logging
 import secrets
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -227,6 +228,9 @@ class Recovery:
         self._ref_n = 0
         self._delivered: dict[Slot, int] = {}
         self._past_ref: dict[Slot, int] = {}
+        #: Set once this dyno's first reference point is acked: its home
+        #: partition takes writes (a topic created a second ago may not yet).
+        self.ready = threading.Event()
         self.announced: set[str] = set()
         #: sid -> live events held back while its missed ones are replayed.
         self.replaying: dict[str, list] = {}
@@ -310,6 +314,7 @@ class Recovery:
         if self._ref is not None and self._ref[0] >= n:
             return
         self._ref = (n, positions, emit_seq)
+        self.ready.set()
         self._past_ref = {slot: at - positions.get(slot, 0)
                           for slot, at in self._delivered.items() if at > positions.get(slot, 0)}
 

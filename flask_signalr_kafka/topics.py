@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,7 +172,28 @@ def ensure_topics(
             )
     if created:
         logger.info("created topics %s", ", ".join(sorted(created)))
+        _await_leaders(admin, created)
     return created
+
+
+def _await_leaders(admin: Any, names: list[str], timeout: float = 10.0) -> None:
+    """Wait until every partition of new topics has a leader: before that,
+    writes fail and are retried, and a server that says it is ready would
+    deliver its first records seconds late."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            described = admin.describe_topics(names)
+        except Exception:  # the topics may not be in the metadata yet
+            described = []
+        if len(described) == len(names) and all(
+            t.get("error_code", 0) == 0 and t.get("partitions")
+            and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        time.sleep(0.05)
+    logger.warning("topics %s have partitions without a leader after %g s", names, timeout)
 
 
 def _wanted(topic_config: KafkaTopicConfig, sessions: bool) -> dict[str, str]:

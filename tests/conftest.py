@@ -6,6 +6,8 @@ cluster) and on Tansu. ``--engine kafka`` (or ``BROKER_ENGINE=kafka``) picks
 one engine for a quick run.
 """
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -53,3 +55,38 @@ def pytest_runtest_makereport(item, call):
         if logs:
             report.sections.append(("broker logs", "\n".join(logs)))
     return report
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser(artifacts):
+    """``open_page(url)``: a headless Debian Chromium (Selenium) on ``url``.
+    Skipped only outside CI: there `make test` installs the browser first."""
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and not os.environ.get("CI"):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    drivers = []
+
+    def open_page(url):
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--window-size=1000,800"):
+            options.add_argument(flag)
+        options.add_argument(f"--user-data-dir={artifacts}/chromium-{uuid.uuid4().hex[:8]}")
+        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        drivers.append(driver)
+        driver.get(url)
+        return driver
+
+    yield open_page
+    for driver in drivers:
+        driver.quit()
+    for leftover in artifacts.glob("chromium-*"):
+        shutil.rmtree(leftover, ignore_errors=True)

@@ -22,6 +22,7 @@ import os  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.util  # noqa: E402
@@ -102,6 +103,36 @@ def partitions():
             for base, c in mgr._consumers_by_base.items()}
     return json.dumps({"server_name": mgr.server_name, "read": read}), 200, {
         "Content-Type": "application/json"}
+
+
+CSR_PAGE = """<!doctype html><title>csr</title>
+<script src="/socket.io.min.js"></script>
+<script>
+  // The official client with its default options, as an app writes it.
+  const rooms = new URLSearchParams(location.search).getAll("room");
+  window.connects = []; window.events = []; window.joined = 0;
+  const socket = io();
+  socket.on("connect", () => {
+    window.connects.push({sid: socket.id, recovered: socket.recovered});
+    if (!socket.recovered) {
+      for (const room of rooms) socket.emit("join", {room}, () => window.joined++);
+    }
+  });
+  socket.on("s", (data) => window.events.push(data));
+</script>"""
+
+
+@app.get("/csr-page")
+def csr_page():
+    """A page whose official Socket.IO client has its default options."""
+    return CSR_PAGE
+
+
+@app.get("/socket.io.min.js")
+def socketio_js():
+    path = (Path(__file__).parent.parent / "node_modules/socket.io-client/dist"
+            / "socket.io.min.js")
+    return path.read_bytes(), 200, {"Content-Type": "application/javascript"}
 
 
 @app.get("/ready")

@@ -1,7 +1,6 @@
 """The sample chat in a real browser: two pages on two dynos (gunicorn, as in
 the Procfile) talk through Kafka. Headless Debian Chromium via Selenium."""
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,13 +13,6 @@ import requests
 from flask_signalr_kafka.broker import free_port
 
 ROOT = Path(__file__).parent.parent.parent
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-# Skipped only outside CI: there `make test` installs the browser first.
-pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and not os.environ.get("CI"),
-    reason="needs Debian's chromium and chromium-driver (make test installs them)",
-)
 
 
 def start_dyno(broker, prefix, log_dir, name, port=None):
@@ -58,34 +50,6 @@ def dynos(broker, artifacts):
     for process, _ in started:
         process.terminate()
         process.wait(15)
-
-
-@pytest.fixture
-def browser(artifacts):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    drivers = []
-
-    def open_page(url):
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync",
-                     "--window-size=1000,800"):
-            options.add_argument(flag)
-        options.add_argument(f"--user-data-dir={artifacts}/chromium-{uuid.uuid4().hex[:8]}")
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-        drivers.append(driver)
-        driver.get(url)
-        return driver
-
-    yield open_page
-    for driver in drivers:
-        driver.quit()
-    for leftover in artifacts.glob("chromium-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def log_has(driver, text, timeout=15):

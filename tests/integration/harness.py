@@ -4,6 +4,7 @@ plain kafka-python reader of the raw topics."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -37,9 +38,11 @@ def unique(label="x"):
 
 class ServerProcess:
     """tests/server_app.py in its own process: gevent, Flask-SocketIO and a
-    KafkaManager, like one dyno."""
+    KafkaManager, like one dyno; run as ``socketio.run(app)``, or, with
+    ``RUNNER="gunicorn"``, by gunicorn as the Procfile runs the sample."""
 
     def __init__(self, bootstrap, prefix, label, log_dir, **env):
+        self.runner = env.pop("RUNNER", "socketio.run")
         self.port = free_port()
         self.label = label
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,9 +55,16 @@ class ServerProcess:
 
     def start(self, ready_timeout=30.0):
         self._log = open(self.log_path, "ab")
+        command = [sys.executable, str(SERVER_APP)]
+        if self.runner == "gunicorn":
+            command = [
+                str(Path(sys.executable).parent / "gunicorn"), "--worker-class",
+                "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "--workers", "1",
+                "--bind", f"127.0.0.1:{self.port}", "--no-control-socket",
+                "--graceful-timeout", "5", "--chdir", str(SERVER_APP.parent), "server_app:app",
+            ]
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVER_APP)], env=self.env, stdout=self._log,
-            stderr=subprocess.STDOUT,
+            command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         wait_until(self.ready, ready_timeout, 0.05, f"server {self.label} ready")
         return self
@@ -206,3 +216,67 @@ def _described(admin, topic):
     partitions = described.get("partitions") or []
     return partitions if partitions and all(
         p.get("leader_id", p.get("leader", -1)) >= 0 for p in partitions) else None
+
+
+class TcpProxy:
+    """A TCP forwarder on a free loopback port, between clients and a dyno:
+    new connections go to ``upstream`` (switch it to send reconnects to
+    another dyno), and :meth:`cut` closes every connection under way, as a
+    network drop does. For clients, such as a browser, that always reconnect
+    to the address they were given."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._open = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), 5)
+            except OSError:
+                client.close()  # the dyno is down: the client retries
+                continue
+            with self._lock:
+                self._open.update((client, upstream))
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source, target):
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for s in (source, target):
+            self._close(s)
+
+    def _close(self, sock):
+        with self._lock:
+            self._open.discard(sock)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        sock.close()
+
+    def cut(self):
+        with self._lock:
+            live = list(self._open)
+        for sock in live:
+            self._close(sock)
+        return len(live)
+
+    def close(self):
+        self._closed = True
+        self._listener.close()
+        self.cut()
