@@ -420,7 +420,7 @@ class KafkaManager(Manager):
             return None  # already connected
         self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
         if restore:
-            self._recovery.begin(sid, namespace)
+            self._recovery.begin(sid, namespace, restore.session)
             for room in restore.session.rooms:
                 self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self.pending_connect.setdefault(namespace, []).append(sid)

@@ -63,6 +63,7 @@ from .sessions import (
     SessionReader,
     SessionStore,
     WindowEntry,
+    home_of_tag,
 )
 from .topics import SESSIONS
 
@@ -174,6 +175,9 @@ def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
                (), counter("replayed")),
         Family("sessions_saved", COUNTER, "Sessions this dyno saved at a drop or shutdown.", (),
                counter("saved")),
+        Family("sessions_records_read", COUNTER,
+               "Records this dyno read from the sessions topic for reconnecting clients.",
+               (), lambda: (r := recovery_of()) and r.store.reader.records_read or 0),
         Family("sessions_held", GAUGE,
                "Sessions of this dyno's live connections, and those it read for "
                "reconnecting clients.", ("state",), held),
@@ -246,6 +250,8 @@ class Recovery:
         self._dirty: set[tuple[str, str]] = set()
         self._own_acked: dict[tuple[str, int], int] = {}
         self._pending: dict[tuple[str, str], Restore] = {}
+        #: recovered connections -> the dyno that held them before.
+        self._taken: dict[tuple[str, str], str] = {}
         self._checkpointer: gevent.Greenlet | None = None
         #: Set by :meth:`drain`: new connections are turned away.
         self.draining = False
@@ -253,7 +259,8 @@ class Recovery:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        self.store.partition_count  # noqa: B018 - learnt before the first connect
+        # Its offsets name its home: a client's next dyno looks there.
+        self.tag = f"{self.store.home}h{secrets.token_hex(3)}"
         self._checkpointer = gevent.spawn(self._run_checkpoints)
 
     def stop(self) -> None:
@@ -402,8 +409,10 @@ class Recovery:
         return self._pending.pop((eio_sid, namespace), None)
 
     def _restorable(self, pid: str, namespace: str, offset: str | None) -> Session:
+        parsed = offsets.parse(offset)
+        hint = parsed and home_of_tag(parsed.tag, self.store.partition_count)
         try:
-            session = self.store.session(pid)
+            session, where = self.store.find(pid, hint)
         except TimeoutError as exc:
             raise RecoveryFailed("not-ready", str(exc)) from exc
         except MalformedRecord as exc:
@@ -413,7 +422,7 @@ class Recovery:
         if session.namespace != namespace:
             raise RecoveryFailed("unknown", "the session is of another namespace")
         if session.state == LIVE:
-            session = self._take_over(pid, session, offset)
+            session = self._take_over(pid, session, where, offset)
         session = self._exactly(session, offset)
         if time.time() - session.saved_at > self.options.max_disconnection_duration:
             raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
@@ -433,7 +442,7 @@ class Recovery:
         self._check_backlog(session)
         return session
 
-    def _take_over(self, pid: str, session: Session, offset: str | None) -> Session:
+    def _take_over(self, pid: str, session: Session, where: int, offset: str | None) -> Session:
         """The session is still live on its dyno: the client came back before
         that dyno noticed the drop, or the dyno died. Have it let go (it
         saves the session), or resume from its last checkpoint."""
@@ -450,7 +459,7 @@ class Recovery:
             # take a while to save it, a dead one never will (its checkpoints
             # stop).
             saved = self.store.wait_for(
-                pid, lambda s: s is None or s.state == SAVED or not self._alive(s.owner),
+                pid, where, lambda s: s is None or s.state == SAVED or not self._alive(s.owner),
                 self.options.release_timeout)
             if saved is not None and saved.state == SAVED:
                 return saved
@@ -527,10 +536,11 @@ class Recovery:
                 return
             gevent.sleep(0.01)
 
-    def begin(self, sid: str, namespace: str) -> None:
+    def begin(self, sid: str, namespace: str, session: Session) -> None:
         """A recovered connection takes its sid and rooms: from now on live
         events reach it (held back until :meth:`replay` has sent what it
         missed), so the replay ends exactly where this dyno stands now."""
+        self._taken[(sid, namespace)] = session.owner
         self.replaying[sid] = []
         self._replay_ends[sid] = (self.positions(), self._emit_seq)
         self._recovered.add((sid, namespace))
@@ -542,7 +552,12 @@ class Recovery:
         self._pids[key] = pid
         if announced:
             self.announced.add(sid)
-        self._dirty.add(key)
+        previous = self._taken.pop(key, None)
+        if previous is None:
+            self._dirty.add(key)
+        else:  # where it was is deleted: it must be here at once
+            self.store.taken_from(pid, previous)
+            self._write_live(key)
 
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
@@ -563,6 +578,7 @@ class Recovery:
         if the client may come back, else delete it."""
         key = (sid, namespace)
         pid = self._pids.pop(key, None)
+        self._taken.pop(key, None)
         self.announced.discard(sid)
         self.replaying.pop(sid, None)
         self._replay_ends.pop(sid, None)
@@ -578,6 +594,7 @@ class Recovery:
             window = (_DROP_WINDOW if reason != "ping timeout"
                       else eio.ping_interval + eio.ping_timeout + 2)
             self._save(pid, sid, namespace, window)
+            self.store.let_go(pid)
         else:
             self.store.delete(pid)
 
@@ -590,6 +607,7 @@ class Recovery:
             return None
         eio = self.manager.server.eio
         saved = self._save(pid, sid, namespace, eio.ping_interval + eio.ping_timeout + 2)
+        self.store.let_go(pid)
         self._released.add(key)
         logger.info("released %s: its client is back on another connection", sid)
         eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
@@ -624,6 +642,7 @@ class Recovery:
                 positions, self._emit_seq, window, exact,
             ))
             self.stats["saved"] += 1
+            self.store.let_go(pid)
         self._pids.clear()
 
     def drain(self) -> None:

@@ -16,15 +16,16 @@ Two kinds of record share the topic (ours alone; .NET never reads it):
   points of full offsets (:mod:`.offsets`), written at most once a second.
 
 **Placement.** Each dyno has a *home* partition, drawn from its server
-name: it writes its checkpoints and reference points there. A pid names its
-partition (``"<partition>.<random>"``): the dyno that first accepts a
-connection gives it a pid of its home, and whichever dyno holds the
-connection later writes the session there. So a dyno's sessions and
-checkpoints sit in a partition that other dynos never read, until one of
-its clients reconnects to one of them: that dyno then reads the pid's
-partition and the old holder's home (:class:`SessionReader`), each from
-where it last stopped. Nothing a dyno spends or keeps grows with the other
-dynos' connections.
+name, and writes there the sessions of the connections it holds, its
+checkpoints and its reference points. Other dynos never read it, until one
+of its clients reconnects to one of them: that dyno reads the home of the
+client's last holder (:class:`SessionReader`, each partition from where it
+last stopped). The client says where that is: its offset starts with its
+last holder's tag, which names the holder's home; and its pid names the
+home of the dyno that first accepted it (``"<partition>.<random>"``), where
+a later holder leaves a pointer (a :data:`MOVED` record) to its own home.
+A holder that takes a session over deletes the previous holder's copy.
+Nothing a dyno spends or keeps grows with the other dynos' connections.
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 LIVE = 1
 SAVED = 2
+#: A pointer: the session is in the home partition of ``owner``.
+MOVED = 3
 
 SESSION_PREFIX = b"s:"
 CHECKPOINT_PREFIX = b"d:"
@@ -64,7 +67,8 @@ WindowEntry = tuple[int, str, int, int]
 class Session(msgspec.Struct, array_like=True):
     """One connection's recoverable state.
 
-    :param state: :data:`LIVE` (connected to ``owner``) or :data:`SAVED`.
+    :param state: :data:`LIVE` (connected to ``owner``), :data:`SAVED`, or
+                  :data:`MOVED` (only ``owner`` is set: look in its home).
     :param positions: SAVED: every record before these was delivered.
     :param emit_seq: the owner's emit counter at the save: its own records up
                      to it were delivered when they were emitted.
@@ -303,6 +307,8 @@ class SessionStore:
         self.reader = reader
         self.owner = owner
         self.max_age = max_age
+        #: pids of this dyno's sessions with a pointer in their pid's partition.
+        self._pointed: set[str] = set()
 
     @functools.cached_property
     def partition_count(self) -> int:
@@ -322,16 +328,30 @@ class SessionStore:
 
     # -- reading ------------------------------------------------------------
 
-    def session(self, pid: str, since: float | None = None) -> Session | None:
-        """The latest session of ``pid`` written before ``since`` (now by
-        default), or ``None``.
+    def find(self, pid: str, hint: int | None = None) -> tuple[Session | None, int | None]:
+        """The latest session of ``pid`` and the partition it is in, or
+        ``(None, None)``; ``hint``: where its last holder lives, if known.
 
         :raises MalformedRecord: its record is not a session.
-        :raises TimeoutError: its partition could not be read.
+        :raises TimeoutError: a partition could not be read.
         """
-        partition = self.partition(pid)
-        if partition is None:
-            return None
+        origin = self.partition(pid)
+        for partition in dict.fromkeys((hint, origin)):
+            if partition is None or not 0 <= partition < self.partition_count:
+                continue
+            session = self.session_in(partition, pid)
+            if session is not None and session.state == MOVED:
+                partition = home_partition(session.owner, self.partition_count)
+                session = self.session_in(partition, pid)
+                if session is not None and session.state == MOVED:
+                    session = None
+            if session is not None:
+                return session, partition
+        return None, None
+
+    def session_in(self, partition: int, pid: str, since: float | None = None) -> Session | None:
+        """The latest record of ``pid`` in ``partition`` written before
+        ``since`` (now by default)."""
         part = self.reader.read(partition, time.monotonic() if since is None else since)
         value = part.sessions.get(SESSION_PREFIX + pid.encode())
         return None if value is None else decode_session(value)
@@ -354,13 +374,13 @@ class SessionStore:
         return self.reader.read(home_partition(owner, self.partition_count),
                                 time.monotonic() if since is None else since)
 
-    def wait_for(self, pid: str, predicate: Callable[[Session | None], bool],
+    def wait_for(self, pid: str, partition: int, predicate: Callable[[Session | None], bool],
                  timeout: float) -> Session | None:
-        """Read ``pid``'s session again until ``predicate`` holds for it or
-        ``timeout`` seconds pass; return the last one read."""
+        """Read ``pid``'s session in ``partition`` again until ``predicate``
+        holds for it or ``timeout`` seconds pass; return the last one read."""
         deadline = time.monotonic() + timeout
         while True:
-            session = self.session(pid)
+            session = self.session_in(partition, pid)
             if predicate(session) or time.monotonic() > deadline:
                 return session
             time.sleep(0.05)
@@ -368,14 +388,36 @@ class SessionStore:
     # -- writing ------------------------------------------------------------
 
     def put(self, pid: str, session: Session) -> None:
-        partition = self.partition(pid)
-        if partition is not None:
-            self._publish((SESSION_PREFIX + pid.encode()).decode(), encode(session), partition)
+        """Write the session of one of this dyno's connections at home, and
+        once a pointer there in its pid's partition."""
+        key = _session_key(pid)
+        self._publish(key, encode(session), self.home)
+        origin = self.partition(pid)
+        if origin is not None and origin != self.home and pid not in self._pointed:
+            self._pointed.add(pid)
+            pointer = Session(MOVED, "", "", [], self.owner, "", time.time())
+            self._publish(key, encode(pointer), origin)
 
     def delete(self, pid: str) -> None:
-        partition = self.partition(pid)
-        if partition is not None:
-            self._publish((SESSION_PREFIX + pid.encode()).decode(), None, partition)
+        """The connection is gone on purpose: nothing of it stays."""
+        self._publish(_session_key(pid), None, self.home)
+        if pid in self._pointed:
+            self._pointed.discard(pid)
+            origin = self.partition(pid)
+            if origin is not None:
+                self._publish(_session_key(pid), None, origin)
+
+    def let_go(self, pid: str) -> None:
+        """This dyno no longer holds ``pid``'s connection (its session is
+        saved, or another dyno took it)."""
+        self._pointed.discard(pid)
+
+    def taken_from(self, pid: str, owner: str) -> None:
+        """This dyno took ``pid``'s session over from ``owner``: delete the
+        copy in ``owner``'s home, so that no lookup finds it there."""
+        partition = home_partition(owner, self.partition_count)
+        if owner != self.owner and partition != self.home:
+            self._publish(_session_key(pid), None, partition)
 
     def put_checkpoint(self, checkpoint: Checkpoint) -> None:
         key = (CHECKPOINT_PREFIX + checkpoint.owner.encode()).decode()
@@ -412,7 +454,7 @@ class SessionStore:
                 stale.append((part.sessions, key))
                 continue
             if now - session.saved_at > self.max_age and (
-                    session.state == SAVED or gone(session.owner)):
+                    session.state == SAVED or gone(session.owner)):  # LIVE or MOVED
                 stale.append((part.sessions, key))
         for key, value in list(part.checkpoints.items()):
             try:
@@ -431,6 +473,16 @@ class SessionStore:
 
 def decode_ref(value: bytes) -> RefPoint:
     return _decode(_ref_decoder, value)
+
+
+def _session_key(pid: str) -> str:
+    return f"{SESSION_PREFIX.decode()}{pid}"
+
+
+def home_of_tag(tag: str, count: int) -> int | None:
+    """The home partition a dyno's tag (``"<home>h<random>"``) names."""
+    head, h, _ = tag.partition("h")
+    return int(head) if h and head.isdigit() and int(head) < count else None
 
 
 def _ref_key(owner: str, n: int) -> str:

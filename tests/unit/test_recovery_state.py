@@ -11,12 +11,14 @@ from flask_signalr_kafka.recovery import Recovery, RecoveryFailed, options_from
 from flask_signalr_kafka.replay import step_of
 from flask_signalr_kafka.sessions import (
     LIVE,
+    MOVED,
     SAVED,
     Checkpoint,
     RefPoint,
     Session,
     SessionStore,
     _Partition,
+    decode_session,
     encode,
     home_partition,
     new_pid,
@@ -214,20 +216,41 @@ def test_an_unknown_or_foreign_pid_is_a_new_connection():
             r._restorable(pid, "/", None)
 
 
+def test_store_places_sessions_at_home_and_points_there_from_the_pid():
+    reader = FakeReader()
+    store = SessionStore(lambda k, v, p: _put(reader, k, v, p), reader, "host_1", max_age=10)
+    origin = (store.home + 1) % 10  # the pid of a client first accepted elsewhere
+    pid = new_pid(origin)
+    store.put(pid, Session(LIVE, "sid~a", "/", ["r"], "host_1", "ab", time.time()))
+    store.put(pid, Session(LIVE, "sid~a", "/", ["r", "s"], "host_1", "ab", time.time()))
+    (pointer,) = reader.parts[origin].sessions.values()
+    assert decode_session(pointer).state == MOVED
+    found, where = store.find(pid)  # no hint: through the pointer
+    assert (found.rooms, where) == (["r", "s"], store.home)
+    assert store.find(pid, hint=store.home)[0].rooms == ["r", "s"]
+    # Another dyno takes it over: the copy here goes, its pointer wins.
+    other = SessionStore(lambda k, v, p: _put(reader, k, v, p), reader, "host_9", max_age=10)
+    other.taken_from(pid, "host_1")
+    other.put(pid, Session(LIVE, "sid~a", "/", ["r", "s"], "host_9", "cd", time.time()))
+    assert store.find(pid, hint=store.home)[0].owner == "host_9"
+    other.delete(pid)
+    assert store.find(pid) == (None, None)
+
+
 def test_store_prunes_what_can_no_longer_be_restored():
     reader = FakeReader()
     store = SessionStore(lambda k, v, p: _put(reader, k, v, p), reader, "host_1", max_age=10)
     now = time.time()
-    pids = {name: new_pid(3) for name in ("old", "new", "orphan", "live")}
+    pids = {name: new_pid(store.home) for name in ("old", "new", "orphan", "live")}
     store.put(pids["old"], Session(SAVED, "sid~a", "/", [], "host_1", "ab", now - 11))
     store.put(pids["new"], Session(SAVED, "sid~b", "/", [], "host_1", "ab", now))
     store.put(pids["orphan"], Session(LIVE, "sid~c", "/", [], "gone", "cd", now - 30))
     store.put(pids["live"], Session(LIVE, "sid~d", "/", [], "host_1", "ab", now - 30))
     store.put_checkpoint(Checkpoint("host_1", "ab", now, [], 0))
-    assert store.prune(3, 2.5) == 2
-    assert {k for k in reader.parts[3].sessions} == {
+    assert store.prune(store.home, 2.5) == 2
+    assert set(reader.parts[store.home].sessions) == {
         f"s:{pids['new']}".encode(), f"s:{pids['live']}".encode()}
-    assert store.session(pids["live"]).owner == "host_1"
-    reader.parts[3].sessions[b"s:" + pids["new"].encode()] = b"\xc1"
+    assert store.find(pids["live"])[0].owner == "host_1"
+    reader.parts[store.home].sessions[b"s:" + pids["new"].encode()] = b"\xc1"
     with pytest.raises(MalformedRecord):
-        store.session(pids["new"])
+        store.find(pids["new"])

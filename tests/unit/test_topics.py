@@ -103,6 +103,11 @@ class FakeAdmin:
     def list_topics(self):
         return list(self.existing)
 
+    def describe_topics(self, names):
+        """Created topics have a leader for each partition at once here."""
+        return [{"name": n, "error_code": 0, "partitions": [{"partition": 0, "leader": 1}]}
+                for n in names]
+
     def create_topics(self, new_topics, raise_errors=True, **kwargs):
         self.create_calls.append((new_topics, raise_errors, kwargs))
         if self.create_raises is not None:
