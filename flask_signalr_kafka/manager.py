@@ -136,6 +136,7 @@ class KafkaManager(Manager):
             raise ValueError("connection_state_recovery needs a manager that serves clients: "
                              "turn it off for a write_only emitter")
         self.home_partitions = check_home(home_partitions)
+        self._fetch_wait_given = "fetch_max_wait_ms" in (consumer_config or {})
         self.server_name = f"{socket.gethostname()}_{uuid.uuid4().hex}"
         self._server_key = self.server_name.encode()
 
@@ -161,6 +162,8 @@ class KafkaManager(Manager):
         self._start_lock = threading.Lock()
         self._closed = False
         self._closer: gevent.Greenlet | None = None
+        #: (namespace, sid) -> its rooms (None: the namespace), in join order.
+        self._rooms_of: dict[tuple[str, str], dict[str | None, None]] = {}
 
     @classmethod
     def from_env(
@@ -330,14 +333,21 @@ class KafkaManager(Manager):
         if self._home is not None:
             wanted = {topics.ACK: self._home.ack_wanted, topics.SEND_CONN: self._home.conn_wanted}
         for base, handler in handlers.items():
+            config = self.consumer_config
+            claims = base == topics.SEND_CONN and self._home is not None
+            if not claims and not self._fetch_wait_given:
+                # Its partitions never change, so its fetches may wait long
+                # for a record (they return as soon as one comes): an idle
+                # dyno sends a few requests a second instead of a dozen.
+                config = {**config, "fetch_max_wait_ms": STATIC_FETCH_WAIT_MS}
             consumer = TopicConsumer(
                 self.topic_config.name(base),
                 handler,
-                self.consumer_config,
+                config,
                 on_missing_topic=self.create_topics,
                 partitions=wanted.get(base),
             )
-            if base == topics.SEND_CONN and self._home is not None:
+            if claims:
                 consumer.poll_timeout_ms = 200  # a claim waits for the poll to return
             consumer.start()
             self._consumers.append(consumer)
@@ -538,17 +548,35 @@ class KafkaManager(Manager):
         command = GroupCommandExt(0, self.server_name, REMOVE, "", sid, namespace, OP_RELEASE)
         self._publisher.send(topics.GROUP_MGMT, sid, records.encode(command))
 
+    # The rooms of each connection are kept here: python-socketio finds them
+    # by scanning every room of the namespace, which made a connect storm
+    # quadratic once recovery wrote each session.
+
     def basic_enter_room(self, sid, namespace, room, eio_sid=None):
         result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._rooms_of.setdefault((namespace, sid), {})[room] = None
         if self._recovery is not None:
             self._recovery.joined(sid, namespace, room)
         return result
 
     def basic_leave_room(self, sid, namespace, room):
         result = super().basic_leave_room(sid, namespace, room)
+        rooms = self._rooms_of.get((namespace, sid))
+        if rooms is not None:
+            rooms.pop(room, None)
+            if not rooms:
+                del self._rooms_of[(namespace, sid)]
         if self._recovery is not None:
             self._recovery.touch(sid, namespace)
         return result
+
+    def get_rooms(self, sid, namespace):
+        """The rooms ``sid`` is in, as python-socketio's, without its scan."""
+        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
+
+    def basic_disconnect(self, sid, namespace, **kwargs):
+        socketio_hooks.basic_disconnect(self, sid, namespace,
+                                        list(self._rooms_of.get((namespace, sid), ())))
 
     def _publish_command(self, op: int, group: str, sid: str, namespace: str) -> None:
         """Publish a close-room or disconnect command; .NET servers hold no
@@ -723,6 +751,10 @@ class KafkaManager(Manager):
     def _log(self) -> logging.Logger:
         return self.logger or logger
 
+
+#: The fetch wait of a consumer whose partitions never change (all but
+#: send-conn's under home partitions, which a claim must reach at once).
+STATIC_FETCH_WAIT_MS = 5000
 
 #: Seconds a claimed sid may wait for its connection before it is dropped.
 _CLAIM_GRACE = 60.0

@@ -58,7 +58,8 @@ mgr = KafkaManager(
     connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
     await_produce=os.environ.get("AWAIT_PRODUCE") == "1",
     hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
-    consumer_config={"fetch_max_wait_ms": int(os.environ.get("FETCH_MAX_WAIT_MS", "500"))},
+    consumer_config=({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
+                     if "FETCH_MAX_WAIT_MS" in os.environ else {}),
     producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1")),
                      **json.loads(os.environ.get("PRODUCER_JSON", "{}"))},
     connection_state_recovery=ConnectionStateRecovery(

@@ -5,7 +5,7 @@ import hashlib
 import inspect
 
 import socketio
-from socketio import manager
+from socketio import base_manager, manager
 
 from flask_signalr_kafka import socketio_hooks
 
@@ -15,6 +15,8 @@ FOLLOWED = {
     socketio.Server._handle_disconnect: "fb93d61de8cb8c31",
     manager.Manager.emit: "566510ea2de39d65",
     socketio.Server._send_eio_packet: "5fa452fb118c3565",
+    base_manager.BaseManager.basic_disconnect: "2933b50bc4b2ea7b",
+    base_manager.BaseManager.get_rooms: "56a1017f85af9f91",
 }
 
 
