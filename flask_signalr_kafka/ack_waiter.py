@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import AckTimeoutError
-from .metrics import AckStats
+from .stats import AckStats
 
 _MAX_ID = 2**31 - 1
 _SWEEP_EVERY = 10.0
@@ -21,6 +21,8 @@ _SWEEP_EVERY = 10.0
 
 class AckWaiter:
     def __init__(self) -> None:
+        # Emits and consumers may be threads (threading mode).
+        self._lock = threading.Lock()
         self._last_id = 0
         self._pending: dict[int, tuple[float, Callable[[list], Any]]] = {}
         self._next_sweep = time.monotonic() + _SWEEP_EVERY
@@ -30,11 +32,12 @@ class AckWaiter:
         """Reserve an id whose Ack calls ``on_ack(args)`` once, if it comes
         within ``ttl`` seconds."""
         now = time.monotonic()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        self._last_id = self._last_id % _MAX_ID + 1
-        self._pending[self._last_id] = (now + ttl, on_ack)
-        return self._last_id
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            self._last_id = self._last_id % _MAX_ID + 1
+            self._pending[self._last_id] = (now + ttl, on_ack)
+            return self._last_id
 
     def resolve(self, ack_id: int, args: list | None) -> bool:
         """Run what waits for ``ack_id``; ``False`` if nothing does."""

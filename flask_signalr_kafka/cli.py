@@ -147,11 +147,10 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
 
 
 def _print_heroku_commands(manager) -> int:
-    from kafka import KafkaAdminClient
 
     from . import topics
 
-    admin = manager._connect(KafkaAdminClient, **manager.admin_config)
+    admin = manager.core.connect_admin()
     try:
         missing = topics.missing_topics(admin, manager.topic_config, sessions=True)
     finally:

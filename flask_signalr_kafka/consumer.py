@@ -1,4 +1,4 @@
-"""The consumer loop: one greenlet per topic reading every partition.
+"""The consumer loop: one task (a greenlet or a thread) per topic.
 
 Each server must see every record, so there is no consumer group (nothing to
 join, nothing left behind in the cluster when a dyno restarts): the loop
@@ -16,22 +16,24 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import gevent
 from kafka import KafkaConsumer, TopicPartition
 
+from .concurrency import Runtime
 from .errors import MalformedRecord
-from .metrics import ConsumerStats
+from .stats import ConsumerStats
 
 logger = logging.getLogger(__name__)
 
 
 class TopicConsumer:
-    """Consumes one topic in a greenlet and hands each record to ``handler``.
+    """Consumes one topic in a task of its own and hands each record to
+    ``handler``.
 
     :param topic: the topic name.
     :param handler: called with each ``ConsumerRecord``; raises
                     :class:`MalformedRecord` for a record to skip.
     :param config: keyword arguments for ``kafka.KafkaConsumer``.
+    :param runtime: what the loop runs on (greenlets or threads).
     :param on_missing_topic: called when the topic has vanished from the
                              cluster; it should recreate it.
     :param check_interval: seconds between log-end checks.
@@ -51,6 +53,7 @@ class TopicConsumer:
         topic: str,
         handler: Callable[[Any], None],
         config: dict,
+        runtime: Runtime,
         on_missing_topic: Callable[[], None] | None = None,
         check_interval: float = 10.0,
         from_beginning: bool = False,
@@ -59,6 +62,7 @@ class TopicConsumer:
         self.topic = topic
         self.handler = handler
         self.config = config
+        self.runtime = runtime
         self.on_missing_topic = on_missing_topic
         self.check_interval = check_interval
         self.from_beginning = from_beginning
@@ -75,10 +79,11 @@ class TopicConsumer:
         self.stats = ConsumerStats()
         self._started = False
         self._stopping = False
-        self._greenlet: gevent.Greenlet | None = None
+        self._stopped = True
+        self._task: Any = None
 
     def start(self) -> None:
-        self._greenlet = gevent.spawn(self._run)
+        self._task = self.runtime.spawn(self._run)
 
     def request_stop(self) -> None:
         """Stop after the batch being delivered (see :meth:`stop`)."""
@@ -89,10 +94,9 @@ class TopicConsumer:
         that its positions say exactly what was delivered (connection state
         recovery saves them), and is killed if that takes over ``timeout``."""
         self._stopping = True
-        if self._greenlet is not None:
-            self._greenlet.join(timeout=min(timeout, self.poll_timeout_ms / 1000 + 1))
-            self._greenlet.kill(timeout=timeout)
-            self._greenlet = None
+        if self._task is not None:
+            self.runtime.stop(self._task, min(timeout, self.poll_timeout_ms / 1000 + 1))
+            self._task = None
 
     def refresh(self) -> threading.Event:
         """Ask the loop to apply ``partitions`` again between two polls; the
@@ -104,7 +108,7 @@ class TopicConsumer:
 
     @property
     def running(self) -> bool:
-        return self._greenlet is not None and not self._greenlet.dead
+        return self._task is not None and not self._stopped
 
     @property
     def partition_count(self) -> int:
@@ -113,17 +117,18 @@ class TopicConsumer:
         return len(self._known)
 
     def _run(self) -> None:
-        while not self._stopping:
-            try:
-                self._consume()
-            except gevent.GreenletExit:
-                raise
-            except Exception:
-                logger.exception(
-                    "consumer of %s failed; restarting in %.1f s", self.topic, self.restart_delay
-                )
-                self.stats.restarts += 1
-                gevent.sleep(self.restart_delay)
+        self._stopped = False
+        try:
+            while not self._stopping:
+                try:
+                    self._consume()
+                except Exception:
+                    logger.exception("consumer of %s failed; restarting in %.1f s",
+                                     self.topic, self.restart_delay)
+                    self.stats.restarts += 1
+                    self.runtime.sleep(self.restart_delay)
+        finally:
+            self._stopped = True
 
     def _consume(self) -> None:
         consumer = KafkaConsumer(**self.config)
@@ -164,7 +169,7 @@ class TopicConsumer:
             logger.warning("topic %s does not exist; creating it", self.topic)
             if self.on_missing_topic is not None:
                 self.on_missing_topic()
-            gevent.sleep(self.restart_delay)
+            self.runtime.sleep(self.restart_delay)
         wanted = ids if self.partitions is None else set(self.partitions(sorted(ids))) & ids
         partitions = [TopicPartition(self.topic, p) for p in sorted(wanted)]
         for tp in [tp for tp in self.positions if tp.partition not in wanted]:
@@ -239,8 +244,6 @@ class TopicConsumer:
                 "skipping malformed record at %s partition %d offset %d: %s",
                 record.topic, record.partition, record.offset, exc,
             )
-        except gevent.GreenletExit:
-            raise
         except Exception:
             logger.exception(
                 "error handling record at %s partition %d offset %d; skipped",

@@ -1,125 +1,38 @@
 """What a dyno counts, and how the counts are read: ``mgr.stats()``,
 ``mgr.health()`` and the Prometheus collector (:mod:`.prometheus`).
 
-The boundary: each component keeps its own figures in a small stats object
-from this module (:class:`ProducerStats` in the publisher,
-:class:`ConsumerStats` in each topic consumer, :class:`AckStats` in the ack
-waiter) and bumps plain ints on its hot path: no locks, no clock reads per
-record, no call into this module per record. :class:`Metrics` reads them only
-when asked, as a list of :class:`Family` (name, kind, labels, reader), the
-one description both ``stats()`` and Prometheus are built from. Another
-component adds its own figures with :meth:`Metrics.add` (recoveries,
-sessions held, partitions read, ...).
+The components keep their figures in the stats objects of :mod:`.stats`;
+:class:`Metrics` reads them only when asked, as a list of
+:class:`~.stats.Family` (name, kind, labels, reader). Another component adds
+its own figures with :meth:`Metrics.add` (recoveries, sessions held, ...).
 """
 from __future__ import annotations
 
-import bisect
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .manager import KafkaManager
-
-COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
-
-#: Upper bounds (seconds) of the round-trip histogram of remote group changes.
-ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-
-class ProducerStats:
-    """The publisher's figures, by topic name."""
-
-    __slots__ = ("produced", "errors", "last_error", "last_error_at")
-
-    def __init__(self) -> None:
-        self.produced: defaultdict[str, int] = defaultdict(int)
-        self.errors: defaultdict[str, int] = defaultdict(int)
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None  # time.time()
-
-    def failed(self, topic: str, error: BaseException) -> None:
-        """A produce future's errback: the broker did not take a record."""
-        self.errors[topic] += 1
-        self.last_error = f"{type(error).__name__}: {error}"
-        self.last_error_at = time.time()
-
-
-class ConsumerStats:
-    """One topic consumer's figures; its positions stay in the consumer."""
-
-    __slots__ = ("consumed", "malformed", "restarts", "log_ends", "last_timestamps")
-
-    def __init__(self) -> None:
-        self.consumed = 0
-        self.malformed = 0
-        self.restarts = 0
-        #: partition -> high watermark of the last fetch (kafka-python's
-        #: ``consumer.highwater``): the log end, without a request of its own.
-        self.log_ends: dict[Any, int] = {}
-        #: partition -> CreateTime (ms) of the last record handled.
-        self.last_timestamps: dict[Any, int] = {}
-
-    def batch(self, tp: Any, records: list, log_end: int | None) -> None:
-        """A fetched batch of ``tp`` was handled (once a batch, not a record)."""
-        if records:
-            self.consumed += len(records)
-            self.last_timestamps[tp] = records[-1].timestamp
-        if log_end is not None:
-            self.log_ends[tp] = log_end
-
-
-class AckStats:
-    """Remote group changes (their round trips, ack timeouts) and callbacks
-    for clients on other servers that expired unanswered."""
-
-    __slots__ = ("round_trips", "round_trip_sum", "ack_timeouts", "callback_timeouts")
-
-    def __init__(self) -> None:
-        # One count a bucket of ROUND_TRIP_BUCKETS, and one above the last.
-        self.round_trips = [0] * (len(ROUND_TRIP_BUCKETS) + 1)
-        self.round_trip_sum = 0.0
-        self.ack_timeouts = 0
-        self.callback_timeouts = 0
-
-    def acked(self, seconds: float) -> None:
-        self.round_trips[bisect.bisect_left(ROUND_TRIP_BUCKETS, seconds)] += 1
-        self.round_trip_sum += seconds
-
-
-@dataclass(frozen=True)
-class Family:
-    """One figure (a metric family) and how to read it.
-
-    :param name: the key in ``stats()``; Prometheus names it
-                 ``flask_signalr_kafka_<name>`` (``_total`` added to counters).
-    :param kind: :data:`COUNTER`, :data:`GAUGE` or :data:`HISTOGRAM`.
-    :param help: one line for Prometheus.
-    :param labels: label names, e.g. ``("topic", "partition")``.
-    :param read: called at each read. Without labels it returns a number;
-                 with labels, ``{label values (a tuple): number}``. A
-                 histogram returns ``{"buckets": {upper bound: cumulative
-                 count, ..., inf: count}, "sum": s, "count": n}``.
-    """
-
-    name: str
-    kind: str
-    help: str
-    labels: tuple[str, ...]
-    read: Callable[[], Any]
+from .core import KafkaCore
+from .stats import (
+    COUNTER,
+    GAUGE,
+    HISTOGRAM,
+    ROUND_TRIP_BUCKETS,
+    AckStats,
+    Family,
+    ProducerStats,
+)
 
 
 class Metrics:
-    """The figures of one manager.
+    """The figures of one server.
 
-    :param manager: the manager whose publisher, consumers and ack waiter
-                    are read (at read time: they may not exist yet).
+    :param core: the Kafka core whose publisher, consumers and ack waiter
+                 are read (at read time: they may not exist yet).
     """
 
-    def __init__(self, manager: KafkaManager) -> None:
-        self._manager = manager
+    def __init__(self, core: KafkaCore) -> None:
+        self._core = core
         #: topic name -> records this dyno delivered to its own clients.
         self.delivered: defaultdict[str, int] = defaultdict(int)
         self._families: dict[str, Family] = {}
@@ -152,20 +65,20 @@ class Metrics:
         when (produce errors do not make it unhealthy: in a broker outage
         every dyno has them, and taking them all out of rotation helps no
         one)."""
-        mgr = self._manager
-        consumers = {c.topic: c.running for c in mgr._consumers}
+        core = self._core
+        consumers = {c.topic: c.running for c in core.consumers}
         ready = self._ready()
         worst = max(self._lags().items(), key=lambda kv: kv[1], default=None)
-        stats = mgr._publisher.stats if mgr._publisher is not None else None
+        stats = core.publisher.stats if core.publisher is not None else None
         last = None
         if stats is not None and stats.last_error_at is not None:
             last = {"error": stats.last_error, "at": stats.last_error_at,
                     "seconds_ago": round(time.time() - stats.last_error_at, 3)}
         alive = all(consumers.values())
         return {
-            "ok": ready and alive and not mgr._closed,
+            "ok": ready and alive and not core.closed,
             "ready": ready,
-            "closed": mgr._closed,
+            "closed": core.closed,
             "consumers_alive": alive,
             "consumers": consumers,
             "worst_lag": None if worst is None else {
@@ -178,20 +91,20 @@ class Metrics:
     def _ready(self) -> bool:
         """Consuming every topic from a fixed position; for a write-only
         manager, connected to the cluster."""
-        mgr = self._manager
-        if mgr.write_only:
-            return mgr._publisher is not None
-        return bool(mgr._consumers) and mgr.wait_ready(0)
+        core = self._core
+        if core.write_only:
+            return core.publisher is not None
+        return core.wait_ready(0)
 
     def _consumers(self) -> list:
-        return list(self._manager._consumers)
+        return self._core.consumers
 
     def _producer(self) -> ProducerStats:
-        publisher = self._manager._publisher
+        publisher = self._core.publisher
         return publisher.stats if publisher is not None else ProducerStats()
 
     def _acks(self) -> AckStats:
-        return self._manager._acks.stats
+        return self._core.acks.stats
 
     def _lags(self) -> dict[tuple[str, int], int]:
         lags = {}
@@ -248,7 +161,7 @@ class Metrics:
                    lambda: self._per_consumer("malformed")),
             Family("consumer_restarts", COUNTER, "Consumer loops restarted after an error.",
                    topic, lambda: self._per_consumer("restarts")),
-            Family("consumer_up", GAUGE, "1 while the topic's consumer greenlet runs.", topic,
+            Family("consumer_up", GAUGE, "1 while the topic's consumer runs.", topic,
                    lambda: {(c.topic,): int(c.running) for c in self._consumers()}),
             Family("consumer_lag_records", GAUGE,
                    "Log end (at the last fetch) minus this dyno's position.", partition,

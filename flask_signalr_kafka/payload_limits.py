@@ -31,10 +31,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, route
+from .core import KafkaCore
 from .errors import PayloadTooLargeError
 
 logger = logging.getLogger("flask_signalr_kafka")
@@ -90,15 +90,13 @@ def producer_limit(producer_config: dict[str, Any]) -> int:
     return min(producer_config.get(name, default) for name, default in _PRODUCER_DEFAULTS.items())
 
 
-def learn(manager: Any) -> PayloadLimit:
-    """The limit of a manager's producer and send topics (see :func:`limit_of`).
+def learn(core: KafkaCore) -> PayloadLimit:
+    """The limit of a server's producer and send topics (see :func:`limit_of`).
 
-    :param manager: the :class:`~flask_signalr_kafka.manager.KafkaManager`.
+    :param core: the server's Kafka core.
     """
-    from kafka import KafkaAdminClient
-
-    return limit_of(partial(manager._connect, KafkaAdminClient, **manager.admin_config),
-                    map(manager.topic_config.name, SEND_BASES), manager.producer_config)
+    return limit_of(core.connect_admin, map(core.topic_config.name, SEND_BASES),
+                    core.producer_config)
 
 
 def limit_of(admin_factory: Callable[[], Any], topic_names: Iterable[str],
@@ -141,30 +139,23 @@ def _len(text: str) -> int:
     return len(text.encode()) + _ITEM
 
 
-def check_emit(manager: Any, event: str, data: Any, namespace: str, targets: list,
-               skip_sid: list[str], callback: Callable | None) -> dict[str, bytes] | None:
-    """Raise before delivery if a record of this emit would be too large;
-    return the emit's frames when it publishes records (``None`` when it
-    reaches local connections only, which no Kafka limit concerns).
+def check_emit(limit: PayloadLimit | None, frames: dict[str, bytes], server_name: str,
+               event: str, namespace: str, targets: list, published: list[int],
+               skip_sid: list[str]) -> None:
+    """Raise before delivery if a record of this emit would be too large.
 
-    :param manager: the :class:`~flask_signalr_kafka.manager.KafkaManager`.
+    :param limit: the limit (``None``: not learnt, nothing to check).
+    :param frames: the emit's hub-protocol frames.
+    :param server_name: the emitting server's (each record carries it).
     :param targets: the emit's targets, deduplicated, in order.
+    :param published: the indices of the targets that get a record.
     :param skip_sid: the excluded connection ids.
-    :param callback: the emit's callback, or ``None``.
     :raises PayloadTooLargeError: a record would exceed the limit.
     """
-    limit = manager._payload_limit
-    recovery = manager._recovery
-    # The manager's own rule: a local connection's events are published only
-    # with connection state recovery on and no callback.
-    published = [i for i, one in enumerate(targets)
-                 if not (manager.is_local(one, namespace)
-                         and (recovery is None or callback is not None))]
     if not published or limit is None:
-        return None
-    frames = manager._frames(event, data)
+        return
     base = (_FIXED + sum(_len(p) + len(f) + _ITEM for p, f in frames.items())
-            + sum(map(_len, skip_sid)) + _len(manager.server_name) + _len(namespace)
+            + sum(map(_len, skip_sid)) + _len(server_name) + _len(namespace)
             + RECORD_OVERHEAD)
     earlier = [0]  # the earlier targets' bytes before each index
     for one in targets:
@@ -181,4 +172,3 @@ def check_emit(manager: Any, event: str, data: Any, namespace: str, targets: lis
             f"Send less, or raise {SETTINGS}",
             size, limit.limit,
         )
-    return frames

@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-import gevent
 from kafka import KafkaProducer
 from kafka.errors import (
     InvalidProducerEpochError,
@@ -15,7 +16,7 @@ from kafka.errors import (
 )
 from kafka.partitioner import DefaultPartitioner
 
-from .metrics import ProducerStats
+from .stats import ProducerStats
 from .topics import KafkaTopicConfig
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class Publisher:
     :param await_produce: ``True`` to block each send until the broker has
                           it and raise its error; ``False`` to return at once
                           and log delivery errors.
+    :param pause: the runtime's sleep: a burst of sends pauses now and then,
+                  so that a greenlet emitting in a loop lets the others run.
 
     An idempotent producer whose cluster forgot its producer id bumps its
     epoch and goes on (Apache Kafka 2.5+, KIP-360); where that bump fails too
@@ -75,8 +78,10 @@ class Publisher:
     never goes mute.
     """
 
-    def __init__(self, config: dict, topics: KafkaTopicConfig, await_produce: bool) -> None:
+    def __init__(self, config: dict, topics: KafkaTopicConfig, await_produce: bool,
+                 pause: Callable[[float], Any] = time.sleep) -> None:
         self.topics = topics
+        self._pause = pause
         self.await_produce = await_produce
         self._config = config
         self._replacing = threading.Lock()
@@ -115,7 +120,7 @@ class Publisher:
         future.add_errback(self._lost, topic, key)
         self._sends += 1
         if self._sends % _YIELD_EVERY == 0:
-            gevent.sleep(0)
+            self._pause(0)
         return future
 
     def _lost(self, topic: str, key: str | None, error: Exception) -> None:

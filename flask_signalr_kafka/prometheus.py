@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pip install 'flask-signalr-kafka[metrics]'"
     ) from exc
 
-from .metrics import COUNTER, GAUGE, Family
+from .stats import COUNTER, GAUGE, Family
 
 if TYPE_CHECKING:
     from .manager import KafkaManager

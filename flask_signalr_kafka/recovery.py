@@ -41,16 +41,15 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import gevent
 import msgspec
 
 from . import offsets
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
+from .core import KafkaCore
 from .errors import MalformedRecord
 from .home_partitions import partitions_of
-from .metrics import COUNTER, GAUGE, Family
 from .offsets import Slot
 from .replay import read_missed, step_of
 from .sessions import (
@@ -65,10 +64,22 @@ from .sessions import (
     WindowEntry,
     home_of_tag,
 )
+from .stats import COUNTER, GAUGE, Family
 from .topics import SESSIONS
 
-if TYPE_CHECKING:
-    from .manager import KafkaManager
+
+class ConnectionHost(Protocol):
+    """What recovery needs of the Socket.IO side (the manager)."""
+
+    server: Any
+
+    def is_local(self, sid: str, namespace: str) -> bool: ...
+
+    def get_rooms(self, sid: str, namespace: str) -> list: ...
+
+    def eio_sid_from_sid(self, sid: str, namespace: str) -> str | None: ...
+
+    def request_release(self, sid: str, namespace: str) -> None: ...
 
 logger = logging.getLogger(__name__)
 
@@ -210,19 +221,21 @@ class Restore:
 
 
 class Recovery:
-    """Connection state recovery for one manager (one dyno).
+    """Connection state recovery for one server (one dyno).
 
-    :param manager: the manager; its consumers' positions, publisher and
-                    Socket.IO server are used.
+    :param core: the server's Kafka core (positions, publishing, claims).
+    :param host: the Socket.IO side: its connections and server.
     :param options: the settings.
     """
 
-    def __init__(self, manager: KafkaManager, options: ConnectionStateRecovery) -> None:
-        self.manager = manager
+    def __init__(self, core: KafkaCore, host: ConnectionHost,
+                 options: ConnectionStateRecovery) -> None:
+        self.core = core
+        self.host = host
         self.options = options
-        self.owner = manager.server_name
+        self.owner = core.server_name
         self.tag = secrets.token_hex(4)
-        reader = SessionReader(manager.consumer_config, manager.topic_config.name(SESSIONS),
+        reader = SessionReader(core.consumer_config, core.topic_config.name(SESSIONS),
                                keep=min(60.0, options.max_disconnection_duration))
         self.store = SessionStore(self._publish_session, reader, self.owner,
                                   options.max_disconnection_duration)
@@ -235,6 +248,9 @@ class Recovery:
         #: Set once this dyno's first reference point is acked: its home
         #: partition takes writes (a topic created a second ago may not yet).
         self.ready = threading.Event()
+        core.add_readiness(self.ready)
+        # Delivery steps come from every consumer (threads in threading mode).
+        self._lock = threading.Lock()
         self.announced: set[str] = set()
         #: sid -> live events held back while its missed ones are replayed.
         self.replaying: dict[str, list] = {}
@@ -252,7 +268,8 @@ class Recovery:
         self._pending: dict[tuple[str, str], Restore] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
-        self._checkpointer: gevent.Greenlet | None = None
+        self._checkpointer: Any = None
+        self._stopping = False
         #: Set by :meth:`drain`: new connections are turned away.
         self.draining = False
 
@@ -261,11 +278,13 @@ class Recovery:
     def start(self) -> None:
         # Its offsets name its home: a client's next dyno looks there.
         self.tag = f"{self.store.home}h{secrets.token_hex(3)}"
-        self._checkpointer = gevent.spawn(self._run_checkpoints)
+        self._stopping = False
+        self._checkpointer = self.core.runtime.spawn(self._run_checkpoints)
 
     def stop(self) -> None:
+        self._stopping = True
         if self._checkpointer is not None:
-            self._checkpointer.kill()
+            self.core.runtime.stop(self._checkpointer, self.options.checkpoint_interval + 2)
             self._checkpointer = None
 
     def close(self) -> None:
@@ -273,29 +292,31 @@ class Recovery:
         self.store.reader.close()
 
     def _publish_session(self, key: str, value: bytes | None, partition: int) -> Any:
-        return self.manager._publisher.send(SESSIONS, key, value, partition=partition)
+        return self.core.publish(SESSIONS, key, value, partition=partition)
 
     # -- delivery: steps, offsets and own records ------------------------------
 
     def next_emit(self) -> int:
-        self._emit_seq += 1
-        return self._emit_seq
+        with self._lock:
+            self._emit_seq += 1
+            return self._emit_seq
 
     def step(self, coords: list, live: bool = True) -> str:
         """Register one delivery step (the records it came from, filled in as
         they are acked) and return its offset string: a full one for a live
         step, a short one for a replayed or held-back event, which comes
         after newer records were delivered to others."""
-        self._step += 1
-        self._ring.append((self._step, time.monotonic(), coords, self._emit_seq))
-        ref = self._ref
-        if not live or ref is None:
-            return offsets.short(self.tag, self._step)
-        for base, _, partition, offset in coords:
-            if offset >= 0:  # a record read here (its own ones land later)
-                self._advance((base, partition), offset + 1, ref[1])
-        return offsets.full(self.tag, self._step, ref[0], self._emit_seq - ref[2],
-                            self._past_ref)
+        with self._lock:
+            self._step += 1
+            self._ring.append((self._step, time.monotonic(), coords, self._emit_seq))
+            ref = self._ref
+            if not live or ref is None:
+                return offsets.short(self.tag, self._step)
+            for base, _, partition, offset in coords:
+                if offset >= 0:  # a record read here (its own ones land later)
+                    self._advance((base, partition), offset + 1, ref[1])
+            return offsets.full(self.tag, self._step, ref[0], self._emit_seq - ref[2],
+                                self._past_ref)
 
     def _advance(self, slot: Slot, position: int, at_ref: dict[Slot, int]) -> None:
         if position > self._delivered.get(slot, 0):
@@ -312,18 +333,20 @@ class Recovery:
         if room is None or room == sid or ref is None:
             return
         positions = self.positions()
-        for slot in self._slots_of_room(room):
-            if slot in positions:
-                self._advance(slot, positions[slot], ref[1])
+        with self._lock:
+            for slot in self._slots_of_room(room):
+                if slot in positions:
+                    self._advance(slot, positions[slot], self._ref[1])
 
     def _use_ref(self, n: int, positions: dict[Slot, int], emit_seq: int) -> None:
         """Reference point ``n`` is durable: full offsets count from it."""
-        if self._ref is not None and self._ref[0] >= n:
-            return
-        self._ref = (n, positions, emit_seq)
+        with self._lock:
+            if self._ref is not None and self._ref[0] >= n:
+                return
+            self._ref = (n, positions, emit_seq)
+            self._past_ref = {slot: at - positions.get(slot, 0) for slot, at in
+                              self._delivered.items() if at > positions.get(slot, 0)}
         self.ready.set()
-        self._past_ref = {slot: at - positions.get(slot, 0)
-                          for slot, at in self._delivered.items() if at > positions.get(slot, 0)}
 
     def _write_ref(self) -> None:
         self._ref_n += 1
@@ -349,19 +372,14 @@ class Recovery:
 
     def positions(self) -> dict[tuple[str, int], int]:
         """This dyno's delivery position on every partition of the send topics."""
-        out = {}
-        for base, consumer in self.manager._consumers_by_base.items():
-            if base in SEND_BASES:
-                for tp, offset in list(consumer.positions.items()):
-                    out[(base, tp.partition)] = offset
-        return out
+        return self.core.positions(SEND_BASES)
 
     def await_readback(self, timeout: float) -> bool:
         """Flush this dyno's records and wait until its consumers have read
         them back, so that its positions cover everything it delivered."""
         deadline = time.monotonic() + timeout
         try:
-            self.manager._publisher.flush(timeout)
+            self.core.flush(timeout)
         except Exception:
             logger.warning("could not flush before saving sessions", exc_info=True)
         while True:
@@ -373,7 +391,7 @@ class Recovery:
             if time.monotonic() > deadline:
                 logger.warning("own records not read back in %.1f s on %s", timeout, behind)
                 return False
-            gevent.sleep(0.005)
+            self.core.runtime.sleep(0.005)
 
     # -- the connect handshake -------------------------------------------------
 
@@ -428,14 +446,14 @@ class Recovery:
             raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
         if not session.exact:
             raise RecoveryFailed("window-lost", "its dyno no longer knew what it last sent")
-        if self.manager.is_local(session.sid, namespace):
+        if self.host.is_local(session.sid, namespace):
             raise RecoveryFailed("duplicate", "that connection is connected here")
         # This dyno's own records must land before a claimed partition is
         # positioned at its log end: one landing after it would be read live,
         # skipped as delivered at emit time, and never replayed.
         self.await_readback(2.0)
         try:  # its send-conn partitions, read from now on (home partitions)
-            self.manager._claim_connection(session.sid)
+            self.core.claim(session.sid)
         except TimeoutError as exc:
             raise RecoveryFailed("not-ready", str(exc)) from exc
         self._catch_up(session)
@@ -448,13 +466,13 @@ class Recovery:
         saves the session), or resume from its last checkpoint."""
         key = (session.sid, session.namespace)
         if session.owner == self.owner:
-            saved = self.release(*key) if self.manager.is_local(*key) else None
+            saved = self.release(*key) if self.host.is_local(*key) else None
             if saved is not None:
                 return saved
         elif self._alive(session.owner):
             self.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
-            self.manager._request_release(session.sid, session.namespace)
+            self.host.request_release(session.sid, session.namespace)
             # What counts is the saved session, not an ack: a busy dyno may
             # take a while to save it, a dead one never will (its checkpoints
             # stop).
@@ -534,7 +552,7 @@ class Recovery:
             now = self.positions()
             if all(now.get(s, off) >= off for s, off in start.items()):  # read here only
                 return
-            gevent.sleep(0.01)
+            self.core.runtime.sleep(0.01)
 
     def begin(self, sid: str, namespace: str, session: Session) -> None:
         """A recovered connection takes its sid and rooms: from now on live
@@ -590,7 +608,7 @@ class Recovery:
             self._released.discard(key)
             return
         if reason in RECOVERABLE:
-            eio = self.manager.server.eio
+            eio = self.host.server.eio
             window = (_DROP_WINDOW if reason != "ping timeout"
                       else eio.ping_interval + eio.ping_timeout + 2)
             self._save(pid, sid, namespace, window)
@@ -605,14 +623,14 @@ class Recovery:
         pid = self._pids.get(key)
         if pid is None:
             return None
-        eio = self.manager.server.eio
+        eio = self.host.server.eio
         saved = self._save(pid, sid, namespace, eio.ping_interval + eio.ping_timeout + 2)
         self.store.let_go(pid)
         self._released.add(key)
         logger.info("released %s: its client is back on another connection", sid)
-        eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+        eio_sid = self.host.eio_sid_from_sid(sid, namespace)
         if eio_sid is not None:
-            self.manager.server.eio.disconnect(eio_sid)
+            self.host.server.eio.disconnect(eio_sid)
         return saved
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
@@ -652,22 +670,18 @@ class Recovery:
         self.draining = True
         self.await_readback(3.0)
         self.stop()
-        consumers = self.manager._send_consumers()
-        for consumer in consumers:
-            consumer.request_stop()
-        for consumer in consumers:
-            consumer.stop()
+        self.core.stop_consuming(SEND_BASES)
         held = list(self._pids)
         self.save_all()
-        server = self.manager.server
+        server = self.host.server
         for sid, namespace in held:
-            eio_sid = self.manager.eio_sid_from_sid(sid, namespace)
+            eio_sid = self.host.eio_sid_from_sid(sid, namespace)
             if eio_sid is not None:
                 server.eio.disconnect(eio_sid)
         logger.info("drained: %d connections saved and closed", len(held))
 
     def _rooms(self, sid: str, namespace: str) -> list[str]:
-        return [r for r in self.manager.get_rooms(sid, namespace) if r != sid]
+        return [r for r in self.host.get_rooms(sid, namespace) if r != sid]
 
     def _position_list(self) -> list[Position]:
         return [(base, p, off) for (base, p), off in sorted(self.positions().items())]
@@ -724,8 +738,8 @@ class Recovery:
         heartbeat = self._liveness() / 3
         last_step = last_emit = -1
         last_at = last_ref = 0.0
-        while True:
-            gevent.sleep(self.options.checkpoint_interval)
+        while not self._stopping:
+            self.core.runtime.sleep(self.options.checkpoint_interval)
             try:
                 dirty, self._dirty = self._dirty, set()
                 for key in dirty:
@@ -760,7 +774,7 @@ class Recovery:
         while any(c[3] < 0 for _, _, coords, _ in recent for c in coords):
             if time.monotonic() > deadline:
                 break
-            gevent.sleep(0.005)
+            self.core.runtime.sleep(0.005)
         tail_from = recent[0][0] if recent else step + 1
         for entry_step, _, coords, _ in recent:
             if any(c[3] < 0 for c in coords):
@@ -787,7 +801,7 @@ class Recovery:
 
     def _relevant(self, session: Session) -> set:
         """The (base, partition) slots that can hold a record for the session."""
-        count = self.manager._consumers_by_base[SEND_ALL].partition_count
+        count = self.core.partition_count(SEND_ALL)
         slots = {(SEND_ALL, p) for p in range(count)}
         slots.update(self._slots_of(SEND_CONN, session.sid))
         for room in session.rooms:
@@ -802,7 +816,7 @@ class Recovery:
     def _slots_of(self, base: str, key: str) -> set[Slot]:
         # murmur2 for Java and kafka-python producers, CRC-32 for
         # librdkafka's (so .NET's) default partitioner.
-        n = self.manager._consumers_by_base[base].partition_count
+        n = self.core.partition_count(base)
         return {(base, p) for p in partitions_of(key, n)} if n else set()
 
     def _check_backlog(self, session: Session) -> None:
@@ -852,7 +866,7 @@ class Recovery:
         # connection then, and live reading skips them as delivered: those
         # not read back by then are read here.
         try:
-            self.manager._publisher.flush(5.0)
+            self.core.flush(5.0)
         except Exception:
             logger.warning("could not flush before a replay", exc_info=True)
         own = {s: (ends[s], self._own_acked[s] + 1) for s in relevant
@@ -861,5 +875,5 @@ class Recovery:
                      session.sid, len(window), ranges, own)
         if not ranges and not window and not own:
             return []
-        return read_missed(self.manager.consumer_config, self.manager.topic_config.name,
+        return read_missed(self.core.consumer_config, self.core.topic_config.name,
                            session, window, ranges, (self.owner, own_seq, own))

@@ -15,30 +15,39 @@ import os
 import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-import gevent
-
-if TYPE_CHECKING:
-    from .manager import KafkaManager
+from .concurrency import Runtime
 
 logger = logging.getLogger(__name__)
 
-_live_managers: weakref.WeakSet[KafkaManager] = weakref.WeakSet()
+
+class Stoppable(Protocol):
+    """A manager, as far as shutting down goes."""
+
+    server_name: str
+
+    def close(self) -> None: ...
+
+    def drain(self) -> None: ...
+
+
+_live_managers: weakref.WeakSet[Stoppable] = weakref.WeakSet()
 _installed = False
 
 
-def watch(manager: KafkaManager) -> None:
-    """Close ``manager`` at exit and drain it at SIGTERM."""
+def watch(manager: Stoppable, runtime: Runtime) -> None:
+    """Close ``manager`` at exit and drain it at SIGTERM (signal handling
+    as ``runtime`` needs it)."""
     global _installed
     if not _installed:
         _installed = True
         atexit.register(close_all)
-        _install_sigterm()
+        _install_sigterm(runtime)
     _live_managers.add(manager)
 
 
-def forget(manager: KafkaManager) -> None:
+def forget(manager: Stoppable) -> None:
     _live_managers.discard(manager)
 
 
@@ -55,7 +64,7 @@ def drain_all() -> None:
             logger.exception("draining %s failed", manager.server_name)
 
 
-def _install_sigterm() -> None:
+def _install_sigterm(runtime: Runtime) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -63,12 +72,12 @@ def _install_sigterm() -> None:
         # Nobody else handles SIGTERM (socketio.run, a plain script): close
         # everything, then die of SIGTERM as the platform expects.
         def on_sigterm() -> None:
-            watcher.cancel()
+            cancel()
             close_all()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
-        watcher = gevent.signal_handler(signal.SIGTERM, on_sigterm)
+        cancel = runtime.on_signal(signal.SIGTERM, on_sigterm)
         return
     if not callable(previous):
         return
@@ -76,7 +85,7 @@ def _install_sigterm() -> None:
     # A server that handles SIGTERM (gunicorn) stops accepting, waits for its
     # requests, then exits through atexit: drain first, then let it.
     def chained(signum: int, frame: Any) -> None:
-        gevent.spawn(drain_all)
+        runtime.spawn(drain_all)
         previous(signum, frame)
 
     signal.signal(signal.SIGTERM, chained)

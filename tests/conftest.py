@@ -22,6 +22,21 @@ def pytest_addoption(parser):
         "--engine", choices=(*ENGINES, "both"), default=os.environ.get("BROKER_ENGINE", "both"),
         help="broker engine of the integration tests (default: both, or $BROKER_ENGINE)",
     )
+    parser.addoption(
+        "--async-mode", choices=("gevent", "threading"),
+        default=os.environ.get("ASYNC_MODE", "gevent"),
+        help="how the integration tests' servers run Flask-SocketIO (default: gevent, or "
+             "$ASYNC_MODE)",
+    )
+
+
+def pytest_configure(config):
+    # Every server process a test starts inherits it (tests/server_app.py).
+    os.environ["ASYNC_MODE"] = config.getoption("async_mode")
+
+
+def pytest_report_header(config):
+    return f"servers' async mode: {config.getoption('async_mode')}"
 
 
 def pytest_generate_tests(metafunc):

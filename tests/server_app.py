@@ -12,20 +12,22 @@ PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition),
 APP_SIGTERM=1 (the app's own SIGTERM handler calls ``mgr.close()`` and exits,
 as a user's ``socketio.run`` app would).
 """
-from gevent import monkey
+import os
 
-monkey.patch_all()
+# ASYNC_MODE=threading: Flask-SocketIO's threading mode, nothing patched.
+ASYNC_MODE = os.environ.get("ASYNC_MODE", "gevent")
+if ASYNC_MODE == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import gevent  # noqa: E402
-import gevent.util  # noqa: E402
 from flask import Flask, request  # noqa: E402
 from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_room  # noqa: E402
 
@@ -68,10 +70,14 @@ mgr = KafkaManager(
     home_partitions=os.environ.get("HOME_PARTITIONS", "1") != "0",
 )
 # kill -USR2 <pid> prints every greenlet's stack into the log (a hang's where).
-gevent.signal_handler(signal.SIGUSR2, lambda: print(
-    "\n".join(gevent.util.format_run_info()), flush=True))
+if ASYNC_MODE == "gevent":
+    import gevent
+    import gevent.util
+
+    gevent.signal_handler(signal.SIGUSR2, lambda: print(
+        "\n".join(gevent.util.format_run_info()), flush=True))
 app = Flask(__name__)
-socketio = SocketIO(app, client_manager=mgr, async_mode="gevent",
+socketio = SocketIO(app, client_manager=mgr, async_mode=ASYNC_MODE,
                     ping_interval=float(os.environ.get("PING_INTERVAL", "25")),
                     ping_timeout=float(os.environ.get("PING_TIMEOUT", "20")))
 if os.environ.get("ADMIN_UI") == "1":
@@ -91,7 +97,7 @@ def stats():
 @app.post("/stop-consumer/<base>")
 def stop_consumer(base):
     """Stop one topic's consumer greenlet, as a crash of it would."""
-    for consumer in mgr._consumers:
+    for consumer in mgr.core.consumers:
         if consumer.topic == mgr.topic_config.name(base):
             consumer.stop()
     return "stopped"
@@ -101,7 +107,8 @@ def stop_consumer(base):
 def partitions():
     """The partitions each topic's consumer reads (those with a position)."""
     read = {base: sorted(tp.partition for tp in c.positions)
-            for base, c in mgr._consumers_by_base.items()}
+            for base in ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
+            if (c := mgr.core.consumer(base)) is not None}
     return json.dumps({"server_name": mgr.server_name, "read": read}), 200, {
         "Content-Type": "application/json"}
 
@@ -255,7 +262,7 @@ def on_stream(msg):
                 except Exception as exc:  # await_produce: the failed emit raises
                     stream["raised"][ident] = type(exc).__name__
             n += 1
-            gevent.sleep(1 / msg["rate"])
+            socketio.sleep(1 / msg["rate"])
 
     def joins():
         n = 0
@@ -271,9 +278,10 @@ def on_stream(msg):
                 outcome = type(exc).__name__
             stream["joins"].append((room, outcome, time.monotonic() - started))
             n += 1
-            gevent.sleep(msg["join_every"])
+            socketio.sleep(msg["join_every"])
 
-    stream["greenlets"] = [gevent.spawn(emits), gevent.spawn(joins)]
+    stream["tasks"] = [socketio.start_background_task(emits),
+                       socketio.start_background_task(joins)]
     return "ok"
 
 
@@ -281,8 +289,9 @@ def on_stream(msg):
 def on_stream_stop(msg=None):
     """Stop the stream, wait for the producer, and report what happened."""
     stream["running"] = False
-    gevent.joinall(stream["greenlets"], timeout=(msg or {}).get("timeout", 60))
-    mgr._publisher.flush((msg or {}).get("timeout", 60))
+    for task in stream["tasks"]:
+        task.join((msg or {}).get("timeout", 60))
+    mgr.core.flush((msg or {}).get("timeout", 60))
     return {"emitted": stream["emitted"], "raised": stream["raised"], "joins": stream["joins"],
             "acked": sorted(produced["acked"]), "failed": sorted(produced["failed"])}
 
@@ -307,4 +316,5 @@ if __name__ == "__main__":
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, on_sigterm)
-    socketio.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_output=False)
+    socketio.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_output=False,
+                 allow_unsafe_werkzeug=True)

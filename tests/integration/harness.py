@@ -57,9 +57,12 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")
         command = [sys.executable, str(SERVER_APP)]
         if self.runner == "gunicorn":
+            # As the Procfile runs a dyno: one worker, of the async mode's kind.
+            workers = (["--worker-class", "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"]
+                       if self.env.get("ASYNC_MODE", "gevent") == "gevent"
+                       else ["--threads", "100"])
             command = [
-                str(Path(sys.executable).parent / "gunicorn"), "--worker-class",
-                "geventwebsocket.gunicorn.workers.GeventWebSocketWorker", "--workers", "1",
+                str(Path(sys.executable).parent / "gunicorn"), *workers, "--workers", "1",
                 "--bind", f"127.0.0.1:{self.port}", "--no-control-socket",
                 "--graceful-timeout", "5", "--chdir", str(SERVER_APP.parent), "server_app:app",
             ]

@@ -177,8 +177,8 @@ def test_await_produce_raises_and_fire_and_forget_logs(engine, artifacts, caplog
         ]
         for mgr in managers:
             mgr.emit("e", "connected", to="warmup")
-        managers[0]._publisher.flush(5)
-        managers[1]._publisher.flush(5)
+        managers[0].core.flush(5)
+        managers[1].core.flush(5)
     waiting, fire_and_forget = managers
     with pytest.raises(KafkaError):
         waiting.emit("e", "lost", to="room-a")

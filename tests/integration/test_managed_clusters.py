@@ -29,7 +29,7 @@ from kafka.admin import (
 )
 from kafka.errors import TopicAuthorizationFailedError
 
-from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, topics
+from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, payload_limits, topics
 from flask_signalr_kafka.broker import KafkaCluster, free_port, start_broker
 
 TENANT = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
@@ -145,7 +145,7 @@ def test_the_manager_works_on_topics_an_operator_created(acl_kafka, caplog):
         manager.close()
     assert not [r for r in caplog.records if "kafka:topics:create" in r.getMessage()]
     # DescribeConfigs was allowed: the limit is the topic's, not a guess.
-    assert manager._payload_limit.topic == 1_048_588
+    assert payload_limits.learn(manager.core).topic == 1_048_588
     assert not [r for r in caplog.records if "could not read max.message.bytes" in r.getMessage()]
     reader = KafkaConsumer(bootstrap_servers=acl_kafka.bootstrap)
     tps = [TopicPartition(config.names["send-all"], p) for p in range(10)]

@@ -13,8 +13,12 @@ import pytest
 from kafka import TopicPartition
 
 from flask_signalr_kafka import consumer as consumer_module
+from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.consumer import TopicConsumer
 from flask_signalr_kafka.errors import MalformedRecord
+
+#: gevent's own primitives: this process is not monkey-patched.
+GREENLETS = Runtime("gevent", gevent.spawn, gevent.sleep)
 
 TOPIC = "t-send-all"
 LOGGER = "flask_signalr_kafka"
@@ -120,7 +124,8 @@ def make(monkeypatch, caplog):
 
     def _make(cluster, handler, config=None, restart_delay=0.01, **kwargs):
         monkeypatch.setattr(FakeKafkaConsumer, "cluster", cluster)
-        tc = TopicConsumer(TOPIC, handler, config or {"bootstrap_servers": "fake:1"}, **kwargs)
+        tc = TopicConsumer(TOPIC, handler, config or {"bootstrap_servers": "fake:1"},
+                           GREENLETS, **kwargs)
         tc.restart_delay = restart_delay
         cluster.observed = tc
         started.append(tc)

@@ -114,9 +114,9 @@ def test_draw_sid_refuses_a_home_outside_the_topic():
 def test_the_escape_hatch_argument():
     from flask_signalr_kafka import KafkaManager
 
-    assert KafkaManager("127.0.0.1:1").home_partitions is True
-    assert KafkaManager("127.0.0.1:1", home_partitions=False).home_partitions is False
-    assert KafkaManager("127.0.0.1:1", home_partitions=3).home_partitions == 3
+    assert KafkaManager("127.0.0.1:1").core.home_partitions is True
+    assert KafkaManager("127.0.0.1:1", home_partitions=False).core.home_partitions is False
+    assert KafkaManager("127.0.0.1:1", home_partitions=3).core.home_partitions == 3
     for bad in (0, -1, "yes", 1.5):
         with pytest.raises(ValueError):
             KafkaManager("127.0.0.1:1", home_partitions=bad)

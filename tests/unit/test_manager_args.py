@@ -10,7 +10,7 @@ import socket
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, manager
+from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, core
 from flask_signalr_kafka.producer import StickyPartitioner
 
 BROKER = "127.0.0.1:9092"
@@ -27,9 +27,9 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(manager, "Publisher", refuse)
-    monkeypatch.setattr(manager, "KafkaAdminClient", _Refusing(manager.KafkaAdminClient))
-    monkeypatch.setattr(manager, "TopicConsumer", refuse)
+    monkeypatch.setattr(core, "Publisher", refuse)
+    monkeypatch.setattr(core, "KafkaAdminClient", _Refusing(core.KafkaAdminClient))
+    monkeypatch.setattr(core, "TopicConsumer", refuse)
 
 
 class _Refusing:
@@ -46,8 +46,8 @@ class _Refusing:
 def test_construction_does_no_io():
     mgr = KafkaManager(BROKER, topic_config=KafkaTopicConfig(prefix="t"))
     assert mgr.producer_config["bootstrap_servers"] == BROKER
-    assert mgr._publisher is None
-    assert mgr._consumers == []
+    assert mgr.core.publisher is None
+    assert mgr.core.consumers == []
 
 
 def test_the_network_guard_works():
@@ -141,7 +141,7 @@ def test_defaults():
         assert config["bootstrap_servers"] == BROKER
         assert config["bootstrap_timeout_ms"] == 10000
     assert mgr.ack_timeout == 30.0
-    assert mgr.await_produce is False
+    assert mgr.core.await_produce is False
     assert mgr.write_only is False
     assert mgr.topic_config == KafkaTopicConfig()
 
@@ -283,14 +283,14 @@ def test_acks_0_is_warned_about(caplog):
 def test_binary_detection_matches_python_socketio():
     from socketio.packet import Packet
 
-    from flask_signalr_kafka.manager import _has_binary
+    from flask_signalr_kafka.hub_protocol import has_binary
 
     cases = [[], [1, "x"], [b"x"], [{"a": [1, {"b": bytearray(b"y")}]}], [{"a": "b"}],
              ["text", 2.5, None, True], [{"k": {"n": [1, 2, 3]}}]]
     for data in cases:
-        assert _has_binary(data) == Packet.data_is_binary(data), data
+        assert has_binary(data) == Packet.data_is_binary(data), data
     # Tuples nest too in our records (python-socketio does not look in them).
-    assert _has_binary([(1, 2, (b"z",))])
+    assert has_binary([(1, 2, (b"z",))])
 
 
 def test_partitioner_remembers_keys_and_keeps_unkeyed_records_on_one_partition():

@@ -6,8 +6,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flask_signalr_kafka import KafkaManager
 from flask_signalr_kafka.ack_waiter import AckWaiter
-from flask_signalr_kafka.metrics import COUNTER, GAUGE, AckStats, Family, ProducerStats
 from flask_signalr_kafka.prometheus import register
+from flask_signalr_kafka.stats import COUNTER, GAUGE, AckStats, Family, ProducerStats
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from flask_signalr_kafka import ConnectionStateRecovery, offsets
+from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.errors import MalformedRecord
 from flask_signalr_kafka.recovery import Recovery, RecoveryFailed, options_from
 from flask_signalr_kafka.replay import step_of
@@ -97,15 +98,26 @@ class FakeReader:
         return 0
 
 
-def fake_manager(positions=None):
-    consumers = {base: SimpleNamespace(partition_count=10, positions={})
-                 for base in ("send-all", "send-conn", "send-group", "send-user")}
-    return SimpleNamespace(server_name="host_1", _consumers_by_base=consumers,
-                           consumer_config={}, topic_config=SimpleNamespace(name=str))
+class FakeCore:
+    """The Kafka core's public face, as recovery uses it, without Kafka."""
+
+    server_name = "host_1"
+    consumer_config: dict = {}
+    topic_config = SimpleNamespace(name=str)
+    runtime = Runtime("threading", None, time.sleep)
+
+    def add_readiness(self, event):
+        pass
+
+    def partition_count(self, base):
+        return 10
+
+    def positions(self, bases):
+        return {}
 
 
 def recovery(**options):
-    r = Recovery(fake_manager(), ConnectionStateRecovery(**options))
+    r = Recovery(FakeCore(), SimpleNamespace(), ConnectionStateRecovery(**options))
     r.store.reader = FakeReader()
     r.store._publish = lambda key, value, partition: _put(r.store.reader, key, value, partition)
     return r

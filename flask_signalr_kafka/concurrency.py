@@ -1,0 +1,110 @@
+"""What the Kafka core runs its loops on: greenlets or threads, as the
+python-socketio server it serves does.
+
+python-socketio already knows its async mode and gives what runs in it
+(``start_background_task``, ``sleep``); a process without a server (a
+write-only emitter) runs on threads, which gevent's monkey-patching turns
+into greenlets when the process is patched. Locks and events are the
+``threading`` module's for the same reason. What only gevent needs (signal
+handlers that must not run inside its event loop) is imported from gevent
+in gevent mode alone.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: The async modes whose loops are greenlets.
+GREEN = frozenset({"gevent", "gevent_uwsgi", "eventlet"})
+
+
+class Runtime:
+    """Concurrency of one manager.
+
+    :param mode: the async mode (``"threading"``, ``"gevent"``, ...).
+    :param spawn: ``spawn(fn, *args)`` starts ``fn`` concurrently and returns
+                  the task (``join(timeout)``; greenlets also ``kill()``).
+    :param sleep: pauses the caller, letting the others run.
+    """
+
+    def __init__(self, mode: str, spawn: Callable[..., Any], sleep: Callable[[float], Any]):
+        self.mode = mode
+        self.spawn = spawn
+        self.sleep = sleep
+
+    @classmethod
+    def of_server(cls, server: Any) -> Runtime:
+        """The runtime of a python-socketio ``Server`` (its Engine.IO server's:
+        the Socket.IO server has no async mode yet when it sets its manager)."""
+        eio = server.eio
+        return cls(eio.async_mode, eio.start_background_task, eio.sleep)
+
+    @classmethod
+    def standalone(cls) -> Runtime:
+        """Threads (greenlets in a gevent-patched process)."""
+        mode = "gevent" if gevent_patched() else "threading"
+
+        def spawn(fn: Callable[..., Any], *args: Any) -> threading.Thread:
+            task = threading.Thread(target=fn, args=args, daemon=True)
+            task.start()
+            return task
+
+        return cls(mode, spawn, time.sleep)
+
+    @property
+    def green(self) -> bool:
+        return self.mode in GREEN
+
+    def check(self) -> None:
+        """Refuse gevent mode in a process gevent has not patched: kafka-python
+        would block every greenlet on its sockets.
+
+        :raises RuntimeError: what to do about it.
+        """
+        if self.mode.startswith("gevent") and not gevent_patched():
+            raise RuntimeError(
+                f"async_mode={self.mode!r} needs gevent's monkey-patching: call "
+                "gevent.monkey.patch_all() first thing in the program, before importing "
+                "flask or kafka (or use async_mode='threading')"
+            )
+
+    def stop(self, task: Any, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a task that was asked to stop; kill a
+        greenlet that does not (a thread cannot be killed: it is a daemon)."""
+        task.join(timeout)
+        if hasattr(task, "kill"):
+            task.kill(block=True, timeout=timeout)
+
+    def in_interrupted_task(self) -> bool:
+        """Whether the caller may be a signal handler that interrupted some
+        other task: under gevent a handler runs in whichever greenlet the
+        signal found (the event loop, a Kafka client's own I/O), where
+        waiting for that task blocks forever. The main greenlet can wait."""
+        if not self.green or not gevent_patched():
+            return False
+        import gevent
+
+        return gevent.getcurrent().parent is not None
+
+    def on_signal(self, signum: int, handler: Callable[[], Any]) -> Callable[[], None]:
+        """Run ``handler()`` where it may block when ``signum`` arrives;
+        return what cancels it."""
+        if self.green and gevent_patched():
+            import gevent
+
+            watcher = gevent.signal_handler(signum, handler)
+            return watcher.cancel
+        previous = signal.signal(signum, lambda *_: handler())
+        return lambda: signal.signal(signum, previous)
+
+
+def gevent_patched() -> bool:
+    """Whether gevent has monkey-patched this process's sockets."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")

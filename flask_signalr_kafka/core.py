@@ -1,0 +1,309 @@
+"""The Kafka core of one server: its identity, the producer, a consumer per
+topic, its home partitions and claims, and the ids of records that expect
+an Ack. It knows nothing of python-socketio: the adapter
+(:mod:`.manager`) hands it a handler per topic and the features (recovery,
+metrics, shutdown, the CLI) use its public methods.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from kafka import KafkaAdminClient
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+from . import topics
+from .ack_waiter import AckWaiter
+from .addressing import SEND_CONN, make_sid
+from .concurrency import Runtime
+from .consumer import TopicConsumer
+from .errors import BrokerUnavailableError
+from .home_partitions import HomePartitions, draw_server_name
+from .producer import Publisher
+from .topics import KafkaTopicConfig
+
+logger = logging.getLogger("flask_signalr_kafka")
+
+
+def new_server_name() -> str:
+    """``<hostname>_<32 lowercase hex>``: unique per process."""
+    return f"{socket.gethostname()}_{uuid.uuid4().hex}"
+
+#: The fetch wait of a consumer whose partitions never change (all but
+#: send-conn's under home partitions, which a claim must reach at once).
+STATIC_FETCH_WAIT_MS = 5000
+#: Seconds a claimed sid may wait for its connection before it is dropped.
+CLAIM_GRACE = 60.0
+
+
+class KafkaCore:
+    """Kafka for one server.
+
+    :param producer_config: keyword arguments for ``kafka.KafkaProducer``.
+    :param consumer_config: keyword arguments for ``kafka.KafkaConsumer``.
+    :param admin_config: keyword arguments for ``kafka.KafkaAdminClient``.
+    :param topic_config: the topic names and creation specs.
+    :param await_produce: publishing waits for the broker and raises its error.
+    :param connect_timeout: seconds to wait for the cluster at startup.
+    :param home_partitions: ``True``, an int, or ``False`` (see
+        :mod:`.home_partitions`).
+    :param write_only: publish only; consume nothing.
+    :param sessions: also create the sessions topic (connection state recovery).
+    :param fetch_wait_given: the app set ``fetch_max_wait_ms`` itself.
+    :param server_name: this server's name (redrawn for home partitions).
+    """
+
+    def __init__(self, *, server_name: str, producer_config: dict[str, Any],
+                 consumer_config: dict[str, Any], admin_config: dict[str, Any],
+                 topic_config: KafkaTopicConfig,
+                 await_produce: bool, connect_timeout: float, home_partitions: bool | int,
+                 write_only: bool, sessions: bool, fetch_wait_given: bool) -> None:
+        self.producer_config = producer_config
+        self.consumer_config = consumer_config
+        self.admin_config = admin_config
+        self.topic_config = topic_config
+        self.await_produce = await_produce
+        self.connect_timeout = connect_timeout
+        self.home_partitions = home_partitions
+        self.write_only = write_only
+        self.sessions = sessions
+        self._fetch_wait_given = fetch_wait_given
+        self.server_name = server_name
+        self.acks = AckWaiter()
+        self.runtime = Runtime.standalone()
+        self.publisher: Publisher | None = None
+        self._consumers: dict[str, TopicConsumer] = {}
+        self._home: HomePartitions | None = None
+        self._holds: Callable[[str], bool] = lambda sid: False
+        self._local_sids: Callable[[], set[str]] = set
+        #: sid -> when this server claimed its send-conn partitions.
+        self._claimed_at: dict[str, float] = {}
+        self._readiness: list[threading.Event] = []
+        self.closed = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def connect(self, runtime: Runtime, holds: Callable[[str], bool],
+                local_sids: Callable[[], set[str]]) -> None:
+        """Create missing topics, choose the home partitions, connect the
+        producer.
+
+        :param runtime: what the consumers run on.
+        :param holds: whether this server holds a connection with that sid.
+        :param local_sids: every sid this server holds.
+        :raises BrokerUnavailableError: the cluster cannot be reached.
+        """
+        if self.closed:
+            raise RuntimeError("this KafkaManager was closed")
+        self.runtime = runtime
+        self._holds, self._local_sids = holds, local_sids
+        self.create_topics()
+        if self.home_partitions is not False and not self.write_only:
+            self._choose_home()
+        self.publisher = self._connect(Publisher, self.producer_config, self.topic_config,
+                                       self.await_produce, runtime.sleep)
+
+    def consume(self, handlers: dict[str, Callable[[Any], None]]) -> None:
+        """Start a consumer per topic base name of ``handlers``."""
+        wanted = {}
+        if self._home is not None:
+            wanted = {topics.ACK: self._home.ack_wanted, topics.SEND_CONN: self._home.conn_wanted}
+        for base, handler in handlers.items():
+            config = self.consumer_config
+            claims = base == SEND_CONN and self._home is not None
+            if not claims and not self._fetch_wait_given:
+                # Its partitions never change, so its fetches may wait long
+                # for a record (they return as soon as one comes): an idle
+                # dyno sends a few requests a second instead of a dozen.
+                config = {**config, "fetch_max_wait_ms": STATIC_FETCH_WAIT_MS}
+            consumer = TopicConsumer(self.topic_config.name(base), handler, config, self.runtime,
+                                     on_missing_topic=self.create_topics,
+                                     partitions=wanted.get(base))
+            if claims:
+                consumer.poll_timeout_ms = 200  # a claim waits for the poll to return
+            consumer.start()
+            self._consumers[base] = consumer
+        logger.info("kafka backplane %s consuming %s", self.server_name,
+                    ", ".join(self.topic_config.name(b) for b in handlers))
+
+    def add_readiness(self, event: threading.Event) -> None:
+        """Make :meth:`wait_ready` also wait for ``event`` (a feature's own)."""
+        self._readiness.append(event)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every consumer reads from a fixed position and every
+        feature is ready; ``False`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        events = [c.ready for c in self._consumers.values()] + self._readiness
+        for event in events:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not event.wait(remaining):
+                return False
+        return bool(self._consumers)
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self.publisher is not None:
+            self.publisher.flush(timeout)
+
+    def stop_consuming(self, bases: Iterable[str] | None = None) -> None:
+        """Stop the consumers of ``bases`` (all by default), each between two
+        batches, so that their positions say exactly what was delivered."""
+        stopping = [c for b, c in self._consumers.items() if bases is None or b in bases]
+        for consumer in stopping:
+            consumer.request_stop()  # all at once: each may finish a poll
+        for consumer in stopping:
+            consumer.stop()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop consuming and close the producer (after a flush)."""
+        self.closed = True
+        self.stop_consuming()
+        if self.publisher is not None:
+            self.publisher.close(timeout)
+
+    # -- publishing and acks ----------------------------------------------------
+
+    def publish(self, base: str, key: str | None, value: bytes | None,
+                timeout: float | None = None, partition: int | None = None) -> Any:
+        """Publish a record (see :meth:`.Publisher.send`); its future."""
+        return self.publisher.send(base, key, value, timeout=timeout, partition=partition)
+
+    # -- positions ---------------------------------------------------------------
+
+    @property
+    def consumers(self) -> list[TopicConsumer]:
+        return list(self._consumers.values())
+
+    def consumer(self, base: str) -> TopicConsumer | None:
+        return self._consumers.get(base)
+
+    def positions(self, bases: Iterable[str]) -> dict[tuple[str, int], int]:
+        """The next offset to deliver on every partition read of ``bases``."""
+        out = {}
+        for base in bases:
+            consumer = self._consumers.get(base)
+            if consumer is not None:
+                for tp, offset in list(consumer.positions.items()):
+                    out[(base, tp.partition)] = offset
+        return out
+
+    def partition_count(self, base: str) -> int:
+        """How many partitions ``base``'s topic has (0 before it is read)."""
+        consumer = self._consumers.get(base)
+        return consumer.partition_count if consumer is not None else 0
+
+    # -- home partitions and claims ----------------------------------------------
+
+    def new_sid(self, random_id: Callable[[], str]) -> str:
+        """A connection id that lands on a partition this server reads."""
+        if self._home is not None:
+            return self._home.allocate_sid()
+        return make_sid(random_id())
+
+    def ack_key(self) -> bytes:
+        return self.server_name.encode()
+
+    def claim(self, sid: str, timeout: float = 10.0) -> None:
+        """Read the send-conn partitions of ``sid`` (murmur2's and CRC-32's),
+        a connection this server takes over, from their log end; return
+        once they are assigned and positioned, so that every record for it
+        from then on is read here. Released by :meth:`release`.
+
+        :raises TimeoutError: not positioned within ``timeout`` seconds.
+        """
+        now = time.monotonic()
+        if sid in self._claimed_at:
+            return
+        # A claim whose connection never arrived (its recovery failed after
+        # the claim) is dropped after a while.
+        for stale in [s for s, at in self._claimed_at.items()
+                      if now - at > CLAIM_GRACE and not self._holds(s)]:
+            self.release(stale)
+        self._claimed_at[sid] = now
+        home = self._home
+        if home is None or not home.claim(sid):
+            return  # every partition is read, or it hashes home
+        consumer = self._consumers.get(SEND_CONN)
+        if consumer is None:
+            return  # the consumer's first assignment will include it
+        if not consumer.refresh().wait(timeout):
+            raise TimeoutError(f"the send-conn partitions of {sid} were not read "
+                               f"within {timeout:g} s")
+
+    def release(self, sid: str) -> None:
+        """Stop reading the partitions of ``sid`` (its connection left)."""
+        self._claimed_at.pop(sid, None)
+        if self._home is not None and self._home.release(sid):
+            consumer = self._consumers.get(SEND_CONN)
+            if consumer is not None:
+                consumer.refresh()
+
+    def _choose_home(self) -> None:
+        """Learn the partition counts of ack and send-conn, draw a server
+        name whose ack partition is the same under murmur2 and CRC-32, and
+        derive the home send-conn partitions from it."""
+        names = [self.topic_config.name(topics.ACK), self.topic_config.name(SEND_CONN)]
+        with self.admin() as admin:
+            counts = {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names)}
+        n_ack, n_conn = (counts.get(name) or 1 for name in names)
+        old = self.server_name
+        self.server_name = draw_server_name(old.rsplit("_", 1)[0], n_ack)
+        for config in (self.producer_config, self.consumer_config, self.admin_config):
+            if config.get("client_id") == self.topic_config.tenant_prefix + old:
+                config["client_id"] = self.topic_config.tenant_prefix + self.server_name
+        count = None if self.home_partitions is True else self.home_partitions
+        self._home = HomePartitions(self.server_name, n_conn, count, self._local_sids)
+        logger.info("%s reads send-conn partitions %s of %d and its ack partition",
+                    self.server_name, sorted(self._home.home), n_conn)
+
+    # -- the cluster -------------------------------------------------------------
+
+    def create_topics(self) -> list[str]:
+        """Create the backplane topics that are missing; return the names
+        created.
+
+        :raises BrokerUnavailableError: the cluster cannot be reached.
+        :raises TopicCreationError: the cluster refused a topic.
+        """
+        with self.admin() as admin:
+            return topics.ensure_topics(admin, self.topic_config, self.servers(),
+                                        sessions=self.sessions)
+
+    @contextlib.contextmanager
+    def admin(self) -> Iterator[KafkaAdminClient]:
+        """A connected admin client, closed afterwards.
+
+        :raises BrokerUnavailableError: the cluster cannot be reached.
+        """
+        admin = self.connect_admin()
+        try:
+            yield admin
+        finally:
+            admin.close()
+
+    def connect_admin(self) -> KafkaAdminClient:
+        """A connected admin client; the caller closes it.
+
+        :raises BrokerUnavailableError: the cluster cannot be reached.
+        """
+        return self._connect(KafkaAdminClient, **self.admin_config)
+
+    def servers(self) -> str:
+        servers = self.admin_config.get("bootstrap_servers")
+        return servers if isinstance(servers, str) else ",".join(servers or ())
+
+    def _connect(self, factory: Callable, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except (KafkaTimeoutError, KafkaConnectionError) as exc:
+            raise BrokerUnavailableError(
+                f"could not reach Kafka at {self.servers()} within "
+                f"{self.connect_timeout:g} s ({exc}): check bootstrap_servers, the "
+                "security settings, and that the broker runs"
+            ) from exc
