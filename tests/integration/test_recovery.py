@@ -9,18 +9,14 @@ connection is disturbed, then checks every stream arrived exactly once, in
 order, and that the client was recovered with its first sid.
 """
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from harness import unique, wait_until
 
 from flask_signalr_kafka.offsets import parse
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtests"))
-from restart_test import NodeClients  # noqa: E402
+from testkit.harness import unique, wait_until
+from testkit.node_clients import NodeClients
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -4,9 +4,9 @@ import os
 
 import msgspec
 import pytest
-from harness import unique, wait_until
 
 from flask_signalr_kafka import hub_protocol
+from testkit.harness import unique, wait_until
 
 
 def invocation(record):
