@@ -1,7 +1,8 @@
 """Connection state recovery with the real JS client (socket.io-client from
 npm, many in one Node process: tests/js/csr_clients.mjs) against real server
-processes: the behaviour of CONTRACT.md and the pitfalls of the Node
-adapters (NOTES.md).
+processes: the behaviour the README's "Connection state recovery" section
+promises, by the design of docs/recovery.md, including where Node's own
+adapters fail (docs/restart-test.md).
 
 Each test sends numbered streams (a broadcast, a room, a user, the client's
 sid) from a python-socketio client on another dyno while the JS client's

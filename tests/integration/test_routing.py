@@ -1,4 +1,4 @@
-"""Every addressing form of CONTRACT.md across two real server processes,
+"""Every addressing form of docs/routing.md across two real server processes,
 with the raw records checked where the topic or key matters."""
 import os
 
