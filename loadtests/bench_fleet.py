@@ -28,14 +28,13 @@ from functools import partial
 from pathlib import Path
 
 import requests
+from bench import Dyno, start_redis
+
+from flask_signalr_kafka.broker import start_broker
+from testkit.measure import own_cpu, percentile, write_report
+from testkit.ws_reader import Reader
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-
-from bench import Dyno, own_cpu, percentile, start_redis, write_report  # noqa: E402
-from ws_reader import Reader  # noqa: E402
-
-from flask_signalr_kafka.broker import start_broker  # noqa: E402
 
 BACKENDS = ("ours", "ours-all", "redis")
 

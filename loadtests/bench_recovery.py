@@ -32,24 +32,12 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-sys.path.insert(0, str(ROOT))
-
-from bench import cpu_seconds, own_cpu, write_report  # noqa: E402
-from harness import ServerProcess  # noqa: E402
-from ws_reader import Connection  # noqa: E402
-
 from flask_signalr_kafka.broker import start_broker  # noqa: E402
+from testkit.harness import ServerProcess  # noqa: E402
+from testkit.measure import cpu_seconds, own_cpu, rss_bytes, write_report  # noqa: E402
+from testkit.ws_reader import Connection  # noqa: E402
 
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+HERE = Path(__file__).parent
 
 
 def raise_fd_limit(needed: int) -> int:

@@ -25,17 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
-from kafka.admin import NewTopic  # noqa: E402
-
-from flask_signalr_kafka import hub_protocol, records  # noqa: E402
-from flask_signalr_kafka.broker import start_broker  # noqa: E402
+from flask_signalr_kafka import hub_protocol, records
+from flask_signalr_kafka.broker import start_broker
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 _WORDS = ("the of and to in is you that it he was for on are as with his they at be this "

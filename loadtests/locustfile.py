@@ -16,6 +16,10 @@ within the grace period (``--loss-grace``, 5 s) is reported as a failed
 are summed on the master and printed, and the exit code is 1 if anything was
 lost. See loadtests/README.md.
 
+This file holds the Locust side: the simulated users and the event wiring
+between master and workers. The counting is testkit/delivery.py (the ledger)
+and the table testkit/delivery_report.py, both tested without Locust.
+
     locust -f loadtests/locustfile.py --host http://a:5000,http://b:5000
     python loadtests/locustfile.py --check [--host HOSTS]   # one line across each dyno pair
 """
@@ -26,14 +30,12 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import itertools  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
-from collections import OrderedDict  # noqa: E402
 
 import gevent  # noqa: E402
 import socketio  # noqa: E402
@@ -41,10 +43,10 @@ from gevent.event import Event  # noqa: E402
 from locust import User, events, task  # noqa: E402
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner  # noqa: E402
 
+from testkit.delivery import Ledger, add_up, fire, option  # noqa: E402
+from testkit.delivery_report import delivery_table  # noqa: E402
+
 DEFAULT_HOSTS = "http://127.0.0.1:5000,http://127.0.0.1:5001,http://127.0.0.1:5002"
-# The sample chat's line kinds, and the names they get in the stats table.
-KINDS = {"room": "room", "private": "private", "all": "broadcast"}
-COUNTERS = ("sent", "received", "lost", "late", "duplicate")
 REPORT_KEY = "flask_signalr_kafka_delivery"  # in report_to_master / worker_report data
 MSG_DRAIN = "flask_signalr_kafka_drain"  # master -> workers: stop sending, settle
 MSG_DRAINED = "flask_signalr_kafka_drained"  # worker -> master: final counters
@@ -57,200 +59,11 @@ def host_list(text):
     return [h.strip().rstrip("/") for h in (text or "").split(",") if h.strip()]
 
 
-def option(environment, name, default):
-    value = getattr(getattr(environment, "parsed_options", None), name, None)
-    return default if value is None else value
-
-
-def fire(environment, request_type, name, response_time, exception=None):
-    environment.events.request.fire(
-        request_type=request_type, name=name, response_time=response_time,
-        response_length=0, exception=exception, context={},
-    )
-
-
-class MessageLost(Exception):
-    pass
-
-
 class ConnectionDropped(Exception):
     pass
 
 
-# -- this process's account of the messages its users sent ----------------------
-
-
-class Ledger:
-    """Counters of one Locust process (one worker).
-
-    ``pending`` holds every room/private message, and every shout, until the
-    sender's own receiver connection gets it; the sweeper turns entries older
-    than the grace period into losses. Message ids start with a per-process
-    prefix, so a process recognises its own messages (and only times those:
-    the send time and the receive time then come from the same clock).
-    """
-
-    def __init__(self, environment):
-        self.environment = environment
-        self.prefix = uuid.uuid4().hex[:12] + "."  # made after --processes forks
-        self._seq = itertools.count(1)
-        pairs_offset = random.randrange(1 << 16)
-        self._pair_counter = itertools.count(pairs_offset)
-        self.reset()
-
-    def reset(self):
-        self.counts = {kind: dict.fromkeys(COUNTERS, 0) for kind in KINDS.values()}
-        self.other = dict.fromkeys(
-            ("users", "connections", "connect_failed", "dropped", "same_dyno",
-             "misrouted"), 0)
-        self.pending = {}  # msgid -> (kind, sent_at, user name); in send order
-        self.finished = OrderedDict()  # msgid -> [state, user name, finished_at]
-        self.draining = False
-        self.drained = False
-
-    @property
-    def grace(self):
-        return float(option(self.environment, "loss_grace", 5.0))
-
-    def pick_pair(self, hosts):
-        """(sender url, receiver url): every ordered pair of different hosts in
-        turn, so the users of a process spread evenly over the dynos."""
-        if len(hosts) == 1:
-            return hosts[0], hosts[0]
-        pairs = [(a, b) for a in hosts for b in hosts if a != b]
-        return pairs[next(self._pair_counter) % len(pairs)]
-
-    def register(self, kind, user_name):
-        msgid = f"{self.prefix}{next(self._seq)}"
-        sent_at = time.time()
-        self.pending[msgid] = (kind, sent_at, user_name)
-        self.counts[kind]["sent"] += 1
-        return msgid, sent_at
-
-    def unregister(self, msgid):
-        entry = self.pending.pop(msgid, None)
-        if entry is not None:
-            self.counts[entry[0]]["sent"] -= 1
-
-    def on_line(self, conn, data):
-        """A ``line`` arrived on one of this process's connections."""
-        now = time.time()
-        if not isinstance(data, dict) or data.get("kind") not in KINDS:
-            return
-        kind = KINDS[data["kind"]]
-        try:
-            stamp, msgid = str(data.get("text", "")).split("|", 1)
-            latency = (now - float(stamp)) * 1000
-        except ValueError:
-            return  # not ours: a join line, a person typing in the demo page
-        if not msgid.startswith(self.prefix):
-            return  # another worker's message: its clock, not ours
-        cross = bool(conn.dyno) and data.get("dyno") != conn.dyno
-        if conn.role == "receiver" and self._receipt(
-                msgid, kind, conn.user_name, latency, timed=kind != "broadcast" or cross):
-            return
-        if kind == "broadcast" and cross:
-            # Fan-out: every connection of this process on another dyno than
-            # the sender's times every shout of this process.
-            fire(self.environment, "deliver", "broadcast", latency)
-
-    def _receipt(self, msgid, kind, user_name, latency, timed):
-        """The receiver of ``user_name`` got message ``msgid``: count it.
-        False if it is another user's message."""
-        entry = self.pending.get(msgid)
-        if entry is not None:
-            owner = entry[2]
-        else:
-            done = self.finished.get(msgid)
-            if done is None:
-                return False  # forgotten (older than the memory of finished ids)
-            owner = done[1]
-        if owner != user_name:
-            if kind != "broadcast":  # another user's shout is normal; the rest is not
-                self.other["misrouted"] += 1
-            return kind != "broadcast"
-        if entry is None:  # seen before
-            if done[0] == "lost":
-                self.counts[kind]["late"] += 1  # counted as lost already
-                done[0] = "late"
-            else:
-                self.counts[kind]["duplicate"] += 1
-            return True
-        del self.pending[msgid]
-        grace = self.grace
-        if latency > grace * 1000:  # arrived, but after the grace period
-            self.counts[kind]["lost"] += 1
-            self.counts[kind]["late"] += 1
-            self.finished[msgid] = ["late", user_name, time.time()]
-            fire(self.environment, "deliver", kind, latency,
-                 MessageLost(f"not received within {grace:g} s"))
-            return True
-        self.counts[kind]["received"] += 1
-        self.finished[msgid] = ["ok", user_name, time.time()]
-        if timed:
-            fire(self.environment, "deliver", kind, latency)
-        return True
-
-    def sweep(self, everything=False):
-        """Messages older than the grace period (all of them with
-        ``everything``) are lost: a failed ``deliver`` request each."""
-        now = time.time()
-        grace = self.grace
-        while self.pending:
-            msgid = next(iter(self.pending))
-            kind, sent_at, user_name = self.pending[msgid]
-            if not everything and now - sent_at < grace:
-                break
-            del self.pending[msgid]
-            self.counts[kind]["lost"] += 1
-            self.finished[msgid] = ["lost", user_name, now]
-            fire(self.environment, "deliver", kind, (now - sent_at) * 1000,
-                 MessageLost(f"not received within {grace:g} s"))
-        horizon = now - max(60.0, 10 * grace)  # remember finished ids this long
-        while self.finished:
-            msgid = next(iter(self.finished))
-            if self.finished[msgid][2] >= horizon:
-                break
-            del self.finished[msgid]
-
-    def sweeper(self):
-        while True:
-            gevent.sleep(0.2)
-            try:
-                self.sweep()
-            except Exception:
-                log.exception("delivery sweeper")
-
-    def drain(self):
-        """Stop sending, give every message in flight the grace period, count."""
-        if self.drained:
-            return
-        self.draining = True
-        deadline = time.time() + self.grace + 0.5
-        while self.pending and time.time() < deadline:
-            gevent.sleep(0.05)
-        self.sweep(everything=True)
-        self.drained = True
-
-    def snapshot(self):
-        return {"counts": {k: dict(v) for k, v in self.counts.items()},
-                "other": dict(self.other)}
-
-
 # -- the master's (or the single process's) view of the fleet -------------------
-
-
-def add_up(snapshots):
-    total = {"counts": {kind: dict.fromkeys(COUNTERS, 0) for kind in KINDS.values()},
-             "other": {}}
-    for snap in snapshots:
-        for kind, counters in snap.get("counts", {}).items():
-            row = total["counts"].setdefault(kind, dict.fromkeys(COUNTERS, 0))
-            for name, value in counters.items():
-                row[name] = row.get(name, 0) + value
-        for name, value in snap.get("other", {}).items():
-            total["other"][name] = total["other"].get(name, 0) + value
-    return total
 
 
 class Fleet:
@@ -269,6 +82,13 @@ _environment = None  # this process's Locust environment
 _ledger = None  # this process's Ledger (workers and single-process runs)
 _fleet = Fleet()  # the master's sum of the workers
 _printed = False
+
+
+def summary(environment):
+    """The delivery table of the whole run, as text, and its failure count."""
+    total, workers = totals(environment)
+    stats = environment.runner.stats if environment.runner else None
+    return delivery_table(total, workers, float(option(environment, "loss_grace", 5.0)), stats)
 
 
 def local_only(environment):
@@ -300,55 +120,6 @@ def drain_fleet(environment):
         log.warning("No final delivery counters from %d worker(s) (%s): their "
                     "last periodic report is used", len(missing), ", ".join(sorted(missing)))
     _fleet.drained = True
-
-
-def summary(environment):
-    """The delivery table, as text."""
-    total, workers = totals(environment)
-    counts, other = total["counts"], total["other"]
-    grace = float(option(environment, "loss_grace", 5.0))
-    stats = environment.runner.stats if environment.runner else None
-    lines = [
-        "",
-        f"Cross-dyno delivery: {workers} Locust process(es), {other.get('users', 0)} users, "
-        f"{other.get('connections', 0)} connections opened, loss grace {grace:g} s",
-        f"{'kind':<10}{'sent':>9}{'received':>10}{'lost':>7}{'late':>6}{'duplicate':>10}"
-        f"{'timed':>9}{'p50':>7}{'p95':>7}{'p99':>7}{'max':>7}  (ms)",
-    ]
-    for kind in KINDS.values():
-        c = counts.get(kind, dict.fromkeys(COUNTERS, 0))
-        entry = stats.entries.get((kind, "deliver")) if stats else None
-        if entry is not None and entry.num_requests:
-            timed = f"{entry.num_requests - entry.num_failures:>9}"
-            pct = "".join(f"{entry.get_response_time_percentile(p):>7.0f}"
-                          for p in (0.5, 0.95, 0.99))
-            pct += f"{entry.max_response_time:>7.0f}"
-        else:
-            timed, pct = f"{0:>9}", f"{'-':>7}" * 4
-        lines.append(f"{kind:<10}{c['sent']:>9}{c['received']:>10}{c['lost']:>7}"
-                     f"{c['late']:>6}{c['duplicate']:>10}{timed}{pct}")
-    lost = sum(c["lost"] for c in counts.values())
-    lines.append(
-        f"connections dropped {other.get('dropped', 0)}, failed connects "
-        f"{other.get('connect_failed', 0)}, same-dyno pairs {other.get('same_dyno', 0)}, "
-        f"misrouted lines {other.get('misrouted', 0)}")
-    lines.append("broadcast: sent/received/lost count each user's own shout on its receiver; "
-                 "timed = every cross-dyno receipt of a shout (fan-out)")
-    if counts["private"]["duplicate"]:
-        lines.append("private duplicates: whispering to yourself emits to [user(me), user(me)]; "
-                     "the backplane delivers once per listed room (see loadtests/README.md)")
-    if other.get("same_dyno"):
-        lines.append(f"WARNING: {other['same_dyno']} user(s) had both connections on one "
-                     "dyno: their room and private lines did not cross Kafka "
-                     "(give --host one URL per dyno)")
-    if lost or other.get("misrouted"):
-        by_kind = ", ".join(f"{k} {c['lost']}" for k, c in counts.items() if c["lost"])
-        lines.append(f"RESULT: FAIL: {lost} message(s) lost ({by_kind or 'none'}), "
-                     f"{other.get('misrouted', 0)} misrouted")
-    else:
-        sent = sum(c["sent"] for c in counts.values())
-        lines.append(f"RESULT: OK: all {sent} messages delivered within {grace:g} s")
-    return "\n".join(lines), lost + other.get("misrouted", 0)
 
 
 # -- command line options (sent by the master to its workers) -------------------

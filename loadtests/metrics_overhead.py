@@ -13,16 +13,13 @@ import argparse
 import sys
 import time
 import timeit
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent.parent))
+from kafka import KafkaConsumer, TopicPartition
 
-from kafka import KafkaConsumer, TopicPartition  # noqa: E402
-
-from flask_signalr_kafka.broker import start_broker  # noqa: E402
-from flask_signalr_kafka.producer import Publisher  # noqa: E402
-from flask_signalr_kafka.stats import ConsumerStats, ProducerStats  # noqa: E402
-from flask_signalr_kafka.topics import KafkaTopicConfig, ensure_topics  # noqa: E402
+from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.producer import Publisher
+from flask_signalr_kafka.stats import ConsumerStats, ProducerStats
+from flask_signalr_kafka.topics import KafkaTopicConfig, ensure_topics
 
 
 def best(stmt, number, **ns) -> float:

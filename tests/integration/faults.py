@@ -14,7 +14,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import socketio
-from harness import RawTopic, unique, wait_until
+
+from testkit.harness import RawTopic, unique, wait_until
 
 KINDS = ("all", "room", "user", "sid")
 TOPIC_OF = {"all": "send-all", "room": "send-group", "user": "send-user", "sid": "send-conn"}

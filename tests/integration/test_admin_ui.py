@@ -8,7 +8,8 @@ import threading
 
 import pytest
 import socketio
-from harness import unique, wait_until
+
+from testkit.harness import unique, wait_until
 
 
 class Admin:

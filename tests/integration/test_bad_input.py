@@ -3,8 +3,9 @@ skipped; the server goes on and loses nothing else."""
 import re
 
 import msgspec
-from harness import unique, wait_until
 from kafka import KafkaProducer
+
+from testkit.harness import unique, wait_until
 
 GOOD_FRAME = b'{"type":1,"target":"Good","arguments":["%s"]}\x1e'
 

@@ -7,10 +7,10 @@ import signal
 import subprocess
 import sys
 
-from harness import wait_until
 from kafka import KafkaAdminClient
 
 from flask_signalr_kafka.broker import free_port
+from testkit.harness import wait_until
 
 CLI = [sys.executable, "-m", "flask_signalr_kafka", "broker"]
 

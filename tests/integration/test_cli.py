@@ -2,9 +2,8 @@
 import subprocess
 import sys
 
-from harness import unique
-
 from flask_signalr_kafka.broker import free_port
+from testkit.harness import unique
 
 
 def cli(*args, timeout=60):

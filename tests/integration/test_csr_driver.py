@@ -1,5 +1,5 @@
 """The CSR client driver (tests/js/csr_clients.mjs) and the restart counting
-(loadtests/restart_test.py) checked against the reference: a Node.js
+(testkit/node_clients.py, testkit/restart.py) checked against the reference: a Node.js
 Socket.IO 4.8 server with connection state recovery (tests/js/reference_server.mjs).
 No broker: if these fail, the instrument is wrong, not our server.
 """
@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT / "loadtests"))
+from testkit.node_clients import NodeClients
+from testkit.restart import count_client
 
-from restart_test import NodeClients, count_client  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("node") or not (ROOT / "node_modules" / "socket.io").is_dir(),

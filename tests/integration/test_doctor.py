@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-from harness import unique
 from kafka import KafkaAdminClient, KafkaProducer
 
 from flask_signalr_kafka.broker import free_port, start_broker
 from flask_signalr_kafka.topics import KafkaTopicConfig
+from testkit.harness import unique
 
 
 def doctor(bootstrap, prefix, *extra, timeout=90):

@@ -16,13 +16,12 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import Fleet
 from faults import Figures, Stream
-from harness import SERVER_APP, ServerProcess, unique
 from kafka import KafkaAdminClient
 from kafka.partitioner.default import murmur2
 
 from flask_signalr_kafka.broker import start_broker
+from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
 ACK_TIMEOUT = 5.0

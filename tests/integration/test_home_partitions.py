@@ -5,10 +5,11 @@ reads every partition."""
 import zlib
 
 import requests
-from harness import unique
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 from test_interop import dotnet_invocation, json_frame
+
+from testkit.harness import unique
 
 PARTITIONS = 10  # TopicSpec's default, which the server app keeps
 

@@ -9,7 +9,6 @@ import time
 
 import pytest
 import socketio
-from harness import unique, wait_until
 from kafka import KafkaAdminClient
 
 from flask_signalr_kafka import (
@@ -19,6 +18,7 @@ from flask_signalr_kafka import (
     TopicSpec,
 )
 from flask_signalr_kafka.broker import free_port, start_broker
+from testkit.harness import unique, wait_until
 
 BASES = ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
 
@@ -120,7 +120,7 @@ def test_recovers_when_the_broker_loses_its_topics(engine, artifacts):
     """The topics vanish under running servers (on Apache Kafka: deleted and
     so recreated; on Tansu: the in-memory broker restarted on the same
     port); the servers must notice, recreate them and deliver again."""
-    from conftest import Fleet
+    from testkit.harness import Fleet
 
     port = free_port()
     broker = start_broker(engine, port=port, log_dir=artifacts)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-from harness import unique, wait_until
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import (
     ACL,
@@ -31,6 +30,7 @@ from kafka.errors import TopicAuthorizationFailedError
 
 from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, payload_limits, topics
 from flask_signalr_kafka.broker import KafkaCluster, free_port, start_broker
+from testkit.harness import unique, wait_until
 
 TENANT = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
           "sasl_plain_username": "tenant", "sasl_plain_password": "tenant-secret"}

@@ -3,9 +3,10 @@ Prometheus collector), ``/stats`` (``mgr.stats()``) and ``/healthz``
 (``mgr.health()``), served by tests/server_app.py as the sample app does."""
 import pytest
 import requests
-from harness import unique, wait_until
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.harness import unique, wait_until
 
 P = "flask_signalr_kafka_"
 

@@ -9,7 +9,8 @@ import json
 import re
 
 import pytest
-from harness import unique, wait_until
+
+from testkit.harness import unique, wait_until
 
 #: Kafka's defaults: the producer's max_request_size (1 MiB) is the smaller.
 LIMIT = 1_048_576

@@ -4,10 +4,9 @@ in-memory broker restarted, refuses that and kafka-python's producer enters a
 fatal state: the Publisher replaces it."""
 import time
 
-from harness import unique
-
 from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 from flask_signalr_kafka.broker import free_port, start_broker
+from testkit.harness import unique
 
 
 def test_idempotent_producer_replaced_once_the_broker_forgot_it(artifacts):

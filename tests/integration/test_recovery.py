@@ -1,7 +1,8 @@
 """Connection state recovery with the real JS client (socket.io-client from
 npm, many in one Node process: tests/js/csr_clients.mjs) against real server
-processes: the behaviour of CONTRACT.md and the pitfalls of the Node
-adapters (NOTES.md).
+processes: the behaviour the README's "Connection state recovery" section
+promises, by the design of docs/recovery.md, including where Node's own
+adapters fail (docs/restart-test.md).
 
 Each test sends numbered streams (a broadcast, a room, a user, the client's
 sid) from a python-socketio client on another dyno while the JS client's
@@ -9,18 +10,14 @@ connection is disturbed, then checks every stream arrived exactly once, in
 order, and that the client was recovered with its first sid.
 """
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from harness import unique, wait_until
 
 from flask_signalr_kafka.offsets import parse
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "loadtests"))
-from restart_test import NodeClients  # noqa: E402
+from testkit.harness import unique, wait_until
+from testkit.node_clients import NodeClients
 
 pytestmark = pytest.mark.timeout(240)
 

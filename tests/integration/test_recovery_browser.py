@@ -8,8 +8,9 @@ import signal
 import time
 
 import pytest
-from harness import TcpProxy, unique, wait_until
 from test_recovery import Streams, servers
+
+from testkit.harness import TcpProxy, unique, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

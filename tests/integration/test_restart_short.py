@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(ROOT / "loadtests"))
+from testkit.restart import print_run, run
 
-from restart_test import print_run, run  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("node") or not (ROOT / "node_modules" / "socket.io-client").is_dir(),

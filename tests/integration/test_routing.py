@@ -1,12 +1,12 @@
-"""Every addressing form of CONTRACT.md across two real server processes,
+"""Every addressing form of docs/routing.md across two real server processes,
 with the raw records checked where the topic or key matters."""
 import os
 
 import msgspec
 import pytest
-from harness import unique, wait_until
 
 from flask_signalr_kafka import hub_protocol
+from testkit.harness import unique, wait_until
 
 
 def invocation(record):

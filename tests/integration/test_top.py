@@ -5,10 +5,10 @@ import sys
 import threading
 import time
 
-from harness import unique
 from kafka import KafkaProducer
 
 from flask_signalr_kafka.topics import KafkaTopicConfig
+from testkit.harness import unique
 
 
 def top(bootstrap, prefix, *extra):

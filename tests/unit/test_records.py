@@ -1,4 +1,4 @@
-"""Byte-exact tests of the backplane records against WIRE-FORMAT.md."""
+"""Byte-exact tests of the backplane records against docs/wire-format.md."""
 
 import msgspec
 import pytest
@@ -16,7 +16,7 @@ def mp(obj) -> bytes:
     return msgspec.msgpack.encode(obj)
 
 
-# -- test vectors of WIRE-FORMAT.md ------------------------------------------
+# -- test vectors of docs/wire-format.md ------------------------------------
 
 ACK_VECTORS = [
     (0, "91 00"),

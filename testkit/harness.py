@@ -1,6 +1,7 @@
-"""Real parts for the integration tests: server processes running
-tests/server_app.py, Socket.IO clients that record what they receive, and a
-plain kafka-python reader of the raw topics."""
+"""Real parts for the integration tests and the load tests: server processes
+running tests/server_app.py, a fleet of them sharing one topic prefix,
+Socket.IO clients that record what they receive, a plain kafka-python reader
+of the raw topics, and a TCP proxy that can cut connections."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from flask_signalr_kafka.broker import free_port
 
-SERVER_APP = Path(__file__).parent.parent / "server_app.py"
+SERVER_APP = Path(__file__).resolve().parent.parent / "tests" / "server_app.py"
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
@@ -95,6 +96,54 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+class Fleet:
+    """Servers sharing one topic prefix, plus raw topic readers."""
+
+    def __init__(self, broker, artifacts, prefix=None):
+        self.broker = broker
+        self.artifacts = artifacts
+        self.prefix = prefix or unique("t")
+        self.servers = []
+        self.clients = []
+        self.readers = []
+
+    def server(self, label, **env):
+        if os.environ.get("TEST_RECOVERY") == "1":
+            # Run any test with connection state recovery on (python-socketio
+            # Clients must not notice it).
+            env.setdefault("CONNECTION_STATE_RECOVERY", 1)
+        if self.broker.engine == "tansu":
+            # Tansu workaround: it answers a fetch only at its deadline.
+            env.setdefault("FETCH_MAX_WAIT_MS", 20)
+        server = ServerProcess(self.broker.bootstrap, self.prefix, label, self.artifacts, **env)
+        self.servers.append(server)
+        return server.start()
+
+    def topic(self, base):
+        return f"{self.prefix}-{base}"
+
+    def raw(self, base):
+        reader = RawTopic(self.broker.bootstrap, self.topic(base))
+        self.readers.append(reader)
+        return reader
+
+    def client(self, server, **kwargs):
+        client = Client(server, **kwargs)
+        self.clients.append(client)
+        return client
+
+    def close(self):
+        for c in self.clients:
+            try:
+                c.close()
+            except Exception:
+                pass
+        for r in self.readers:
+            r.close()
+        for s in self.servers:
+            s.stop()
 
 
 class Client:

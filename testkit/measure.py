@@ -1,0 +1,45 @@
+"""Measuring a benchmark's processes and writing its report: CPU seconds
+of a process (from /proc) and of this one, resident memory, percentiles,
+and the results written as JSON and a Markdown table."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def write_report(out_dir: Path, name: str, report: dict, table: str) -> None:
+    """``<name>-<time>.json`` and ``.md`` in ``out_dir``; the table printed."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"{name}-{stamp}.json").write_text(json.dumps(report, indent=1))
+    (out_dir / f"{name}-{stamp}.md").write_text(table)
+    print()
+    print(table)
+    print(f"written: {out_dir}/{name}-{stamp}.md and .json")
