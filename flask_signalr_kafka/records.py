@@ -1,4 +1,4 @@
-"""The wire records of the SignalR Kafka backplane (see WIRE-FORMAT.md).
+"""The wire records of the SignalR Kafka backplane (docs/wire-format.md).
 
 Each record is a MessagePack array. The base classes are the exact .NET
 layouts; the ``*Ext`` subclasses append our Socket.IO extension items at the

@@ -2,34 +2,13 @@
 
 A Socket.IO 4.6+ client that drops and reconnects, to this dyno or any
 other, keeps its sid and rooms and gets every event it missed, once, in
-order (CONTRACT.md, "Connection state recovery"). How:
-
-- **Positions, not copies.** Kafka already holds every event. A dyno knows
-  how far it has delivered: its consumers' positions (every record before
-  them was delivered to the connections that were in its rooms), and its
-  emit counter (its own records up to it were delivered when emitted). A
-  dropped connection's session is its rooms and those positions; the
-  missed events are the records after them addressed to it.
-- **Sessions** live in the compacted sessions topic (:mod:`.sessions`):
-  saved when the holder notices the drop or shuts down (SIGTERM), and
-  written live on connect and on room changes, with a dyno checkpoint a few
-  times a second, so a SIGKILLed dyno's clients resume from its last
-  checkpoint. Each dyno writes only its own connections' sessions, in a
-  partition the client's pid names; a dyno reads a partition only when a
-  client whose pid names it comes back to it.
-- **Offsets.** Each delivery step gets an id; clients that announced
-  recovery get ``"<dyno tag>.<step>"`` appended to each event, as a Node
-  server appends its offsets. On a drop the holder cannot know what reached
-  a dead socket, so it saves, with the session, the records it sent in the
-  last seconds (the window); the client's offset says which of them it got.
-- **Which clients get offsets.** A python-socketio ``Client`` would see an
-  offset as an extra argument, so only clients that announced recovery get
-  them: every socket.io-client >= 4.6 announces when it reconnects (it sends
-  ``pid``); a client may announce on its first connection with
-  ``auth: {csr: true}``; a browser (its User-Agent) runs the official client
-  and gets them from its first connection. A client recovered without an offset (its first
-  drop, unannounced) gets the whole window again: nothing is lost, but a
-  few events may come twice.
+order (the README's "Connection state recovery"). docs/recovery.md has the
+design: sessions are positions, offsets say what a client had, sessions
+live in their holder's home partition. This module decides (a recovery's
+session, its replay ranges), counts the delivery steps and offsets, saves
+sessions at drops and shutdowns, and writes the checkpoints and reference
+points; :mod:`.sessions` stores, :mod:`.replay` reads, :mod:`.offsets`
+spells the offsets.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where connection state recovery reaches into python-socketio's private API.
 
 python-socketio has no connection state recovery and no hooks for it
-(NOTES.md): the CONNECT reply must carry a private id, the missed events must
+(docs/recovery.md): the CONNECT reply must carry a private id, the missed events must
 be written before it, the rooms of a dropped connection must be read before
 they are dropped, and events to clients that announced recovery carry an
 offset. This module is the only place that touches ``Server._handle_connect``,
