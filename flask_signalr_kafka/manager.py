@@ -214,7 +214,7 @@ class KafkaManager(Manager):
         runs); return the names created."""
         return self.core.create_topics()
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 10.0, wait: bool | None = None) -> None:
         """Send what is queued, stop consuming, and close every Kafka client.
 
         Safe in a signal handler: under gevent a handler runs in whichever
@@ -222,8 +222,11 @@ class KafkaManager(Manager):
         client's own I/O, which a flush waits for), so called from any
         greenlet but the main one the work moves to a greenlet of its own and
         close() returns at once; the process exit waits for it.
+
+        :param wait: ``True``: close here and now (the caller knows it may
+                     block); ``None``: as above.
         """
-        interrupted = self._runtime.in_interrupted_task()
+        interrupted = not wait and self._runtime.in_interrupted_task()
         if self._closer is None and interrupted:
             self._closer = self._runtime.spawn(self._close, timeout)
         elif self._closer is not None:
@@ -246,13 +249,11 @@ class KafkaManager(Manager):
             self.core.flush(timeout)
         except Exception:
             self._log().exception("could not flush the records queued for Kafka")
-        if self._recovery is not None:
-            # Positions must be final before the sessions are saved with them.
-            self._recovery.await_readback(min(timeout, 3.0))
-            self._recovery.stop()
+        if self._recovery is not None and self.server is not None:
+            # Every client is handed to the rest of the fleet, exactly.
+            self._recovery.drain(timeout)
         self.core.stop_consuming()
         if self._recovery is not None:
-            self._recovery.save_all()
             self._recovery.close()
         self.core.close(timeout)
 

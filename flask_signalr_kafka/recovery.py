@@ -623,41 +623,42 @@ class Recovery:
         self.stats["saved"] += 1
         return session
 
-    def save_all(self) -> None:
-        """At shutdown, with the consumers stopped: save every connection
-        (and forget it: its disconnect changes nothing more). Whether the
-        last events left a socket that the process exit cuts is unknown, so
-        each session keeps its window, as at a drop."""
-        positions = self._position_list()
-        now = time.time()
-        rooms = {key: self._rooms(*key) for key in self._pids}
-        windows = self._windows({sid: r for (sid, _), r in rooms.items()}, _DROP_WINDOW)
-        for (sid, namespace), pid in list(self._pids.items()):
-            window, exact = windows[sid]
-            self.store.put(pid, Session(
-                SAVED, sid, namespace, rooms[(sid, namespace)], self.owner, self.tag, now,
-                positions, self._emit_seq, window, exact,
-            ))
-            self.stats["saved"] += 1
-            self.store.let_go(pid)
-        self._pids.clear()
-
-    def drain(self) -> None:
-        """Stop delivering, save every connection's session and close its
-        socket: its client reconnects to another dyno and is recovered there,
-        exactly (everything sent before a clean close arrives)."""
+    def drain(self, timeout: float = 10.0) -> None:
+        """At shutdown (the manager's close, or SIGTERM under gunicorn): stop
+        delivering, save every connection's session, and close its socket
+        cleanly, so that its client reconnects to another dyno at once and
+        is recovered there exactly: a clean close sends what was written
+        before it, so the sessions need no window. Once is enough."""
+        if self.draining:
+            return
         self.draining = True
         self.await_readback(3.0)
         self.stop()
         self.core.stop_consuming(SEND_BASES)
         held = list(self._pids)
-        self.save_all()
-        server = self.host.server
-        for sid, namespace in held:
-            eio_sid = self.host.eio_sid_from_sid(sid, namespace)
-            if eio_sid is not None:
-                server.eio.disconnect(eio_sid)
+        positions = self._position_list()
+        now = time.time()
+        for (sid, namespace), pid in list(self._pids.items()):
+            # Forgotten here: its disconnect below changes nothing more.
+            self.store.put(pid, Session(SAVED, sid, namespace, self._rooms(sid, namespace),
+                                        self.owner, self.tag, now, positions, self._emit_seq))
+            self.stats["saved"] += 1
+            self.store.let_go(pid)
+        self._pids.clear()
+        self._close_sockets(held, timeout)
         logger.info("drained: %d connections saved and closed", len(held))
+
+    def _close_sockets(self, held: list[tuple[str, str]], timeout: float) -> None:
+        """Close the sockets side by side, 64 at a time (threads, in threading
+        mode): each close waits until what was queued for it is written."""
+        eio = self.host.server.eio
+        eio_sids = [e for key in held if (e := self.host.eio_sid_from_sid(*key)) is not None]
+        deadline = time.monotonic() + timeout
+        for start in range(0, len(eio_sids), 64):
+            tasks = [self.core.runtime.spawn(eio.disconnect, e)
+                     for e in eio_sids[start:start + 64]]
+            for task in tasks:
+                task.join(max(0.0, deadline - time.monotonic()))
 
     def _rooms(self, sid: str, namespace: str) -> list[str]:
         return [r for r in self.host.get_rooms(sid, namespace) if r != sid]

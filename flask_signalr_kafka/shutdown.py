@@ -27,7 +27,7 @@ class Stoppable(Protocol):
 
     server_name: str
 
-    def close(self) -> None: ...
+    def close(self, wait: bool | None = None) -> None: ...
 
     def drain(self) -> None: ...
 
@@ -52,8 +52,10 @@ def forget(manager: Stoppable) -> None:
 
 
 def close_all() -> None:
+    """Close every live manager, here and now: at exit, or in a signal
+    handler of ours, which runs where it may block."""
     for manager in list(_live_managers):
-        manager.close()
+        manager.close(wait=True)
 
 
 def drain_all() -> None:
