@@ -167,7 +167,9 @@ class Fleet:
     def __init__(self, args, bootstrap: str, prefix: str, log_dir: Path) -> None:
         self.args, self.bootstrap, self.prefix, self.log_dir = args, bootstrap, prefix, log_dir
         self.env = {"CONNECTION_STATE_RECOVERY": "1", "MAX_DISCONNECTION": "120",
-                    "RUNNER": args.runner}
+                    "RUNNER": args.runner,
+                    # gunicorn's worker takes 1,000 connections by default
+                    "GUNICORN_CMD_ARGS": f"--worker-connections {args.clients + 1000}"}
         self.dynos: list[Dyno] = []
         self.started = 0
         self.handshakes = BoundedSemaphore(args.concurrency)
