@@ -22,7 +22,6 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -34,22 +33,16 @@ from gevent.pool import Pool  # noqa: E402
 
 from flask_signalr_kafka.broker import start_broker  # noqa: E402
 from testkit.harness import ServerProcess  # noqa: E402
-from testkit.measure import cpu_seconds, own_cpu, rss_bytes, write_report  # noqa: E402
+from testkit.measure import (  # noqa: E402
+    cpu_seconds,
+    own_cpu,
+    raise_fd_limit,
+    rss_bytes,
+    write_report,
+)
 from testkit.ws_reader import Connection  # noqa: E402
 
 HERE = Path(__file__).parent
-
-
-def raise_fd_limit(needed: int) -> int:
-    """Raise this process's open-file limit (the servers inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, needed))
-    if want > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    if want < needed:
-        print(f"warning: open-file limit {want} < {needed}; fewer clients may connect",
-              flush=True)
-    return want
 
 
 def pump(conn: Connection, until: bytes | None = None) -> bytes | None:

@@ -52,19 +52,20 @@ from gevent.lock import BoundedSemaphore  # noqa: E402
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-sys.path.insert(0, str(ROOT))
-
-from bench import cpu_seconds, own_cpu, percentile, write_report  # noqa: E402
-from bench_recovery import raise_fd_limit, rss_bytes  # noqa: E402
-from harness import ServerProcess  # noqa: E402
-from restart_test import Emitter  # noqa: E402
-from ws_reader import Connection  # noqa: E402
-
 from flask_signalr_kafka import KafkaTopicConfig  # noqa: E402
 from flask_signalr_kafka.broker import start_broker  # noqa: E402
 from flask_signalr_kafka.topics import SESSIONS, SESSIONS_CONFIGS  # noqa: E402
+from testkit.harness import ServerProcess  # noqa: E402
+from testkit.measure import (  # noqa: E402
+    cpu_seconds,
+    own_cpu,
+    percentile,
+    raise_fd_limit,
+    rss_bytes,
+    write_report,
+)
+from testkit.restart import Emitter  # noqa: E402
+from testkit.ws_reader import Connection  # noqa: E402
 
 #: socket.io-client's first reconnection delay: 1 s, randomized by 0.5.
 RECONNECT_DELAY = (0.5, 1.5)

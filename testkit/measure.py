@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,3 +44,15 @@ def write_report(out_dir: Path, name: str, report: dict, table: str) -> None:
     print()
     print(table)
     print(f"written: {out_dir}/{name}-{stamp}.md and .json")
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise this process's open-file limit (the servers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, needed))
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < needed:
+        print(f"warning: open-file limit {want} < {needed}; fewer clients may connect",
+              flush=True)
+    return want
