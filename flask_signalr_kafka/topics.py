@@ -188,7 +188,7 @@ def _await_leaders(admin: Any, names: list[str], timeout: float = 10.0) -> None:
             described = []
         if len(described) == len(names) and all(
             t.get("error_code", 0) == 0 and t.get("partitions")
-            and all(p.get("leader", -1) >= 0 for p in t["partitions"])
+            and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
             for t in described
         ):
             return

@@ -105,7 +105,7 @@ class FakeAdmin:
 
     def describe_topics(self, names):
         """Created topics have a leader for each partition at once here."""
-        return [{"name": n, "error_code": 0, "partitions": [{"partition": 0, "leader": 1}]}
+        return [{"name": n, "error_code": 0, "partitions": [{"partition": 0, "leader_id": 1}]}
                 for n in names]
 
     def create_topics(self, new_topics, raise_errors=True, **kwargs):
@@ -208,3 +208,21 @@ def test_create_call_failure_is_a_topic_creation_error():
     assert SERVERS in str(info.value)
     assert "z-ack" in str(info.value)
     assert isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_creation_waits_until_every_new_partition_has_a_leader():
+    """Right after CreateTopics a partition may have no leader yet, and writes
+    to it fail: ensure_topics returns only once each has one."""
+
+    class LeaderLater(FakeAdmin):
+        described = 0
+
+        def describe_topics(self, names):
+            self.described += 1
+            leader = 1 if self.described >= 3 else -1
+            return [{"name": n, "error_code": 0,
+                     "partitions": [{"partition": 0, "leader_id": leader}]} for n in names]
+
+    admin = LeaderLater()
+    created = topics.ensure_topics(admin, KafkaTopicConfig(prefix="t"), "b:9092")
+    assert created and admin.described == 3
