@@ -14,13 +14,16 @@ Without ``KAFKA_URL`` the embedded development broker's address is used.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from .broker import DEFAULT_PORT
+from .topics import KafkaTopicConfig
 
 LOCAL_BROKER = f"127.0.0.1:{DEFAULT_PORT}"
 _SCHEMES = {"kafka": "PLAINTEXT", "kafka+ssl": "SSL"}
@@ -86,3 +89,21 @@ def _ssl_files(env: Mapping[str, str]) -> dict:
         # pins the cluster, as Heroku's own client examples do.
         settings["ssl_check_hostname"] = False
     return settings
+
+
+def manager_kwargs_from_env(environ: Mapping[str, str] | None,
+                            kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``KafkaManager.from_env``'s arguments: ``kwargs`` with the
+    environment's broker, SSL settings and tenant prefix filled in (config
+    dicts given in ``kwargs`` win over the environment's)."""
+    settings = settings_from_env(environ)
+    kwargs = dict(kwargs)
+    topic_config = kwargs.pop("topic_config", None)
+    if topic_config is None:
+        topic_config = KafkaTopicConfig()
+    if settings["tenant_prefix"] and isinstance(topic_config, KafkaTopicConfig):
+        topic_config = dataclasses.replace(topic_config, tenant_prefix=settings["tenant_prefix"])
+    for name in ("producer_config", "consumer_config", "admin_config"):
+        kwargs[name] = {**settings["client_config"], **(kwargs.get(name) or {})}
+    kwargs.setdefault("bootstrap_servers", settings["bootstrap_servers"])
+    return {**kwargs, "topic_config": topic_config}

@@ -9,7 +9,6 @@ so .NET servers can share the topics.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -27,7 +26,7 @@ from .arguments import check_home, check_instance, check_protocols, positive, si
 from .client_config import kafka_configs
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
-from .env_config import settings_from_env
+from .env_config import manager_kwargs_from_env
 from .errors import AckTimeoutError, MalformedRecord
 from .metrics import Metrics
 from .records import (
@@ -42,12 +41,13 @@ from .records import (
 )
 from .recovery import ConnectionStateRecovery, Recovery, options_from
 from .recovery import metric_families as recovery_metric_families
+from .rooms import RoomIndex
 from .topics import KafkaTopicConfig
 
 logger = logging.getLogger("flask_signalr_kafka")
 
 
-class KafkaManager(Manager):
+class KafkaManager(RoomIndex, Manager):
     """A python-socketio client manager that uses Kafka as its backplane, in
     gevent or threading mode (the server's).
 
@@ -143,8 +143,6 @@ class KafkaManager(Manager):
         self._started = False
         self._closer: Any = None
         self._closing = False
-        #: (namespace, sid) -> its rooms (None: the namespace), in join order.
-        self._rooms_of: dict[tuple[str, str], dict[str | None, None]] = {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> KafkaManager:
@@ -158,17 +156,7 @@ class KafkaManager(Manager):
                        given here win over the SSL settings from the
                        environment.
         """
-        settings = settings_from_env(environ)
-        topic_config = kwargs.pop("topic_config", None)
-        if topic_config is None:
-            topic_config = KafkaTopicConfig()
-        if settings["tenant_prefix"] and isinstance(topic_config, KafkaTopicConfig):
-            topic_config = dataclasses.replace(topic_config,
-                                               tenant_prefix=settings["tenant_prefix"])
-        for name in ("producer_config", "consumer_config", "admin_config"):
-            kwargs[name] = {**settings["client_config"], **(kwargs.get(name) or {})}
-        kwargs.setdefault("bootstrap_servers", settings["bootstrap_servers"])
-        return cls(topic_config=topic_config, **kwargs)
+        return cls(**manager_kwargs_from_env(environ, kwargs))
 
     server_name = property(lambda self: self.core.server_name,
                            doc="Unique per process: ``<hostname>_<32 lowercase hex>``.")
@@ -394,35 +382,12 @@ class KafkaManager(Manager):
         self.core.publish(topics.GROUP_MGMT, group if key is None else key,
                           records.encode(command))
 
-    # The rooms of each connection are kept here: python-socketio finds them
-    # by scanning every room of the namespace, which made a connect storm
-    # quadratic once recovery wrote each session.
-
-    def basic_enter_room(self, sid, namespace, room, eio_sid=None):
-        result = super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
-        self._rooms_of.setdefault((namespace, sid), {})[room] = None
+    def _room_changed(self, sid: str, namespace: str, room: str | None, joined: bool) -> None:
         if self._recovery is not None:
-            self._recovery.joined(sid, namespace, room)
-        return result
-
-    def basic_leave_room(self, sid, namespace, room):
-        result = super().basic_leave_room(sid, namespace, room)
-        rooms = self._rooms_of.get((namespace, sid))
-        if rooms is not None:
-            rooms.pop(room, None)
-            if not rooms:
-                del self._rooms_of[(namespace, sid)]
-        if self._recovery is not None:
-            self._recovery.touch(sid, namespace)
-        return result
-
-    def get_rooms(self, sid, namespace):
-        """The rooms ``sid`` is in, as python-socketio's, without its scan."""
-        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
-
-    def basic_disconnect(self, sid, namespace, **kwargs):
-        socketio_hooks.basic_disconnect(self, sid, namespace,
-                                        list(self._rooms_of.get((namespace, sid), ())))
+            if joined:
+                self._recovery.joined(sid, namespace, room)
+            else:
+                self._recovery.touch(sid, namespace)
 
     # -- emitting --------------------------------------------------------------
 

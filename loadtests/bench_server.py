@@ -1,29 +1,31 @@
 """One dyno of the benchmark: a python-socketio server on gevent with the
 backplane named by BACKEND, and a small HTTP control API for the driver.
 
-BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``ours-recovery`` (the
-same with connection state recovery on), ``ours-all`` (ours reading every
-partition: ``home_partitions=False``), ``stock-kafka``
+BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``ours-threading``
+(the same in python-socketio's threading mode: nothing patched, Werkzeug's
+threaded server), ``ours-recovery`` (connection state recovery on),
+``ours-all`` (ours reading every partition: ``home_partitions=False``),
+``stock-kafka``
 (python-socketio's KafkaManager, see StockKafkaManager) or ``redis``
 (python-socketio's RedisManager). Env: PORT, BOOTSTRAP, PREFIX, REDIS_URL,
 FETCH_MAX_WAIT_MS (ours only; default: the manager's own default).
 """
-from gevent import monkey
+import os
 
-monkey.patch_all()
+BACKEND = os.environ["BACKEND"]
+ASYNC_MODE = "threading" if BACKEND == "ours-threading" else "gevent"
+if ASYNC_MODE == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import json  # noqa: E402
-import os  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
-import gevent  # noqa: E402
 import socketio  # noqa: E402
-from gevent import pywsgi  # noqa: E402
-from geventwebsocket.handler import WebSocketHandler  # noqa: E402
 from pacing import paced  # noqa: E402
 
-BACKEND = os.environ["BACKEND"]
 #: Bytes this process read from its sockets (broker or Redis, and clients).
 RECEIVED = [0]
 
@@ -48,7 +50,8 @@ def _count_reads() -> None:
     gsocket.socket.recv, gsocket.socket.recv_into = counted_recv, counted_recv_into
 
 
-_count_reads()
+if ASYNC_MODE == "gevent":
+    _count_reads()
 ROOM = "bench"
 
 
@@ -64,7 +67,7 @@ class StockKafkaManager(socketio.KafkaManager):
 
 
 def make_manager():
-    if BACKEND in ("ours", "ours-recovery", "ours-all"):
+    if BACKEND in ("ours", "ours-threading", "ours-recovery", "ours-all"):
         from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 
         consumer = {}
@@ -83,7 +86,7 @@ def make_manager():
 
 
 mgr = make_manager()
-sio = socketio.Server(client_manager=mgr, async_mode="gevent")
+sio = socketio.Server(client_manager=mgr, async_mode=ASYNC_MODE)
 
 
 @sio.on("connect")
@@ -98,7 +101,7 @@ def burst(target, n, rate):
     started = time.time()
     for seq in paced(n, rate):
         if not rate and seq % 64 == 0:
-            gevent.sleep(0)  # let the backplane's IO greenlets run
+            sio.sleep(0)  # let the backplane's IO greenlets run
         sio.emit("m", (seq, time.time()), to=to)
     return time.time() - started
 
@@ -150,5 +153,16 @@ def control(environ, start_response):
 app = socketio.WSGIApp(sio, control)
 
 if __name__ == "__main__":
-    pywsgi.WSGIServer(("127.0.0.1", int(os.environ["PORT"])), app, log=None,
-                      handler_class=WebSocketHandler).serve_forever()
+    if ASYNC_MODE == "threading":
+        import logging
+
+        from werkzeug.serving import run_simple
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        run_simple("127.0.0.1", int(os.environ["PORT"]), app, threaded=True)
+    else:
+        from gevent import pywsgi
+        from geventwebsocket.handler import WebSocketHandler
+
+        pywsgi.WSGIServer(("127.0.0.1", int(os.environ["PORT"])), app, log=None,
+                          handler_class=WebSocketHandler).serve_forever()

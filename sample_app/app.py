@@ -3,12 +3,17 @@
 Run three dynos with `make demo`, open two of them in a browser, and watch
 rooms, private messages and broadcasts cross from one dyno to another.
 """
-from gevent import monkey
+import os
 
-monkey.patch_all()  # first: before Flask, Flask-SocketIO or kafka are imported
+# gevent (the default) or threading: Flask-SocketIO's two async modes, with
+# the same backplane under both.
+ASYNC_MODE = os.environ.get("ASYNC_MODE", "gevent")
+if ASYNC_MODE == "gevent":
+    from gevent import monkey
+
+    monkey.patch_all()  # first: before Flask, Flask-SocketIO or kafka are imported
 
 import logging  # noqa: E402
-import os  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -41,7 +46,7 @@ mgr = KafkaManager.from_env(
     if os.environ.get("BROKER_ENGINE") == "tansu" else None,
 )
 app = Flask(__name__)
-socketio = SocketIO(app, client_manager=mgr, async_mode="gevent")
+socketio = SocketIO(app, client_manager=mgr, async_mode=ASYNC_MODE)
 # /healthz (503 when this dyno cannot deliver) and, with the `metrics` extra
 # installed, /metrics for Prometheus. See docs/operating.md.
 add_routes(app, mgr)

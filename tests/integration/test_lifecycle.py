@@ -53,11 +53,19 @@ def test_unreachable_broker_fails_fast_naming_the_servers():
     mgr = KafkaManager(bootstrap_servers=address, connect_timeout=1)
     started = time.monotonic()
     with pytest.raises(BrokerUnavailableError, match=address):
-        socketio.Server(client_manager=mgr)
+        socketio.Server(client_manager=mgr, async_mode="threading")
     assert time.monotonic() - started < 10
     writer = KafkaManager(bootstrap_servers=address, connect_timeout=1, write_only=True)
     with pytest.raises(BrokerUnavailableError, match=address):
         writer.emit("e", "x")
+
+
+def test_gevent_mode_without_monkey_patching_is_a_clear_error():
+    """kafka-python would block every greenlet on its sockets: refused with
+    what to do (this test process is not patched)."""
+    mgr = KafkaManager(bootstrap_servers=f"127.0.0.1:{free_port()}", connect_timeout=1)
+    with pytest.raises(RuntimeError, match=r"monkey.patch_all\(\).*async_mode='threading'"):
+        socketio.Server(client_manager=mgr, async_mode="gevent")
 
 
 EMITTER = textwrap.dedent("""
