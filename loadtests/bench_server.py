@@ -123,6 +123,13 @@ def mix(targets, n, rate, room_every=0, all_every=0, seed=0):
     return time.time() - started
 
 
+def _body(environ) -> dict:
+    """The request's JSON (Werkzeug's input is the raw stream: read only
+    what the request says it sent)."""
+    size = int(environ.get("CONTENT_LENGTH") or 0)
+    return json.loads(environ["wsgi.input"].read(size) or b"{}")
+
+
 def control(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/ready":
@@ -134,7 +141,7 @@ def control(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(sids).encode()]
     if path == "/burst":
-        body = json.loads(environ["wsgi.input"].read() or b"{}")
+        body = _body(environ)
         seconds = burst(body["target"], body["n"], body.get("rate", 0))
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"seconds": seconds}).encode()]
@@ -142,7 +149,7 @@ def control(environ, start_response):
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"bytes": RECEIVED[0]}).encode()]
     if path == "/mix":
-        body = json.loads(environ["wsgi.input"].read() or b"{}")
+        body = _body(environ)
         seconds = mix(**body)
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"seconds": seconds}).encode()]
