@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from .sessions import (
     SAVED,
     Checkpoint,
     Position,
+    PrivateEntry,
     RefPoint,
     Session,
     SessionReader,
@@ -237,8 +238,10 @@ class Recovery:
         self.stats: Counter[str] = Counter()
         self._step = 0
         self._emit_seq = 0
-        #: (step, monotonic time, coords, emit counter) of each delivery step.
-        self._ring: deque[tuple[int, float, list, int]] = deque(maxlen=options.window_steps)
+        #: (step, monotonic time, coords, emit counter, the one connection it
+        #: went to or None) of each delivery step.
+        self._ring: deque[tuple[int, float, list, int, str | None]] = deque(
+            maxlen=options.window_steps)
         self._pids: dict[tuple[str, str], str] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._released: set[tuple[str, str]] = set()
@@ -280,16 +283,17 @@ class Recovery:
             self._emit_seq += 1
             return self._emit_seq
 
-    def step(self, coords: list, live: bool = True) -> str:
+    def step(self, coords: list, only: str | None = None) -> str:
         """Register one delivery step (the records it came from, filled in as
         they are acked) and return its offset string: a full one for a live
-        step, a short one for a replayed or held-back event, which comes
-        after newer records were delivered to others."""
+        step; for a step that went to ``only`` alone (a replayed or held-back
+        event, which comes after newer records went to others) a short one,
+        and the step counts for that connection's window alone."""
         with self._lock:
             self._step += 1
-            self._ring.append((self._step, time.monotonic(), coords, self._emit_seq))
+            self._ring.append((self._step, time.monotonic(), coords, self._emit_seq, only))
             ref = self._ref
-            if not live or ref is None:
+            if only is not None or ref is None:
                 return offsets.short(self.tag, self._step)
             for base, _, partition, offset in coords:
                 if offset >= 0:  # a record read here (its own ones land later)
@@ -490,7 +494,10 @@ class Recovery:
             emit_seq, window, exact = checkpoint.emit_seq, [], True
         else:
             slots = self._relevant(session)
-            window = [e for e in checkpoint.tail if e[0] > last and (e[1], e[2]) in slots]
+            window = [e for e in _latest_each(
+                [e for e in checkpoint.tail if (e[1], e[2]) in slots]
+                + [(st, b, p, o) for st, sid, b, p, o in checkpoint.private
+                   if sid == session.sid]) if e[0] > last]
             # Steps between the client's and the tail's may have been for it.
             exact = last >= checkpoint.tail_from - 1
         return msgspec.structs.replace(
@@ -690,19 +697,24 @@ class Recovery:
             if entry[1] < cutoff:
                 break
             recent.append(entry)
-        for step, _, coords, _ in reversed(recent):
+        for step, _, coords, _, only in reversed(recent):
             for base, key, partition, offset in coords:
-                sids = list(rooms_of) if base == SEND_ALL else members.get((base, key), ())
+                if only is not None:
+                    sids = [only] if only in own else []
+                elif base == SEND_ALL:
+                    sids = list(rooms_of)
+                else:
+                    sids = members.get((base, key), ())
                 if offset < 0:
                     unacked.update(sids)  # never acked: not in Kafka to replay
                     continue
                 entry = (step, base, partition, offset)
-                if base == SEND_ALL:
+                if base == SEND_ALL and only is None:
                     everyone.append(entry)
                 else:
                     for sid in sids:
                         own[sid].append(entry)
-        return {sid: (list(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
+        return {sid: (_latest_each(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
                 for sid in rooms_of}
 
     def _write_live(self, key: tuple[str, str]) -> None:
@@ -751,12 +763,12 @@ class Recovery:
         recent.reverse()
         # Its own records' places come with the broker's acks.
         deadline = time.monotonic() + 1.0
-        while any(c[3] < 0 for _, _, coords, _ in recent for c in coords):
+        while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
             if time.monotonic() > deadline:
                 break
             self.core.runtime.sleep(0.005)
         tail_from = recent[0][0] if recent else step + 1
-        for entry_step, _, coords, _ in recent:
+        for entry_step, _, coords, _, _ in recent:
             if any(c[3] < 0 for c in coords):
                 # Never acked: not in Kafka to replay, so steps up to here
                 # cannot be cut exactly.
@@ -766,16 +778,21 @@ class Recovery:
         tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
                              recent[0][3] if recent else emit_seq)
         tail: list[WindowEntry] = []
+        private: list[PrivateEntry] = []
         emit_steps: list[tuple[int, int]] = []
         seq = tail_emit_seq
-        for entry_step, _, coords, entry_seq in recent:
+        for entry_step, _, coords, entry_seq, only in recent:
             if entry_seq != seq:
                 emit_steps.append((entry_step, entry_seq))
                 seq = entry_seq
-            tail.extend((entry_step, base, partition, offset)
-                        for base, _, partition, offset in coords)
+            if only is None:
+                tail.extend((entry_step, base, partition, offset)
+                            for base, _, partition, offset in coords)
+            else:
+                private.extend((entry_step, only, base, partition, offset)
+                               for base, _, partition, offset in coords)
         return Checkpoint(self.owner, self.tag, time.time(), positions, emit_seq, step,
-                          tail_from, tail_emit_seq, tail, emit_steps)
+                          tail_from, tail_emit_seq, tail, emit_steps, private)
 
     # -- replay ------------------------------------------------------------
 
@@ -822,11 +839,11 @@ class Recovery:
             raise
         logger.debug("replaying %d events to %s", len(missed), sid)
         for coords, event, args in missed:
-            send(eio_sid, session.namespace, event, args, self.step(coords, live=False))
+            send(eio_sid, session.namespace, event, args, self.step(coords, only=sid))
         buffered = self.replaying.get(sid, [])
         while buffered:
             event, args, coords = buffered.pop(0)
-            send(eio_sid, session.namespace, event, args, self.step(coords, live=False))
+            send(eio_sid, session.namespace, event, args, self.step(coords, only=sid))
         self.replaying.pop(sid, None)
         self.stats["succeeded"] += 1
         self.stats["replayed"] += len(missed)
@@ -857,3 +874,14 @@ class Recovery:
             return []
         return read_missed(self.core.consumer_config, self.core.topic_config.name,
                            session, window, ranges, (self.owner, own_seq, own))
+
+
+def _latest_each(entries: Iterable[WindowEntry]) -> list[WindowEntry]:
+    """Each record once, at the last step that sent it, in step order: a
+    record held back for a replaying connection is sent to it at a later
+    step than to the others, and only that step says whether it got it."""
+    latest: dict[tuple[str, int, int], int] = {}
+    for step, base, partition, offset in entries:
+        key = (base, partition, offset)
+        latest[key] = max(step, latest.get(key, step))
+    return sorted((step, *key) for key, step in latest.items())

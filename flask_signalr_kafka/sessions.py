@@ -62,6 +62,9 @@ Position = tuple[str, int, int]
 #: A record that may have been sent after the client's last offset:
 #: (step, topic base name, partition, offset).
 WindowEntry = tuple[int, str, int, int]
+#: A record sent to one connection alone (a replayed or held-back event):
+#: (step, sid, topic base name, partition, offset).
+PrivateEntry = tuple[int, str, str, int, int]
 
 
 class Session(msgspec.Struct, array_like=True):
@@ -103,6 +106,7 @@ class Checkpoint(msgspec.Struct, array_like=True):
                  session's window (any connection's: filtered on use).
     :param emit_steps: ``(step, emit_seq)`` where the emit counter moved in
                        the tail; before the tail it was ``tail_emit_seq``.
+    :param private: the tail's steps that went to one connection alone.
     """
 
     owner: str
@@ -115,6 +119,7 @@ class Checkpoint(msgspec.Struct, array_like=True):
     tail_emit_seq: int = 0
     tail: list[WindowEntry] = msgspec.field(default_factory=list)
     emit_steps: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    private: list[PrivateEntry] = msgspec.field(default_factory=list)
 
 
 class RefPoint(msgspec.Struct, array_like=True):

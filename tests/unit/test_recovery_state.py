@@ -171,7 +171,7 @@ def test_full_offsets_count_from_the_acked_reference_point():
     assert (last.ref, last.emits) == (1, 1)
     # The reference point had no position on these slots: counted from 0.
     assert last.slots == {("send-all", 0): 6, ("send-group", 3): 11}
-    assert offsets.parse(r.step([["send-all", None, 0, 6]], live=False)).ref is None
+    assert offsets.parse(r.step([["send-all", None, 0, 6]], only="sid~a")).ref is None
 
 
 def test_a_full_offset_restores_exactly_what_the_client_had():
@@ -266,3 +266,23 @@ def test_store_prunes_what_can_no_longer_be_restored():
     reader.parts[store.home].sessions[b"s:" + pids["new"].encode()] = b"\xc1"
     with pytest.raises(MalformedRecord):
         store.find(pids["new"])
+
+
+def test_a_step_that_went_to_one_connection_counts_for_its_window_alone():
+    """Replayed and held-back events reach one connection: in another's
+    window they would come again at its next drop."""
+    r = recovery()
+    r.step([["send-all", None, 0, 5]])  # live: everyone, but sid~b was replaying
+    r.step([["send-all", None, 0, 4]], only="sid~b")  # a replayed broadcast
+    r.step([["send-all", None, 0, 5]], only="sid~b")  # the held-back one
+    windows = r._windows({"sid~a": [], "sid~b": []}, 60)
+    assert windows["sid~a"] == ([(1, "send-all", 0, 5)], True)
+    # Each record once, at the step that actually sent it to sid~b.
+    assert windows["sid~b"] == ([(2, "send-all", 0, 4), (3, "send-all", 0, 5)], True)
+    checkpoint = r._checkpoint()
+    assert checkpoint.tail == [(1, "send-all", 0, 5)]
+    assert checkpoint.private == [(2, "sid~b", "send-all", 0, 4), (3, "sid~b", "send-all", 0, 5)]
+    for sid, expected in (("sid~a", [(1, "send-all", 0, 5)]),
+                          ("sid~b", [(2, "send-all", 0, 4), (3, "send-all", 0, 5)])):
+        live = Session(LIVE, sid, "/", [], "host_1", checkpoint.tag, time.time())
+        assert r._from_checkpoint(live, checkpoint, 0).window == expected
