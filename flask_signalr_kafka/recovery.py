@@ -34,6 +34,7 @@ from .replay import read_missed, step_of
 from .sessions import (
     LIVE,
     SAVED,
+    SHARED_READ,
     Checkpoint,
     Position,
     PrivateEntry,
@@ -472,7 +473,7 @@ class Recovery:
         return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
 
     def _alive(self, owner: str) -> bool:
-        checkpoint = self.store.checkpoint(owner)
+        checkpoint = self.store.checkpoint(owner, since=time.monotonic() - SHARED_READ)
         return checkpoint is not None and time.time() - checkpoint.at < self._liveness()
 
     def _from_checkpoint(self, session: Session, checkpoint: Checkpoint,
@@ -481,8 +482,11 @@ class Recovery:
         last step ``last`` (``None``: unknown, so the whole tail is sent
         again): the checkpoint's positions, and its tail's records of later
         steps as the window."""
+        whole = checkpoint.tail_whole
         if last is None:
             last = checkpoint.tail_from - 1
+        else:
+            whole = True  # the client said where it stood
         emit_seq = checkpoint.tail_emit_seq
         for step, seq in checkpoint.emit_steps:
             if step > last:
@@ -499,7 +503,7 @@ class Recovery:
                 + [(st, b, p, o) for st, sid, b, p, o in checkpoint.private
                    if sid == session.sid]) if e[0] > last]
             # Steps between the client's and the tail's may have been for it.
-            exact = last >= checkpoint.tail_from - 1
+            exact = whole and last >= checkpoint.tail_from - 1
         return msgspec.structs.replace(
             session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
             emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,
@@ -768,12 +772,9 @@ class Recovery:
                 break
             self.core.runtime.sleep(0.005)
         tail_from = recent[0][0] if recent else step + 1
-        for entry_step, _, coords, _, _ in recent:
-            if any(c[3] < 0 for c in coords):
-                # Never acked: not in Kafka to replay, so steps up to here
-                # cannot be cut exactly.
-                tail_from = entry_step + 1
-        recent = [e for e in recent if e[0] >= tail_from]
+        # A whole tail spans the drop window: a client that cannot say which
+        # step it had is replayed all of it, and nothing older can be missing.
+        whole = bool(recent) and (len(recent) < _TAIL_STEPS or recent[0][1] <= cutoff)
         # The emit counter just before the tail, then wherever it moved in it.
         tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
                              recent[0][3] if recent else emit_seq)
@@ -785,14 +786,17 @@ class Recovery:
             if entry_seq != seq:
                 emit_steps.append((entry_step, entry_seq))
                 seq = entry_seq
+            # A record still not acked is this dyno's own, not yet read back
+            # (at or past its position): the replay's ranges hold it.
+            acked = [c for c in coords if c[3] >= 0]
             if only is None:
                 tail.extend((entry_step, base, partition, offset)
-                            for base, _, partition, offset in coords)
+                            for base, _, partition, offset in acked)
             else:
                 private.extend((entry_step, only, base, partition, offset)
-                               for base, _, partition, offset in coords)
+                               for base, _, partition, offset in acked)
         return Checkpoint(self.owner, self.tag, time.time(), positions, emit_seq, step,
-                          tail_from, tail_emit_seq, tail, emit_steps, private)
+                          tail_from, tail_emit_seq, tail, emit_steps, private, whole or not recent)
 
     # -- replay ------------------------------------------------------------
 

@@ -56,6 +56,8 @@ CHECKPOINT_PREFIX = b"d:"
 REF_PREFIX = b"r:"
 #: How many reference points of a dyno the topic keeps.
 REF_SLOTS = 256
+#: Seconds within which one read of a partition serves every waiter.
+SHARED_READ = 0.1
 
 #: A Kafka position: (topic base name, partition, next offset to deliver).
 Position = tuple[str, int, int]
@@ -107,6 +109,9 @@ class Checkpoint(msgspec.Struct, array_like=True):
     :param emit_steps: ``(step, emit_seq)`` where the emit counter moved in
                        the tail; before the tail it was ``tail_emit_seq``.
     :param private: the tail's steps that went to one connection alone.
+    :param tail_whole: the tail spans the drop window (it was not cut short
+                       by its length limit), so a client that cannot say
+                       which step it had is given all of it.
     """
 
     owner: str
@@ -120,6 +125,7 @@ class Checkpoint(msgspec.Struct, array_like=True):
     tail: list[WindowEntry] = msgspec.field(default_factory=list)
     emit_steps: list[tuple[int, int]] = msgspec.field(default_factory=list)
     private: list[PrivateEntry] = msgspec.field(default_factory=list)
+    tail_whole: bool = True
 
 
 class RefPoint(msgspec.Struct, array_like=True):
@@ -385,10 +391,12 @@ class SessionStore:
         holds for it or ``timeout`` seconds pass; return the last one read."""
         deadline = time.monotonic() + timeout
         while True:
-            session = self.session_in(partition, pid)
+            # A read begun in the last moment serves: many clients of a dyno
+            # that went away wait at once, and share reads.
+            session = self.session_in(partition, pid, since=time.monotonic() - SHARED_READ)
             if predicate(session) or time.monotonic() > deadline:
                 return session
-            time.sleep(0.05)
+            time.sleep(SHARED_READ)
 
     # -- writing ------------------------------------------------------------
 

@@ -210,15 +210,28 @@ def test_a_dead_dynos_checkpoint_tail_is_cut_at_the_clients_step():
     assert not r._from_checkpoint(live, checkpoint, 3).exact  # older than the tail
 
 
-def test_checkpoint_tail_starts_after_a_record_never_acked():
+def test_checkpoint_tail_leaves_out_a_record_never_acked():
+    """Its own record not acked yet is at or past the dyno's position: the
+    replay's ranges read it, so the tail neither holds it nor stops at it."""
     r = recovery()
     r.step([["send-all", None, 0, 1]])
     r.next_emit()
     r.step([["send-all", None, -1, -1]])  # its own record, never acked
     r.step([["send-all", None, 0, 2]])
     checkpoint = r._checkpoint()
-    assert (checkpoint.step, checkpoint.tail_from) == (3, 3)
-    assert checkpoint.tail == [(3, "send-all", 0, 2)] and checkpoint.tail_emit_seq == 1
+    assert (checkpoint.step, checkpoint.tail_from, checkpoint.tail_emit_seq) == (3, 1, 0)
+    assert checkpoint.tail == [(1, "send-all", 0, 1), (3, "send-all", 0, 2)]
+    assert checkpoint.emit_steps == [(2, 1)] and checkpoint.tail_whole
+
+
+def test_a_client_without_an_offset_is_not_recovered_from_a_cut_tail():
+    r = recovery()
+    now = time.time()
+    cut = Checkpoint("host_2", "cd", now, [], emit_seq=0, step=9, tail_from=5,
+                     tail=[(5, "send-all", 0, 7)], tail_whole=False)
+    live = Session(LIVE, "sid~a", "/", [], "host_2", "cd", now)
+    assert not r._from_checkpoint(live, cut, None).exact
+    assert r._from_checkpoint(live, cut, 6).exact  # its offset says where it stood
 
 
 def test_an_unknown_or_foreign_pid_is_a_new_connection():
