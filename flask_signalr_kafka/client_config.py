@@ -84,11 +84,13 @@ def kafka_configs(
         "group_id": None,
         "enable_auto_commit": False,
         # Kafka's own default, for send-conn's consumer, whose partitions
-        # change with claims; the others wait 5 s (the manager's
-        # STATIC_FETCH_WAIT_MS). Apache Kafka answers a fetch as soon as
-        # data arrives, so this only sets how often idle consumers ask (six
-        # at 100 ms cost an idle dyno ~9% of a core, at 500 ms ~3%). Brokers
-        # that hold a fetch to its deadline (Tansu) want less: 20, for all.
+        # change with claims; the others wait 3 s (core.STATIC_FETCH_WAIT_MS).
+        # Apache Kafka answers a fetch as soon as data arrives, so this sets
+        # how often idle consumers ask (six at 100 ms cost an idle dyno ~9%
+        # of a core, at 500 ms ~3%), and how long a partition whose leader
+        # moved to a node with a fetch in flight waits (5 s made a killed
+        # leader's failover 17 s under load). Brokers that hold a fetch to
+        # its deadline (Tansu) want less: 20, for all.
         "fetch_max_wait_ms": 500,
         # As the producer's: back within 1 s of a broker's return.
         "reconnect_backoff_max_ms": 1000,

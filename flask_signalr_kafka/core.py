@@ -36,8 +36,9 @@ def new_server_name() -> str:
     return f"{socket.gethostname()}_{uuid.uuid4().hex}"
 
 #: The fetch wait of a consumer whose partitions never change (all but
-#: send-conn's under home partitions, which a claim must reach at once).
-STATIC_FETCH_WAIT_MS = 5000
+#: send-conn's under home partitions, which a claim must reach at once): it
+#: spaces an idle dyno's requests, and delays a failover by as much.
+STATIC_FETCH_WAIT_MS = 3000
 #: Seconds a claimed sid may wait for its connection before it is dropped.
 CLAIM_GRACE = 60.0
 
