@@ -10,7 +10,7 @@ from .errors import (
     TopicCreationError,
 )
 from .manager import KafkaManager
-from .recovery import ConnectionStateRecovery
+from .recovery_options import ConnectionStateRecovery
 from .topics import KafkaTopicConfig, TopicSpec
 
 __all__ = [

@@ -39,8 +39,9 @@ from .records import (
     GroupCommandExt,
     InvocationExt,
 )
-from .recovery import ConnectionStateRecovery, Recovery, options_from
+from .recovery import Recovery
 from .recovery import metric_families as recovery_metric_families
+from .recovery_options import ConnectionStateRecovery, options_from
 from .rooms import RoomIndex
 from .topics import KafkaTopicConfig
 
@@ -421,7 +422,7 @@ class KafkaManager(RoomIndex, Manager):
         payload_limits.check_emit(self._payload_limit, frames, self.server_name, event,
                                   namespace, targets, published, skip_sid)
         # Counted before the local delivery, whose step records it.
-        emit_seq = recovery.next_emit() if recovery is not None else 0
+        emit_seq = recovery.log.next_emit() if recovery is not None else 0
         coords: list = []
         if self.server is not None:
             # This server's clients at once, each once however many of the
@@ -446,7 +447,7 @@ class KafkaManager(RoomIndex, Manager):
                 base, key = SEND_CONN, one  # a local sid, whatever its shape
             future = self.core.publish(base, key, records.encode(record))
             if recovery is not None:
-                recovery.track(future, coords, base, key)
+                recovery.log.track(future, coords, base, key)
 
     def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
                  callback: Callable | None, coords: list) -> None:

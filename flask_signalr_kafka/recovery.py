@@ -12,13 +12,11 @@ spells the offsets.
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import secrets
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +28,7 @@ from .core import KafkaCore
 from .errors import MalformedRecord
 from .home_partitions import partitions_of
 from .offsets import Slot
+from .recovery_options import ConnectionStateRecovery
 from .replay import read_missed, step_of
 from .sessions import (
     LIVE,
@@ -37,15 +36,13 @@ from .sessions import (
     SHARED_READ,
     Checkpoint,
     Position,
-    PrivateEntry,
-    RefPoint,
     Session,
     SessionReader,
     SessionStore,
-    WindowEntry,
     home_of_tag,
 )
 from .stats import COUNTER, GAUGE, Family
+from .steps import DROP_WINDOW, DeliveryLog, latest_each
 from .topics import SESSIONS
 
 
@@ -67,71 +64,11 @@ logger = logging.getLogger(__name__)
 SEND_BASES = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 #: engine.io's reasons for a drop the client did not ask for.
 RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
-#: Seconds of sent records a session keeps when its socket may have died
-#: with some of them unread.
-_DROP_WINDOW = 5.0
-#: The most steps a checkpoint's tail keeps (a client lagging further behind
-#: its dying dyno is not recovered rather than lose events).
-_TAIL_STEPS = 5000
 #: Seconds between a busy dyno's reference points: full offsets name the
 #: slots delivered past the last one, so this bounds their length.
 _REF_EVERY = 1.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
-
-
-@dataclass(frozen=True)
-class ConnectionStateRecovery:
-    """Settings of connection state recovery.
-
-    :param max_disconnection_duration: seconds a client may stay away and
-        still be recovered (the Node server's default, 120).
-    :param skip_connect_handler: ``False`` (default): the app's connect
-        handler runs again on a recovery (it can authenticate and set up the
-        connection as usual; ``KafkaManager.is_recovered(sid, namespace)``
-        tells a recovered connection); ``True``: it does not, as Node's
-        ``skipMiddlewares``.
-    :param max_replay_records: a recovery that would read more records than
-        this fails (the client gets a new connection) rather than make the
-        dyno read without bound.
-    :param checkpoint_interval: seconds between a dyno's checkpoints: what a
-        SIGKILL can make a client receive twice.
-    :param release_timeout: seconds to wait for the dyno that still holds a
-        reconnecting client's old connection to let it go.
-    :param window_steps: delivery steps a dyno remembers for the window (a
-        recovery that would need older ones is refused, never lossy).
-    """
-
-    max_disconnection_duration: float = 120.0
-    skip_connect_handler: bool = False
-    max_replay_records: int = 50_000
-    checkpoint_interval: float = 0.25
-    release_timeout: float = 3.0
-    window_steps: int = 200_000
-
-    def __post_init__(self) -> None:
-        for name in ("max_disconnection_duration", "checkpoint_interval", "release_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"ConnectionStateRecovery.{name} must be a positive number "
-                                 f"of seconds, not {value!r}")
-        for name in ("max_replay_records", "window_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ConnectionStateRecovery.{name} must be a positive int, "
-                                 f"not {value!r}")
-
-
-def options_from(value: Any) -> ConnectionStateRecovery | None:
-    """The ``connection_state_recovery`` argument as settings, or ``None``."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return ConnectionStateRecovery()
-    if isinstance(value, ConnectionStateRecovery):
-        return value
-    raise TypeError("connection_state_recovery must be False, True or a "
-                    f"ConnectionStateRecovery(...), not {value!r}")
 
 
 def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
@@ -176,14 +113,6 @@ def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
     ]
 
 
-def in_browser(environ: Any) -> bool:
-    """Whether a connection's client runs in a web browser, where only the
-    official Socket.IO client runs: it reads offsets from its first
-    connection on, so it need not announce recovery to get them."""
-    agent = environ.get("HTTP_USER_AGENT", "") if isinstance(environ, dict) else ""
-    return agent.startswith("Mozilla/")
-
-
 class RecoveryFailed(Exception):
     """A recovery that cannot be done; the client gets a new connection."""
 
@@ -215,39 +144,22 @@ class Recovery:
         self.host = host
         self.options = options
         self.owner = core.server_name
-        self.tag = secrets.token_hex(4)
+        self.log = DeliveryLog(options.window_steps)
+        self.log.tag = secrets.token_hex(4)
         reader = SessionReader(core.consumer_config, core.topic_config.name(SESSIONS),
                                keep=min(60.0, options.max_disconnection_duration))
         self.store = SessionStore(self._publish_session, reader, self.owner,
                                   options.max_disconnection_duration)
-        #: Full offsets: the newest acked reference point (n, positions,
-        #: emit counter), the slots delivered past it and by how much.
-        self._ref: tuple[int, dict[Slot, int], int] | None = None
-        self._ref_n = 0
-        self._delivered: dict[Slot, int] = {}
-        self._past_ref: dict[Slot, int] = {}
-        #: Set once this dyno's first reference point is acked: its home
-        #: partition takes writes (a topic created a second ago may not yet).
-        self.ready = threading.Event()
-        core.add_readiness(self.ready)
-        # Delivery steps come from every consumer (threads in threading mode).
-        self._lock = threading.Lock()
+        core.add_readiness(self.log.ready)
         self.announced: set[str] = set()
         #: sid -> live events held back while its missed ones are replayed.
         self.replaying: dict[str, list] = {}
         self._replay_ends: dict[str, dict[tuple[str, int], int]] = {}
         self.stats: Counter[str] = Counter()
-        self._step = 0
-        self._emit_seq = 0
-        #: (step, monotonic time, coords, emit counter, the one connection it
-        #: went to or None) of each delivery step.
-        self._ring: deque[tuple[int, float, list, int, str | None]] = deque(
-            maxlen=options.window_steps)
         self._pids: dict[tuple[str, str], str] = {}
         self._recovered: set[tuple[str, str]] = set()
         self._released: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
-        self._own_acked: dict[tuple[str, int], int] = {}
         self._pending: dict[tuple[str, str], Restore] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
@@ -260,7 +172,7 @@ class Recovery:
 
     def start(self) -> None:
         # Its offsets name its home: a client's next dyno looks there.
-        self.tag = f"{self.store.home}h{secrets.token_hex(3)}"
+        self.log.tag = f"{self.store.home}h{secrets.token_hex(3)}"
         self._stopping = False
         self._checkpointer = self.core.runtime.spawn(self._run_checkpoints)
 
@@ -279,80 +191,15 @@ class Recovery:
 
     # -- delivery: steps, offsets and own records ------------------------------
 
-    def next_emit(self) -> int:
-        with self._lock:
-            self._emit_seq += 1
-            return self._emit_seq
-
-    def step(self, coords: list, only: str | None = None) -> str:
-        """Register one delivery step (the records it came from, filled in as
-        they are acked) and return its offset string: a full one for a live
-        step; for a step that went to ``only`` alone (a replayed or held-back
-        event, which comes after newer records went to others) a short one,
-        and the step counts for that connection's window alone."""
-        with self._lock:
-            self._step += 1
-            self._ring.append((self._step, time.monotonic(), coords, self._emit_seq, only))
-            ref = self._ref
-            if only is not None or ref is None:
-                return offsets.short(self.tag, self._step)
-            for base, _, partition, offset in coords:
-                if offset >= 0:  # a record read here (its own ones land later)
-                    self._advance((base, partition), offset + 1, ref[1])
-            return offsets.full(self.tag, self._step, ref[0], self._emit_seq - ref[2],
-                                self._past_ref)
-
-    def _advance(self, slot: Slot, position: int, at_ref: dict[Slot, int]) -> None:
-        if position > self._delivered.get(slot, 0):
-            self._delivered[slot] = position
-            if position > at_ref.get(slot, 0):
-                self._past_ref[slot] = position - at_ref.get(slot, 0)
-
     def joined(self, sid: str, namespace: str, room: str | None) -> None:
         """A connection joined ``room``: its session changes, and a full
         offset from now on must not reach back before the join (a record
         for the room read here before it joined was not for it)."""
         self.touch(sid, namespace)
-        ref = self._ref
-        if room is None or room == sid or ref is None:
+        if room is None or room == sid or not self.log.has_ref:
             return
         positions = self.positions()
-        with self._lock:
-            for slot in self._slots_of_room(room):
-                if slot in positions:
-                    self._advance(slot, positions[slot], self._ref[1])
-
-    def _use_ref(self, n: int, positions: dict[Slot, int], emit_seq: int) -> None:
-        """Reference point ``n`` is durable: full offsets count from it."""
-        with self._lock:
-            if self._ref is not None and self._ref[0] >= n:
-                return
-            self._ref = (n, positions, emit_seq)
-            self._past_ref = {slot: at - positions.get(slot, 0) for slot, at in
-                              self._delivered.items() if at > positions.get(slot, 0)}
-        self.ready.set()
-
-    def _write_ref(self) -> None:
-        self._ref_n += 1
-        n, emit_seq = self._ref_n, self._emit_seq
-        position_list = self._position_list()
-        positions = {(b, p): off for b, p, off in position_list}
-        future = self.store.put_ref(RefPoint(self.owner, self.tag, n, time.time(),
-                                             position_list, emit_seq))
-        future.add_callback(lambda _: self._use_ref(n, positions, emit_seq))
-
-    def track(self, future: Any, coords: list, base: str, key: str | None) -> None:
-        """Note where one of this dyno's records lands, once the broker says."""
-        coord = [base, key, -1, -1]
-        coords.append(coord)
-
-        def landed(metadata: Any) -> None:
-            coord[2], coord[3] = metadata.partition, metadata.offset
-            slot = (base, metadata.partition)
-            if metadata.offset > self._own_acked.get(slot, -1):
-                self._own_acked[slot] = metadata.offset
-
-        future.add_callback(landed)
+        self.log.mark({s: positions[s] for s in self._slots_of_room(room) if s in positions})
 
     def positions(self) -> dict[tuple[str, int], int]:
         """This dyno's delivery position on every partition of the send topics."""
@@ -369,7 +216,8 @@ class Recovery:
         while True:
             positions = self.positions()
             # A partition not read here (another dyno's home) has nothing to wait for.
-            behind = [s for s, off in self._own_acked.items() if positions.get(s, off + 1) <= off]
+            behind = [s for s, off in self.log.own_acked.items()
+                      if positions.get(s, off + 1) <= off]
             if not behind:
                 return True
             if time.monotonic() > deadline:
@@ -498,7 +346,7 @@ class Recovery:
             emit_seq, window, exact = checkpoint.emit_seq, [], True
         else:
             slots = self._relevant(session)
-            window = [e for e in _latest_each(
+            window = [e for e in latest_each(
                 [e for e in checkpoint.tail if (e[1], e[2]) in slots]
                 + [(st, b, p, o) for st, sid, b, p, o in checkpoint.private
                    if sid == session.sid]) if e[0] > last]
@@ -550,7 +398,7 @@ class Recovery:
         missed), so the replay ends exactly where this dyno stands now."""
         self._taken[(sid, namespace)] = session.owner
         self.replaying[sid] = []
-        self._replay_ends[sid] = (self.positions(), self._emit_seq)
+        self._replay_ends[sid] = (self.positions(), self.log.emit_seq)
         self._recovered.add((sid, namespace))
 
     def registered(self, sid: str, namespace: str, pid: str, announced: bool) -> None:
@@ -599,7 +447,7 @@ class Recovery:
             return
         if reason in RECOVERABLE:
             eio = self.host.server.eio
-            window = (_DROP_WINDOW if reason != "ping timeout"
+            window = (DROP_WINDOW if reason != "ping timeout"
                       else eio.ping_interval + eio.ping_timeout + 2)
             self._save(pid, sid, namespace, window)
             self.store.let_go(pid)
@@ -627,9 +475,9 @@ class Recovery:
         rooms = self._rooms(sid, namespace)
         self.await_readback(1.0)
         positions = self._position_list()
-        window, exact = self._windows({sid: rooms}, window_seconds)[sid]
-        session = Session(SAVED, sid, namespace, rooms, self.owner, self.tag, time.time(),
-                          positions, self._emit_seq, window, exact)
+        window, exact = self.log.windows({sid: rooms}, window_seconds)[sid]
+        session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
+                          positions, self.log.emit_seq, window, exact)
         self.store.put(pid, session)
         self.stats["saved"] += 1
         return session
@@ -652,7 +500,8 @@ class Recovery:
         for (sid, namespace), pid in list(self._pids.items()):
             # Forgotten here: its disconnect below changes nothing more.
             self.store.put(pid, Session(SAVED, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.tag, now, positions, self._emit_seq))
+                                        self.owner, self.log.tag, now, positions,
+                                        self.log.emit_seq))
             self.stats["saved"] += 1
             self.store.let_go(pid)
         self._pids.clear()
@@ -677,56 +526,12 @@ class Recovery:
     def _position_list(self) -> list[Position]:
         return [(base, p, off) for (base, p), off in sorted(self.positions().items())]
 
-    def _windows(self, rooms_of: dict[str, list[str]],
-                 seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
-        """For each connection of ``rooms_of`` (sid -> rooms): the records
-        sent in the last ``seconds`` addressed to it, in the order they were
-        sent, and whether that is all of them. One pass over the ring for
-        every connection (a shutdown saves them all)."""
-        cutoff = time.monotonic() - seconds
-        ring = self._ring
-        exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
-        members: dict[tuple[str, str], list[str]] = {}
-        for sid, rooms in rooms_of.items():
-            members.setdefault((SEND_CONN, sid), []).append(sid)
-            for room in rooms:
-                uid = user_id_of(room)
-                target = (SEND_USER, uid) if uid is not None else (SEND_GROUP, room)
-                members.setdefault(target, []).append(sid)
-        everyone: list[WindowEntry] = []
-        own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
-        unacked: set[str] = set()
-        recent = []
-        for entry in reversed(ring):
-            if entry[1] < cutoff:
-                break
-            recent.append(entry)
-        for step, _, coords, _, only in reversed(recent):
-            for base, key, partition, offset in coords:
-                if only is not None:
-                    sids = [only] if only in own else []
-                elif base == SEND_ALL:
-                    sids = list(rooms_of)
-                else:
-                    sids = members.get((base, key), ())
-                if offset < 0:
-                    unacked.update(sids)  # never acked: not in Kafka to replay
-                    continue
-                entry = (step, base, partition, offset)
-                if base == SEND_ALL and only is None:
-                    everyone.append(entry)
-                else:
-                    for sid in sids:
-                        own[sid].append(entry)
-        return {sid: (_latest_each(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
-                for sid in rooms_of}
-
     def _write_live(self, key: tuple[str, str]) -> None:
         pid = self._pids.get(key)
         if pid is not None:
             sid, namespace = key
             self.store.put(pid, Session(LIVE, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.tag, time.time()))
+                                        self.owner, self.log.tag, time.time()))
 
     def _run_checkpoints(self) -> None:
         next_prune = time.monotonic() + 30
@@ -740,13 +545,15 @@ class Recovery:
                 dirty, self._dirty = self._dirty, set()
                 for key in dirty:
                     self._write_live(key)
-                moved = (self._step, self._emit_seq) != (last_step, last_emit)
+                log = self.log
+                moved = (log.last_step, log.emit_seq) != (last_step, last_emit)
                 if moved or time.monotonic() - last_at >= heartbeat:
-                    last_step, last_emit = self._step, self._emit_seq
-                    self.store.put_checkpoint(self._checkpoint())
+                    last_step, last_emit = log.last_step, log.emit_seq
+                    self.store.put_checkpoint(log.checkpoint(
+                        self.owner, self._position_list(), self.core.runtime.sleep))
                     last_at = time.monotonic()
-                if (moved or self._ref is None) and time.monotonic() - last_ref >= _REF_EVERY:
-                    self._write_ref()
+                if (moved or not log.has_ref) and time.monotonic() - last_ref >= _REF_EVERY:
+                    log.write_ref(self.owner, self._position_list(), self.store.put_ref)
                     last_ref = time.monotonic()
                 if time.monotonic() > next_prune:
                     next_prune = time.monotonic() + 30
@@ -754,49 +561,6 @@ class Recovery:
                         self.store.prune(partition, self._liveness())
             except Exception:
                 logger.exception("connection state recovery checkpoint failed")
-
-    def _checkpoint(self) -> Checkpoint:
-        """How far this dyno delivered now, with the tail of what it sent."""
-        positions, emit_seq, step = self._position_list(), self._emit_seq, self._step
-        cutoff = time.monotonic() - _DROP_WINDOW
-        recent = []
-        for entry in reversed(self._ring):
-            if entry[1] < cutoff or len(recent) >= _TAIL_STEPS:
-                break
-            recent.append(entry)
-        recent.reverse()
-        # Its own records' places come with the broker's acks.
-        deadline = time.monotonic() + 1.0
-        while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
-            if time.monotonic() > deadline:
-                break
-            self.core.runtime.sleep(0.005)
-        tail_from = recent[0][0] if recent else step + 1
-        # A whole tail spans the drop window: a client that cannot say which
-        # step it had is replayed all of it, and nothing older can be missing.
-        whole = bool(recent) and (len(recent) < _TAIL_STEPS or recent[0][1] <= cutoff)
-        # The emit counter just before the tail, then wherever it moved in it.
-        tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
-                             recent[0][3] if recent else emit_seq)
-        tail: list[WindowEntry] = []
-        private: list[PrivateEntry] = []
-        emit_steps: list[tuple[int, int]] = []
-        seq = tail_emit_seq
-        for entry_step, _, coords, entry_seq, only in recent:
-            if entry_seq != seq:
-                emit_steps.append((entry_step, entry_seq))
-                seq = entry_seq
-            # A record still not acked is this dyno's own, not yet read back
-            # (at or past its position): the replay's ranges hold it.
-            acked = [c for c in coords if c[3] >= 0]
-            if only is None:
-                tail.extend((entry_step, base, partition, offset)
-                            for base, _, partition, offset in acked)
-            else:
-                private.extend((entry_step, only, base, partition, offset)
-                               for base, _, partition, offset in acked)
-        return Checkpoint(self.owner, self.tag, time.time(), positions, emit_seq, step,
-                          tail_from, tail_emit_seq, tail, emit_steps, private, whole or not recent)
 
     # -- replay ------------------------------------------------------------
 
@@ -843,11 +607,11 @@ class Recovery:
             raise
         logger.debug("replaying %d events to %s", len(missed), sid)
         for coords, event, args in missed:
-            send(eio_sid, session.namespace, event, args, self.step(coords, only=sid))
+            send(eio_sid, session.namespace, event, args, self.log.step(coords, only=sid))
         buffered = self.replaying.get(sid, [])
         while buffered:
             event, args, coords = buffered.pop(0)
-            send(eio_sid, session.namespace, event, args, self.step(coords, only=sid))
+            send(eio_sid, session.namespace, event, args, self.log.step(coords, only=sid))
         self.replaying.pop(sid, None)
         self.stats["succeeded"] += 1
         self.stats["replayed"] += len(missed)
@@ -870,22 +634,11 @@ class Recovery:
             self.core.flush(5.0)
         except Exception:
             logger.warning("could not flush before a replay", exc_info=True)
-        own = {s: (ends[s], self._own_acked[s] + 1) for s in relevant
-               if s in ends and self._own_acked.get(s, -1) + 1 > ends[s]}
+        own = {s: (ends[s], self.log.own_acked[s] + 1) for s in relevant
+               if s in ends and self.log.own_acked.get(s, -1) + 1 > ends[s]}
         logger.debug("replay of %s reads %d window records, ranges %s and own %s",
                      session.sid, len(window), ranges, own)
         if not ranges and not window and not own:
             return []
         return read_missed(self.core.consumer_config, self.core.topic_config.name,
                            session, window, ranges, (self.owner, own_seq, own))
-
-
-def _latest_each(entries: Iterable[WindowEntry]) -> list[WindowEntry]:
-    """Each record once, at the last step that sent it, in step order: a
-    record held back for a replaying connection is sent to it at a later
-    step than to the others, and only that step says whether it got it."""
-    latest: dict[tuple[str, int, int], int] = {}
-    for step, base, partition, offset in entries:
-        key = (base, partition, offset)
-        latest[key] = max(step, latest.get(key, step))
-    return sorted((step, *key) for key, step in latest.items())

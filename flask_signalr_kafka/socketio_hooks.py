@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 from engineio import packet as eio_packet
 from socketio import exceptions, packet
 
-from .recovery import in_browser
-
 if TYPE_CHECKING:
     from .recovery import Recovery
 
@@ -94,7 +92,7 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
     if not recipients:
         return
     server = manager.server
-    offset = recovery.step(coords)
+    offset = recovery.log.step(coords)
     plain = with_offset = None
     for sid, eio_sid in recipients:
         held = recovery.replaying.get(sid)
@@ -128,6 +126,14 @@ def basic_disconnect(manager: Any, sid: str, namespace: str, rooms: list) -> Non
             pending[namespace].remove(sid)
             if not pending[namespace]:
                 del pending[namespace]
+
+
+def in_browser(environ: Any) -> bool:
+    """Whether a connection's client runs in a web browser, where only the
+    official Socket.IO client runs: it reads offsets from its first
+    connection on, so it need not announce recovery to get them."""
+    agent = environ.get("HTTP_USER_AGENT", "") if isinstance(environ, dict) else ""
+    return agent.startswith("Mozilla/")
 
 
 def _socket_open(server: Any, eio_sid: str) -> bool:

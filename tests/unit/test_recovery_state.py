@@ -8,7 +8,8 @@ import pytest
 from flask_signalr_kafka import ConnectionStateRecovery, offsets
 from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.errors import MalformedRecord
-from flask_signalr_kafka.recovery import Recovery, RecoveryFailed, options_from
+from flask_signalr_kafka.recovery import Recovery, RecoveryFailed
+from flask_signalr_kafka.recovery_options import options_from
 from flask_signalr_kafka.replay import step_of
 from flask_signalr_kafka.sessions import (
     LIVE,
@@ -116,6 +117,10 @@ class FakeCore:
         return {}
 
 
+def checkpoint_of(r):
+    return r.log.checkpoint(r.owner, [], time.sleep)
+
+
 def recovery(**options):
     r = Recovery(FakeCore(), SimpleNamespace(), ConnectionStateRecovery(**options))
     r.store.reader = FakeReader()
@@ -136,12 +141,12 @@ def _put(reader, key, value, partition):
 def test_windows_keep_what_was_addressed_to_each_connection_in_order():
     r = recovery()
     sid, rooms = "sid~a", ["r1", "user:alice"]
-    r.step([["send-group", "r1", 3, 10]])
-    r.step([["send-group", "other", 3, 11]])
-    r.step([["send-all", None, 0, 5]])
-    r.step([["send-user", "alice", 7, 2], ["send-user", "bob", 8, 1]])
-    r.step([["send-conn", sid, 1, 9], ["send-conn", "sid~b", 1, 10]])
-    windows = r._windows({sid: rooms, "sid~b": []}, 60)
+    r.log.step([["send-group", "r1", 3, 10]])
+    r.log.step([["send-group", "other", 3, 11]])
+    r.log.step([["send-all", None, 0, 5]])
+    r.log.step([["send-user", "alice", 7, 2], ["send-user", "bob", 8, 1]])
+    r.log.step([["send-conn", sid, 1, 9], ["send-conn", "sid~b", 1, 10]])
+    windows = r.log.windows({sid: rooms, "sid~b": []}, 60)
     assert windows[sid] == ([(1, "send-group", 3, 10), (3, "send-all", 0, 5),
                              (4, "send-user", 7, 2), (5, "send-conn", 1, 9)], True)
     assert windows["sid~b"] == ([(3, "send-all", 0, 5), (5, "send-conn", 1, 10)], True)
@@ -149,29 +154,29 @@ def test_windows_keep_what_was_addressed_to_each_connection_in_order():
 
 def test_window_is_not_exact_when_a_record_was_never_acked():
     r = recovery()
-    r.step([["send-all", None, -1, -1]])
-    assert r._windows({"sid~a": []}, 60) == {"sid~a": ([], False)}
+    r.log.step([["send-all", None, -1, -1]])
+    assert r.log.windows({"sid~a": []}, 60) == {"sid~a": ([], False)}
 
 
 def test_window_is_not_exact_when_the_ring_forgot_part_of_it():
     r = recovery(window_steps=2)
     for offset in range(3):
-        r.step([["send-all", None, 0, offset]])
-    window, exact = r._windows({"sid~a": []}, 60)["sid~a"]
+        r.log.step([["send-all", None, 0, offset]])
+    window, exact = r.log.windows({"sid~a": []}, 60)["sid~a"]
     assert [w[3] for w in window] == [1, 2] and not exact
 
 
 def test_full_offsets_count_from_the_acked_reference_point():
     r = recovery()
-    assert offsets.parse(r.step([["send-all", None, 0, 4]])).ref is None  # no reference yet
-    r._write_ref()  # acked at once by the fake publisher
-    r.step([["send-all", None, 0, 5]])
-    r.next_emit()
-    last = offsets.parse(r.step([["send-group", "r1", 3, 10]]))
+    assert offsets.parse(r.log.step([["send-all", None, 0, 4]])).ref is None  # no reference yet
+    r.log.write_ref(r.owner, [], r.store.put_ref)  # acked at once by the fake publisher
+    r.log.step([["send-all", None, 0, 5]])
+    r.log.next_emit()
+    last = offsets.parse(r.log.step([["send-group", "r1", 3, 10]]))
     assert (last.ref, last.emits) == (1, 1)
     # The reference point had no position on these slots: counted from 0.
     assert last.slots == {("send-all", 0): 6, ("send-group", 3): 11}
-    assert offsets.parse(r.step([["send-all", None, 0, 6]], only="sid~a")).ref is None
+    assert offsets.parse(r.log.step([["send-all", None, 0, 6]], only="sid~a")).ref is None
 
 
 def test_a_full_offset_restores_exactly_what_the_client_had():
@@ -214,11 +219,11 @@ def test_checkpoint_tail_leaves_out_a_record_never_acked():
     """Its own record not acked yet is at or past the dyno's position: the
     replay's ranges read it, so the tail neither holds it nor stops at it."""
     r = recovery()
-    r.step([["send-all", None, 0, 1]])
-    r.next_emit()
-    r.step([["send-all", None, -1, -1]])  # its own record, never acked
-    r.step([["send-all", None, 0, 2]])
-    checkpoint = r._checkpoint()
+    r.log.step([["send-all", None, 0, 1]])
+    r.log.next_emit()
+    r.log.step([["send-all", None, -1, -1]])  # its own record, never acked
+    r.log.step([["send-all", None, 0, 2]])
+    checkpoint = checkpoint_of(r)
     assert (checkpoint.step, checkpoint.tail_from, checkpoint.tail_emit_seq) == (3, 1, 0)
     assert checkpoint.tail == [(1, "send-all", 0, 1), (3, "send-all", 0, 2)]
     assert checkpoint.emit_steps == [(2, 1)] and checkpoint.tail_whole
@@ -285,14 +290,14 @@ def test_a_step_that_went_to_one_connection_counts_for_its_window_alone():
     """Replayed and held-back events reach one connection: in another's
     window they would come again at its next drop."""
     r = recovery()
-    r.step([["send-all", None, 0, 5]])  # live: everyone, but sid~b was replaying
-    r.step([["send-all", None, 0, 4]], only="sid~b")  # a replayed broadcast
-    r.step([["send-all", None, 0, 5]], only="sid~b")  # the held-back one
-    windows = r._windows({"sid~a": [], "sid~b": []}, 60)
+    r.log.step([["send-all", None, 0, 5]])  # live: everyone, but sid~b was replaying
+    r.log.step([["send-all", None, 0, 4]], only="sid~b")  # a replayed broadcast
+    r.log.step([["send-all", None, 0, 5]], only="sid~b")  # the held-back one
+    windows = r.log.windows({"sid~a": [], "sid~b": []}, 60)
     assert windows["sid~a"] == ([(1, "send-all", 0, 5)], True)
     # Each record once, at the step that actually sent it to sid~b.
     assert windows["sid~b"] == ([(2, "send-all", 0, 4), (3, "send-all", 0, 5)], True)
-    checkpoint = r._checkpoint()
+    checkpoint = checkpoint_of(r)
     assert checkpoint.tail == [(1, "send-all", 0, 5)]
     assert checkpoint.private == [(2, "sid~b", "send-all", 0, 4), (3, "sid~b", "send-all", 0, 5)]
     for sid, expected in (("sid~a", [(1, "send-all", 0, 5)]),

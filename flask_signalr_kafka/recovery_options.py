@@ -1,0 +1,60 @@
+"""The settings of connection state recovery (``KafkaManager(...,
+connection_state_recovery=...)``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ConnectionStateRecovery:
+    """Settings of connection state recovery.
+
+    :param max_disconnection_duration: seconds a client may stay away and
+        still be recovered (the Node server's default, 120).
+    :param skip_connect_handler: ``False`` (default): the app's connect
+        handler runs again on a recovery (it can authenticate and set up the
+        connection as usual; ``KafkaManager.is_recovered(sid, namespace)``
+        tells a recovered connection); ``True``: it does not, as Node's
+        ``skipMiddlewares``.
+    :param max_replay_records: a recovery that would read more records than
+        this fails (the client gets a new connection) rather than make the
+        dyno read without bound.
+    :param checkpoint_interval: seconds between a dyno's checkpoints: what a
+        SIGKILL can make a client receive twice.
+    :param release_timeout: seconds to wait for the dyno that still holds a
+        reconnecting client's old connection to let it go.
+    :param window_steps: delivery steps a dyno remembers for the window (a
+        recovery that would need older ones is refused, never lossy).
+    """
+
+    max_disconnection_duration: float = 120.0
+    skip_connect_handler: bool = False
+    max_replay_records: int = 50_000
+    checkpoint_interval: float = 0.25
+    release_timeout: float = 3.0
+    window_steps: int = 200_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_disconnection_duration", "checkpoint_interval", "release_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ConnectionStateRecovery.{name} must be a positive number "
+                                 f"of seconds, not {value!r}")
+        for name in ("max_replay_records", "window_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ConnectionStateRecovery.{name} must be a positive int, "
+                                 f"not {value!r}")
+
+
+def options_from(value: Any) -> ConnectionStateRecovery | None:
+    """The ``connection_state_recovery`` argument as settings, or ``None``."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return ConnectionStateRecovery()
+    if isinstance(value, ConnectionStateRecovery):
+        return value
+    raise TypeError("connection_state_recovery must be False, True or a "
+                    f"ConnectionStateRecovery(...), not {value!r}")

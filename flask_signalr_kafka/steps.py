@@ -1,0 +1,245 @@
+"""What a dyno delivered, step by step: the ring of delivery steps, the
+offsets it gives clients, its reference points, the windows of dropped
+connections and the tails of its checkpoints (docs/recovery.md, "Steps and
+offsets").
+
+Every delivery to local clients is a step. Clients that take part in
+recovery get each step's offset; a step keeps the records it came from, so
+that what a client missed after its last offset can be named: by its
+dyno's saved window when it dropped, by the dyno's last checkpoint's tail
+when the dyno died, or exactly, by a full offset.
+"""
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import offsets
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
+from .offsets import Slot
+from .sessions import Checkpoint, Position, PrivateEntry, RefPoint, WindowEntry
+
+#: Seconds of sent records a session keeps when its socket may have died
+#: with some of them unread.
+DROP_WINDOW = 5.0
+#: The most steps a checkpoint's tail keeps (a client lagging further behind
+#: its dying dyno is not recovered rather than lose events).
+TAIL_STEPS = 5000
+
+
+class DeliveryLog:
+    """One dyno's delivery steps. Steps come from every consumer (threads in
+    threading mode): one lock keeps their numbers and positions straight.
+
+    :param window_steps: how many steps the ring keeps.
+    """
+
+    def __init__(self, window_steps: int) -> None:
+        #: Names this dyno in its offsets (its home partition, once known).
+        self.tag = ""
+        self._lock = threading.Lock()
+        self._step = 0
+        self._emit_seq = 0
+        #: (step, monotonic time, coords, emit counter, the one connection it
+        #: went to or None) of each delivery step.
+        self._ring: deque[tuple[int, float, list, int, str | None]] = deque(
+            maxlen=window_steps)
+        #: Full offsets: the newest acked reference point (n, positions,
+        #: emit counter), the slots delivered past it and by how much.
+        self._ref: tuple[int, dict[Slot, int], int] | None = None
+        self._ref_n = 0
+        self._delivered: dict[Slot, int] = {}
+        self._past_ref: dict[Slot, int] = {}
+        #: (base, partition) -> the offset of this dyno's last acked record.
+        self.own_acked: dict[tuple[str, int], int] = {}
+        #: Set once the first reference point is acked: the dyno's home
+        #: partition takes writes (a topic created a second ago may not yet).
+        self.ready = threading.Event()
+
+    @property
+    def emit_seq(self) -> int:
+        """This dyno's emit counter."""
+        return self._emit_seq
+
+    @property
+    def last_step(self) -> int:
+        return self._step
+
+    @property
+    def has_ref(self) -> bool:
+        return self._ref is not None
+
+    def next_emit(self) -> int:
+        with self._lock:
+            self._emit_seq += 1
+            return self._emit_seq
+
+    def step(self, coords: list, only: str | None = None) -> str:
+        """Register one delivery step (the records it came from, filled in as
+        they are acked) and return its offset string: a full one for a live
+        step; for a step that went to ``only`` alone (a replayed or held-back
+        event, which comes after newer records went to others) a short one,
+        and the step counts for that connection's window alone."""
+        with self._lock:
+            self._step += 1
+            self._ring.append((self._step, time.monotonic(), coords, self._emit_seq, only))
+            ref = self._ref
+            if only is not None or ref is None:
+                return offsets.short(self.tag, self._step)
+            for base, _, partition, offset in coords:
+                if offset >= 0:  # a record read here (its own ones land later)
+                    self._advance((base, partition), offset + 1, ref[1])
+            return offsets.full(self.tag, self._step, ref[0], self._emit_seq - ref[2],
+                                self._past_ref)
+
+    def _advance(self, slot: Slot, position: int, at_ref: dict[Slot, int]) -> None:
+        if position > self._delivered.get(slot, 0):
+            self._delivered[slot] = position
+            if position > at_ref.get(slot, 0):
+                self._past_ref[slot] = position - at_ref.get(slot, 0)
+
+    def mark(self, positions: dict[Slot, int]) -> None:
+        """A connection joined a room: its slots' positions now, so that a
+        full offset does not reach back before the join."""
+        with self._lock:
+            if self._ref is not None:
+                for slot, position in positions.items():
+                    self._advance(slot, position, self._ref[1])
+
+    def use_ref(self, n: int, positions: dict[Slot, int], emit_seq: int) -> None:
+        """Reference point ``n`` is durable: full offsets count from it."""
+        with self._lock:
+            if self._ref is not None and self._ref[0] >= n:
+                return
+            self._ref = (n, positions, emit_seq)
+            self._past_ref = {slot: at - positions.get(slot, 0) for slot, at in
+                              self._delivered.items() if at > positions.get(slot, 0)}
+        self.ready.set()
+
+    def write_ref(self, owner: str, position_list: list[Position],
+                  put: Callable[[RefPoint], Any]) -> None:
+        """Write a new reference point with ``put`` (it returns the record's
+        future); full offsets count from it once it is acked."""
+        self._ref_n += 1
+        n, emit_seq = self._ref_n, self._emit_seq
+        positions = {(b, p): off for b, p, off in position_list}
+        future = put(RefPoint(owner, self.tag, n, time.time(), position_list, emit_seq))
+        future.add_callback(lambda _: self.use_ref(n, positions, emit_seq))
+
+    def track(self, future: Any, coords: list, base: str, key: str | None) -> None:
+        """Note where one of this dyno's records lands, once the broker says."""
+        coord = [base, key, -1, -1]
+        coords.append(coord)
+
+        def landed(metadata: Any) -> None:
+            coord[2], coord[3] = metadata.partition, metadata.offset
+            slot = (base, metadata.partition)
+            if metadata.offset > self.own_acked.get(slot, -1):
+                self.own_acked[slot] = metadata.offset
+
+        future.add_callback(landed)
+
+    def windows(self, rooms_of: dict[str, list[str]],
+                 seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
+        """For each connection of ``rooms_of`` (sid -> rooms): the records
+        sent in the last ``seconds`` addressed to it, in the order they were
+        sent, and whether that is all of them. One pass over the ring for
+        every connection (a shutdown saves them all)."""
+        cutoff = time.monotonic() - seconds
+        ring = self._ring
+        exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+        members: dict[tuple[str, str], list[str]] = {}
+        for sid, rooms in rooms_of.items():
+            members.setdefault((SEND_CONN, sid), []).append(sid)
+            for room in rooms:
+                uid = user_id_of(room)
+                target = (SEND_USER, uid) if uid is not None else (SEND_GROUP, room)
+                members.setdefault(target, []).append(sid)
+        everyone: list[WindowEntry] = []
+        own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
+        unacked: set[str] = set()
+        recent = []
+        for entry in reversed(ring):
+            if entry[1] < cutoff:
+                break
+            recent.append(entry)
+        for step, _, coords, _, only in reversed(recent):
+            for base, key, partition, offset in coords:
+                if only is not None:
+                    sids = [only] if only in own else []
+                elif base == SEND_ALL:
+                    sids = list(rooms_of)
+                else:
+                    sids = members.get((base, key), ())
+                if offset < 0:
+                    unacked.update(sids)  # never acked: not in Kafka to replay
+                    continue
+                entry = (step, base, partition, offset)
+                if base == SEND_ALL and only is None:
+                    everyone.append(entry)
+                else:
+                    for sid in sids:
+                        own[sid].append(entry)
+        return {sid: (latest_each(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
+                for sid in rooms_of}
+
+    def checkpoint(self, owner: str, positions: list[Position],
+                   pause: Callable[[float], Any]) -> Checkpoint:
+        """How far this dyno delivered now (``positions``: its consumers'),
+        with the tail of what it sent; ``pause`` waits for the broker's acks
+        of its own records."""
+        emit_seq, step = self._emit_seq, self._step
+        cutoff = time.monotonic() - DROP_WINDOW
+        recent = []
+        for entry in reversed(self._ring):
+            if entry[1] < cutoff or len(recent) >= TAIL_STEPS:
+                break
+            recent.append(entry)
+        recent.reverse()
+        # Its own records' places come with the broker's acks.
+        deadline = time.monotonic() + 1.0
+        while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
+            if time.monotonic() > deadline:
+                break
+            pause(0.005)
+        tail_from = recent[0][0] if recent else step + 1
+        # A whole tail spans the drop window: a client that cannot say which
+        # step it had is replayed all of it, and nothing older can be missing.
+        whole = bool(recent) and (len(recent) < TAIL_STEPS or recent[0][1] <= cutoff)
+        # The emit counter just before the tail, then wherever it moved in it.
+        tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
+                             recent[0][3] if recent else emit_seq)
+        tail: list[WindowEntry] = []
+        private: list[PrivateEntry] = []
+        emit_steps: list[tuple[int, int]] = []
+        seq = tail_emit_seq
+        for entry_step, _, coords, entry_seq, only in recent:
+            if entry_seq != seq:
+                emit_steps.append((entry_step, entry_seq))
+                seq = entry_seq
+            # A record still not acked is this dyno's own, not yet read back
+            # (at or past its position): the replay's ranges hold it.
+            acked = [c for c in coords if c[3] >= 0]
+            if only is None:
+                tail.extend((entry_step, base, partition, offset)
+                            for base, _, partition, offset in acked)
+            else:
+                private.extend((entry_step, only, base, partition, offset)
+                               for base, _, partition, offset in acked)
+        return Checkpoint(owner, self.tag, time.time(), positions, emit_seq, step,
+                          tail_from, tail_emit_seq, tail, emit_steps, private, whole or not recent)
+
+
+def latest_each(entries: Iterable[WindowEntry]) -> list[WindowEntry]:
+    """Each record once, at the last step that sent it, in step order: a
+    record held back for a replaying connection is sent to it at a later
+    step than to the others, and only that step says whether it got it."""
+    latest: dict[tuple[str, int, int], int] = {}
+    for step, base, partition, offset in entries:
+        key = (base, partition, offset)
+        latest[key] = max(step, latest.get(key, step))
+    return sorted((step, *key) for key, step in latest.items())
