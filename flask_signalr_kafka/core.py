@@ -76,6 +76,8 @@ class KafkaCore:
         self.sessions = sessions
         self._fetch_wait_given = fetch_wait_given
         self.server_name = server_name
+        #: The key of the acks for this server (its name; read per ack record).
+        self.ack_key = server_name.encode()
         self.acks = AckWaiter()
         self.runtime = Runtime.standalone()
         self.publisher: Publisher | None = None
@@ -207,9 +209,6 @@ class KafkaCore:
             return self._home.allocate_sid()
         return make_sid(random_id())
 
-    def ack_key(self) -> bytes:
-        return self.server_name.encode()
-
     def claim(self, sid: str, timeout: float = 10.0) -> None:
         """Read the send-conn partitions of ``sid`` (murmur2's and CRC-32's),
         a connection this server takes over, from their log end; return
@@ -255,6 +254,7 @@ class KafkaCore:
         n_ack, n_conn = (counts.get(name) or 1 for name in names)
         old = self.server_name
         self.server_name = draw_server_name(old.rsplit("_", 1)[0], n_ack)
+        self.ack_key = self.server_name.encode()
         for config in (self.producer_config, self.consumer_config, self.admin_config):
             if config.get("client_id") == self.topic_config.tenant_prefix + old:
                 config["client_id"] = self.topic_config.tenant_prefix + self.server_name

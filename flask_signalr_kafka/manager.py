@@ -495,7 +495,7 @@ class KafkaManager(RoomIndex, Manager):
         self.core.publish(topics.ACK, origin, records.encode(AckExt(callback_id, list(args))))
 
     def _handle_ack(self, record) -> None:
-        if record.key != self.core.ack_key():
+        if record.key != self.core.ack_key:
             return  # an ack for another server
         ack = records.decode(record.value, AckExt)
         self.core.acks.resolve(ack.id, ack.args)

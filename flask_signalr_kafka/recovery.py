@@ -641,4 +641,5 @@ class Recovery:
         if not ranges and not window and not own:
             return []
         return read_missed(self.core.consumer_config, self.core.topic_config.name,
-                           session, window, ranges, (self.owner, own_seq, own))
+                           session, window, ranges, (self.owner, own_seq, own),
+                           self.core.runtime.sleep)

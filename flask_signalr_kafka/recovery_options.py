@@ -20,8 +20,9 @@ class ConnectionStateRecovery:
     :param max_replay_records: a recovery that would read more records than
         this fails (the client gets a new connection) rather than make the
         dyno read without bound.
-    :param checkpoint_interval: seconds between a dyno's checkpoints: what a
-        SIGKILL can make a client receive twice.
+    :param checkpoint_interval: seconds between a dyno's checkpoints while
+        it delivers: after a SIGKILL, a client that has only a short offset
+        or none is replayed from the last one.
     :param release_timeout: seconds to wait for the dyno that still holds a
         reconnecting client's old connection to let it go.
     :param window_steps: delivery steps a dyno remembers for the window (a

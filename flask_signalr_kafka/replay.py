@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 from kafka import KafkaConsumer, TopicPartition
 
 from . import hub_protocol, offsets, records
@@ -30,6 +29,7 @@ def read_missed(
     window: list[tuple[str, int, int]],
     ranges: dict[tuple[str, int], tuple[int, int]],
     own: tuple[str, int, dict[tuple[str, int], tuple[int, int]]] | None = None,
+    pause: Callable[[float], Any] = time.sleep,
 ) -> list:
     """``[(coords, event, args)]``: the window's records (in the order they
     were first sent), then every record of ``ranges`` (``{(base, partition):
@@ -37,6 +37,7 @@ def read_missed(
     that its server (``(server name, up to emit counter, ranges)``) emitted.
 
     :param topic: the topic name of a base name.
+    :param pause: the runtime's sleep: a long catch-up lets the others run.
     """
     config = {k: v for k, v in consumer_config.items()
               if k not in ("group_id", "enable_auto_commit")}
@@ -55,7 +56,7 @@ def read_missed(
             for base, record in read_ranges(consumer, {
                 (base, TopicPartition(topic(base), p)): span
                 for (base, p), span in spans.items()
-            })
+            }, pause)
             if (base, record.partition, record.offset) in wanted
         }
         for base, partition, at in window:
@@ -63,13 +64,14 @@ def read_missed(
             event = record and event_for(record, base, session, skip_own=False)
             if event is not None:
                 out.append(([[base, record_key(record), partition, at]], *event))
-        for only, spans in ((None, ranges), (own and own[:2], own and own[2])):
+        passes = [(None, ranges)] if own is None else [(None, ranges), (own[:2], own[2])]
+        for only, spans in passes:
             found = read_ranges(consumer, {
-                (base, TopicPartition(topic(base), p)): r for (base, p), r in (spans or {}).items()
-            })
+                (base, TopicPartition(topic(base), p)): r for (base, p), r in spans.items()
+            }, pause)
             for count, (base, record) in enumerate(found, 1):
                 if count % 500 == 0:
-                    gevent.sleep(0)  # a long catch-up must not stall the dyno
+                    pause(0)  # a long catch-up must not stall the dyno
                 event = event_for(record, base, session, skip_own=True, only=only)
                 if event is not None:
                     out.append(([[base, record_key(record), record.partition, record.offset]],
@@ -126,7 +128,8 @@ def step_of(offset: str | None, tag: str) -> int | None:
     return parsed.step if parsed is not None and parsed.tag == tag else None
 
 
-def read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:
+def read_ranges(consumer: KafkaConsumer, ranges: dict,
+                pause: Callable[[float], Any] = time.sleep) -> list:
     """Every record in ``{(base, tp): (start, end)}``, merged across
     partitions by timestamp (each partition stays in its own order)."""
     if not ranges:
@@ -154,7 +157,7 @@ def read_ranges(consumer: KafkaConsumer, ranges: dict) -> list:
         for tp in list(pending):
             if consumer.position(tp) >= by_tp[tp][2]:
                 pending.discard(tp)
-        gevent.sleep(0)
+        pause(0)
     # heapq.merge keeps each partition's own order even where producers'
     # clocks make its timestamps go backwards.
     return list(heapq.merge(*found.values(), key=lambda item: item[1].timestamp))
