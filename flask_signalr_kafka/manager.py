@@ -10,175 +10,33 @@ so .NET servers can share the topics.
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from bidict import ValueDuplicationError
 from kafka.errors import KafkaTimeoutError
 from socketio import Manager
 
-from . import hub_protocol, payload_limits, records, shutdown, socketio_hooks, topics
-from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, looks_like_sid
-from .addressing import route as route_of
-from .arguments import check_home, check_instance, check_protocols, positive, sid_list
-from .client_config import kafka_configs
+from . import inbound, payload_limits, records, shutdown, socketio_hooks, topics
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
+from .arguments import sid_list
+from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
-from .core import KafkaCore, new_server_name
-from .env_config import manager_kwargs_from_env
-from .errors import AckTimeoutError, MalformedRecord
-from .metrics import Metrics
-from .records import (
-    ADD,
-    OP_CLOSE_ROOM,
-    OP_DISCONNECT,
-    OP_RELEASE,
-    REMOVE,
-    AckExt,
-    GroupCommandExt,
-    InvocationExt,
-)
+from .errors import AckTimeoutError
+from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE, REMOVE, AckExt
 from .recovery import Recovery
-from .recovery import metric_families as recovery_metric_families
-from .recovery_options import ConnectionStateRecovery, options_from
 from .rooms import RoomIndex
-from .topics import KafkaTopicConfig
 
 logger = logging.getLogger("flask_signalr_kafka")
 
 
-class KafkaManager(RoomIndex, Manager):
+class KafkaManager(Backplane, RoomIndex, Manager):
     """A python-socketio client manager that uses Kafka as its backplane, in
-    gevent or threading mode (the server's).
-
-    :param bootstrap_servers: ``"host:port"`` or a list of them; fills
-                              ``bootstrap_servers`` of the three configs.
-    :param producer_config: keyword arguments for ``kafka.KafkaProducer``.
-    :param consumer_config: keyword arguments for ``kafka.KafkaConsumer``.
-    :param admin_config: keyword arguments for ``kafka.KafkaAdminClient``.
-                         The three configs win over the shorthand and over
-                         our defaults (security, SASL, SSL, linger, ...).
-    :param topic_config: the topic names and creation specs.
-    :param await_produce: ``True`` makes an emit wait for the broker and raise
-                          its error; ``False`` (default) returns at once and
-                          logs delivery errors.
-    :param ack_timeout: seconds a remote join or leave waits for its ack.
-    :param write_only: ``True`` for a process that serves no clients: it only
-                       publishes (``mgr.emit(...)`` then ``mgr.close()``).
-    :param hub_protocols: SignalR frames written in every record. ``"json"``
-                          is always written; add ``"messagepack"`` when .NET
-                          clients use MessagePack. Emits with binary data
-                          always carry a messagepack frame too.
-    :param connect_timeout: seconds to wait for the cluster at startup before
-                            raising :class:`BrokerUnavailableError`.
-    :param callback_timeout: seconds a callback for a client on another
-                             server stays registered waiting for its answer.
-    :param connection_state_recovery: ``True`` or a
-        :class:`ConnectionStateRecovery` to recover Socket.IO 4.6+ clients
-        that drop and come back, on any server (see :mod:`.recovery`).
-    :param home_partitions: ``True`` (default): read only the send-conn
-        partitions this server's connection ids hash to and the ack
-        partition of its name (see :mod:`.home_partitions`); an int: that
-        many home send-conn partitions. ``False``: read every partition, for
-        .NET peers whose producers use a partitioner other than librdkafka's
-        default (CRC-32) or murmur2.
+    gevent or threading mode (the server's). Its arguments are
+    :class:`.backplane.Backplane`'s.
     """
 
     name = "kafka"
-
-    def __init__(
-        self,
-        bootstrap_servers: str | list[str] | None = None,
-        *,
-        producer_config: dict[str, Any] | None = None,
-        consumer_config: dict[str, Any] | None = None,
-        admin_config: dict[str, Any] | None = None,
-        topic_config: KafkaTopicConfig | None = None,
-        await_produce: bool = False,
-        ack_timeout: float = 30.0,
-        write_only: bool = False,
-        hub_protocols: Iterable[str] = (hub_protocol.JSON,),
-        connect_timeout: float = 10.0,
-        callback_timeout: float = 120.0,
-        connection_state_recovery: bool | ConnectionStateRecovery = False,
-        home_partitions: bool | int = True,
-        logger: logging.Logger | None = None,
-    ) -> None:
-        super().__init__()
-        self.logger = logger
-        self.topic_config = check_instance(
-            KafkaTopicConfig() if topic_config is None else topic_config,
-            KafkaTopicConfig, "topic_config",
-        )
-        self.ack_timeout = positive(ack_timeout, "ack_timeout")
-        self.callback_timeout = positive(callback_timeout, "callback_timeout")
-        self.write_only = bool(write_only)
-        self.hub_protocols = check_protocols(hub_protocols)
-        self.connection_state_recovery = options_from(connection_state_recovery)
-        if self.connection_state_recovery and self.write_only:
-            raise ValueError("connection_state_recovery needs a manager that serves clients: "
-                             "turn it off for a write_only emitter")
-        connect_timeout = positive(connect_timeout, "connect_timeout")
-        server_name = new_server_name()
-        producer, consumer, admin = kafka_configs(
-            bootstrap_servers, connect_timeout, self.topic_config.tenant_prefix + server_name,
-            producer_config, consumer_config, admin_config)
-        self.core = KafkaCore(
-            server_name=server_name, producer_config=producer, consumer_config=consumer,
-            admin_config=admin, topic_config=self.topic_config,
-            await_produce=bool(await_produce), connect_timeout=connect_timeout,
-            home_partitions=check_home(home_partitions), write_only=self.write_only,
-            sessions=self.connection_state_recovery is not None,
-            fetch_wait_given="fetch_max_wait_ms" in (consumer_config
-                                                     if isinstance(consumer_config, dict) else {}),
-        )
-        self.metrics = Metrics(self.core)  # mgr.metrics.add(...) for more figures
-        if self.connection_state_recovery is not None:
-            for family in recovery_metric_families(lambda: self._recovery):
-                self.metrics.add(family)
-        self._recovery: Recovery | None = None
-        self._payload_limit: payload_limits.PayloadLimit | None = None
-        self._runtime = Runtime.standalone()
-        self._start_lock = threading.Lock()
-        self._started = False
-        self._closer: Any = None
-        self._closing = False
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> KafkaManager:
-        """A manager for the Kafka the environment describes, in the config
-        vars of Apache Kafka on Heroku (``KAFKA_URL``, ``KAFKA_TRUSTED_CERT``,
-        ``KAFKA_CLIENT_CERT``, ``KAFKA_CLIENT_CERT_KEY``, ``KAFKA_PREFIX``);
-        the embedded broker's address when ``KAFKA_URL`` is unset.
-
-        :param environ: the variables to read; ``os.environ`` by default.
-        :param kwargs: other :class:`KafkaManager` arguments; config dicts
-                       given here win over the SSL settings from the
-                       environment.
-        """
-        return cls(**manager_kwargs_from_env(environ, kwargs))
-
-    server_name = property(lambda self: self.core.server_name,
-                           doc="Unique per process: ``<hostname>_<32 lowercase hex>``.")
-    producer_config = property(lambda self: self.core.producer_config)
-    consumer_config = property(lambda self: self.core.consumer_config)
-    admin_config = property(lambda self: self.core.admin_config)
-
-    @property
-    def host_id(self) -> str:
-        """This server's id where python-socketio's pub/sub managers have
-        one: the Socket.IO Admin UI reports each server under it."""
-        return self.core.server_name
-
-    def stats(self) -> dict[str, Any]:
-        """This dyno's counters and gauges, a plain dict (see :mod:`.metrics`)."""
-        return self.metrics.stats()
-
-    def health(self) -> dict[str, Any]:
-        """Whether this dyno can deliver (``ok``), and why not (see
-        :meth:`.metrics.Metrics.health`)."""
-        return self.metrics.health()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -197,11 +55,6 @@ class KafkaManager(RoomIndex, Manager):
         if self.write_only:
             raise RuntimeError("a write_only manager consumes nothing: nothing to wait for")
         return self.core.wait_ready(timeout)
-
-    def create_topics(self) -> list[str]:
-        """Create the backplane topics that are missing (what a release phase
-        runs); return the names created."""
-        return self.core.create_topics()
 
     def close(self, timeout: float = 10.0, wait: bool | None = None) -> None:
         """Send what is queued, stop consuming, and close every Kafka client.
@@ -232,19 +85,6 @@ class KafkaManager(RoomIndex, Manager):
             self._shut(timeout)
         finally:
             shutdown.forget(self)
-
-    def _shut(self, timeout: float) -> None:
-        try:
-            self.core.flush(timeout)
-        except Exception:
-            self._log().exception("could not flush the records queued for Kafka")
-        if self._recovery is not None and self.server is not None:
-            # Every client is handed to the rest of the fleet, exactly.
-            self._recovery.drain(timeout)
-        self.core.stop_consuming()
-        if self._recovery is not None:
-            self._recovery.close()
-        self.core.close(timeout)
 
     def drain(self) -> None:
         """Hand every connection of this server to the rest of the fleet
@@ -278,9 +118,6 @@ class KafkaManager(RoomIndex, Manager):
             shutdown.watch(self, self._runtime)
             self._started = True
 
-    def _local_sids(self) -> set[str]:
-        return {sid for ns in list(self.rooms.values()) for sid in list(ns.get(None, {}))}
-
     # -- connections ---------------------------------------------------------
 
     def pre_connect(self, eio_sid, namespace):
@@ -292,11 +129,8 @@ class KafkaManager(RoomIndex, Manager):
             self.core.claim(sid)  # done already by Recovery.prepare
         else:
             sid = self.core.new_sid(self.server.eio.generate_id)
-        try:
-            self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
-        except ValueDuplicationError:
+        if not self._register_sid(sid, namespace, eio_sid):
             return None  # already connected
-        self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
         if restore:
             self._recovery.begin(sid, namespace, restore.session)
             for room in restore.session.rooms:
@@ -309,19 +143,6 @@ class KafkaManager(RoomIndex, Manager):
         if not self._is_local_anywhere(sid):
             self.core.release(sid)
         return result
-
-    def _is_local_anywhere(self, sid: str) -> bool:
-        return any(self.is_local(sid, ns) for ns in list(self.rooms))
-
-    def is_recovered(self, sid: str, namespace: str = "/") -> bool:
-        """Whether connection ``sid`` was recovered (connection state
-        recovery): true in its connect handler and afterwards."""
-        return self._recovery is not None and self._recovery.is_recovered(sid, namespace)
-
-    def is_local(self, sid: str, namespace: str) -> bool:
-        """Whether ``sid`` is a connection of this server, including one that
-        is still connecting or already disconnecting."""
-        return self.server is not None and self.is_sid_room(namespace, sid)
 
     def can_disconnect(self, sid, namespace):
         if self.is_local(sid, namespace):
@@ -351,16 +172,13 @@ class KafkaManager(RoomIndex, Manager):
     def _change_remote_group(self, action: int, sid: str, namespace: str, room: str) -> None:
         """Publish a GroupCommand for a connection held elsewhere and block
         until its owner acks it."""
-        if self.write_only:
-            raise RuntimeError("a write_only manager cannot change the rooms of a connection: "
-                               "it does not consume the acks")
+        what = self._check_remote_group(action, sid, room)
         self._start()
-        what = f"{'joining' if action == ADD else 'leaving'} room {room!r} for {sid}"
 
         def publish(ack_id: int) -> None:
-            command = GroupCommandExt(ack_id, self.server_name, action, room, sid, namespace)
             # await_produce must not hold the caller past ack_timeout either.
-            self.core.publish(topics.GROUP_MGMT, room, records.encode(command),
+            self.core.publish(topics.GROUP_MGMT, room,
+                              self._group_command(ack_id, action, sid, namespace, room),
                               timeout=self.ack_timeout)
 
         try:
@@ -376,12 +194,10 @@ class KafkaManager(RoomIndex, Manager):
 
     def _publish_command(self, op: int, group: str, sid: str, namespace: str,
                          key: str | None = None) -> None:
-        """Publish a close-room, disconnect or release command; .NET servers
-        hold no connection with that id and ignore it."""
+        """Publish a close-room, disconnect or release command."""
         self._start()
-        command = GroupCommandExt(0, self.server_name, REMOVE, group, sid, namespace, op)
         self.core.publish(topics.GROUP_MGMT, group if key is None else key,
-                          records.encode(command))
+                          self._command(op, group, sid, namespace))
 
     def _room_changed(self, sid: str, namespace: str, room: str | None, joined: bool) -> None:
         if self._recovery is not None:
@@ -417,10 +233,8 @@ class KafkaManager(RoomIndex, Manager):
         # callback waits for its answer here.
         published = [i for i, one in enumerate(targets) if not (
             self.is_local(one, namespace) and (recovery is None or callback is not None))]
-        frames = hub_protocol.frames_of(event, data, self.hub_protocols) if published else {}
         # Too large for Kafka: raise before anyone, local or remote, gets it.
-        payload_limits.check_emit(self._payload_limit, frames, self.server_name, event,
-                                  namespace, targets, published, skip_sid)
+        frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
         # Counted before the local delivery, whose step records it.
         emit_seq = recovery.log.next_emit() if recovery is not None else 0
         coords: list = []
@@ -434,18 +248,10 @@ class KafkaManager(RoomIndex, Manager):
         if callback is not None and published:
             callback_id = self.core.acks.register(lambda args: callback(*args),
                                                   self.callback_timeout)
-        for index in published:
-            one = targets[index]
-            record = InvocationExt(
-                skip_sid, frames, origin=self.server_name, namespace=namespace,
-                callback_id=callback_id,
-                earlier_targets=[t for t in targets[:index] if t is not None],
-                emit_seq=emit_seq,
-            )
-            base, key = route_of(one)
-            if recovery is not None and self.is_local(one, namespace):
-                base, key = SEND_CONN, one  # a local sid, whatever its shape
-            future = self.core.publish(base, key, records.encode(record))
+        for base, key, value in self._emit_records(frames, namespace, targets, published,
+                                                   skip_sid, callback_id, emit_seq,
+                                                   local_to_conn=recovery is not None):
+            future = self.core.publish(base, key, value)
             if recovery is not None:
                 recovery.log.track(future, coords, base, key)
 
@@ -463,81 +269,32 @@ class KafkaManager(RoomIndex, Manager):
     # -- consuming: one handler per record kind ---------------------------------
 
     def _handle_invocation(self, base: str, record) -> None:
-        invocation = records.decode(record.value, InvocationExt)
-        if invocation.origin == self.server_name:
-            return  # delivered locally when it was emitted
-        namespace = invocation.namespace
-        if base == SEND_ALL:
-            room = None
-        else:
-            room = _key(record)
-            if base == SEND_USER:
-                room = USER_PREFIX + room
-            elif base == SEND_CONN and not self.is_local(room, namespace):
-                return
-        event, arguments = hub_protocol.decode_frames(invocation.frames)
+        delivery = inbound.delivery_of(base, record, self.server_name)
+        if delivery is None or (delivery.to_conn
+                                and not self.is_local(delivery.room, delivery.namespace)):
+            return  # emitted here (delivered then), or for another server's connection
         callback = None
-        if invocation.callback_id and invocation.origin:
-            callback = partial(self._answer_callback, invocation.origin, invocation.callback_id)
-        excluded = invocation.excluded
-        if invocation.earlier_targets:
-            excluded = excluded + [
-                sid for earlier in invocation.earlier_targets
-                for sid, _ in self.get_participants(namespace, earlier)
-            ]
-        coords = [[base, None if base == SEND_ALL else _key(record), record.partition,
-                   record.offset]] if self._recovery is not None else []
+        if delivery.callback is not None:
+            callback = partial(self._answer_callback, *delivery.callback)
+        coords = [[base, delivery.key, record.partition, record.offset]] \
+            if self._recovery is not None else []
         self.metrics.delivered[record.topic] += 1
-        self._deliver(event, tuple(arguments), namespace, room, excluded, callback, coords)
+        event, args = delivery.payload()
+        self._deliver(event, args, delivery.namespace, delivery.room,
+                      inbound.excluded(delivery, self.get_participants), callback, coords)
 
     def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:
         """Send a client's answer back to the server that asked for it."""
         self.core.publish(topics.ACK, origin, records.encode(AckExt(callback_id, list(args))))
 
-    def _handle_ack(self, record) -> None:
-        if record.key != self.core.ack_key:
-            return  # an ack for another server
-        ack = records.decode(record.value, AckExt)
-        self.core.acks.resolve(ack.id, ack.args)
-
     def _handle_group_mgmt(self, record) -> None:
-        command = records.decode(record.value, GroupCommandExt)
-        namespace = command.namespace
-        if command.op == OP_CLOSE_ROOM:
-            if command.server_name != self.server_name:
-                try:
-                    self.basic_close_room(command.group, namespace)
-                except ValueError as exc:
-                    self._log().warning("close_room(%r) refused: %s", command.group, exc)
-            return
-        sid = command.connection_id
-        if not self.is_local(sid, namespace):
-            return  # only the server that holds the connection acts
-        if command.op == OP_DISCONNECT:
-            self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
-            return
-        if command.op == OP_RELEASE:
+        command = inbound.command_of(record)
+        todo = self._apply_group_command(command)
+        if todo == DISCONNECT:
+            self.server.disconnect(command.connection_id, namespace=command.namespace,
+                                   ignore_queue=True)
+        elif todo == RELEASE:
             if self._recovery is not None:
-                self._recovery.release(sid, namespace)
-            return
-        try:
-            if command.action == ADD:
-                self.basic_enter_room(sid, namespace, command.group)
-            else:
-                self.basic_leave_room(sid, namespace, command.group)
-        except ValueError as exc:
-            self._log().warning("group command for %s in %s refused: %s", sid, command.group, exc)
-        # Always ack, even when nothing changed: the sender only waits.
-        self.core.publish(topics.ACK, command.server_name, records.encode(records.Ack(command.id)))
-
-    def _log(self) -> logging.Logger:
-        return self.logger or logger
-
-
-def _key(record) -> str:
-    if record.key is None:
-        raise MalformedRecord("record has no key")
-    try:
-        return record.key.decode()
-    except UnicodeDecodeError:
-        raise MalformedRecord("record key is not UTF-8") from None
+                self._recovery.release(command.connection_id, command.namespace)
+        elif todo == ACK:
+            self.core.publish(topics.ACK, command.server_name, self._ack_of(command))
