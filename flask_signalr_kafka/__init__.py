@@ -1,6 +1,7 @@
 """A Kafka backplane for Flask-SocketIO, wire-compatible with the .NET
 SignalR backplane Ascentis.SignalR.Kafka."""
 from .addressing import user
+from .async_manager import AsyncKafkaManager
 from .errors import (
     AckTimeoutError,
     BrokerUnavailableError,
@@ -15,6 +16,7 @@ from .topics import KafkaTopicConfig, TopicSpec
 
 __all__ = [
     "AckTimeoutError",
+    "AsyncKafkaManager",
     "BrokerUnavailableError",
     "ConnectionStateRecovery",
     "KafkaBackplaneError",

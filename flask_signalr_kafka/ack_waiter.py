@@ -7,9 +7,10 @@ as the .NET reader needs.
 """
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .errors import AckTimeoutError
@@ -57,20 +58,45 @@ class AckWaiter:
         """
         done = threading.Event()
         ack_id = self.register(lambda args: done.set(), timeout)
-        deadline = time.monotonic() + timeout  # publishing counts too
-        started = time.monotonic()
+        started = time.monotonic()  # publishing counts too
         try:
             publish(ack_id)
-            if done.wait(max(0.0, deadline - time.monotonic())):
-                self.stats.acked(time.monotonic() - started)
-            else:
-                self.stats.ack_timeouts += 1
-                raise AckTimeoutError(
-                    f"no server acknowledged {what} within {timeout:g} s "
-                    "(is that connection still connected?)"
-                )
+            self._outcome(done.wait(max(0.0, started + timeout - time.monotonic())),
+                          started, timeout, what)
         finally:
             self.discard(ack_id)
+
+    async def wait_async(self, publish: Callable[[int], Awaitable[Any]], timeout: float,
+                         what: str) -> None:
+        """:meth:`wait` for an asyncio caller: the Ack (resolved in a
+        consumer thread) wakes it through its loop, which never blocks.
+
+        :raises AckTimeoutError: no Ack within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        ack_id = self.register(lambda args: loop.call_soon_threadsafe(_settle, done), timeout)
+        started = time.monotonic()
+        try:
+            await publish(ack_id)
+            try:
+                await asyncio.wait_for(done, max(0.0, started + timeout - time.monotonic()))
+                acked = True
+            except asyncio.TimeoutError:
+                acked = False
+            self._outcome(acked, started, timeout, what)
+        finally:
+            self.discard(ack_id)
+
+    def _outcome(self, acked: bool, started: float, timeout: float, what: str) -> None:
+        if acked:
+            self.stats.acked(time.monotonic() - started)
+            return
+        self.stats.ack_timeouts += 1
+        raise AckTimeoutError(
+            f"no server acknowledged {what} within {timeout:g} s "
+            "(is that connection still connected?)"
+        )
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -81,3 +107,8 @@ class AckWaiter:
         self.stats.callback_timeouts += len(expired)  # a wait() removes its own id
         for ack_id in expired:
             del self._pending[ack_id]
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -45,7 +45,15 @@ class Runtime:
     @classmethod
     def standalone(cls) -> Runtime:
         """Threads (greenlets in a gevent-patched process)."""
-        mode = "gevent" if gevent_patched() else "threading"
+        return cls.threads("gevent" if gevent_patched() else "threading")
+
+    @classmethod
+    def threads(cls, mode: str) -> Runtime:
+        """Threads, named ``mode`` (``"asyncio"``: the core of an asyncio
+        server runs on threads of its own, so its loop never waits for it).
+
+        :param mode: the async mode reported.
+        """
 
         def spawn(fn: Callable[..., Any], *args: Any) -> threading.Thread:
             task = threading.Thread(target=fn, args=args, daemon=True)

@@ -67,6 +67,13 @@ class ServerProcess:
                 "--bind", f"127.0.0.1:{self.port}", "--no-control-socket",
                 "--graceful-timeout", "5", "--chdir", str(SERVER_APP.parent), "server_app:app",
             ]
+        if self.runner == "uvicorn":
+            # tests/asgi_server_app.py: an AsyncServer with the AsyncKafkaManager.
+            command = [
+                sys.executable, "-m", "uvicorn", "--app-dir", str(SERVER_APP.parent),
+                "asgi_server_app:app", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "warning", "--no-access-log",
+            ]
         self.process = subprocess.Popen(
             command, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,303 @@
+"""The client manager for python-socketio's ``AsyncServer`` (ASGI servers
+such as uvicorn, aiohttp): :class:`AsyncKafkaManager`.
+
+The same backplane as :class:`.manager.KafkaManager`, with the same
+arguments, records and topics (the two serve one fleet), over the same
+Kafka core; the core runs on threads of its own and nothing here blocks the
+event loop (docs/asyncio.md says why threads rather than an asyncio Kafka
+client, with figures):
+
+- consumed records are decoded in their consumer thread (a malformed one is
+  logged there and skipped) and handed to the loop in order, one
+  :class:`.loop_bridge.LoopInbox` per topic; Acks are resolved in the
+  consumer thread and wake their waiter through its loop;
+- publishing is kafka-python's ``send``, which only queues the record for
+  the producer's own thread; a topic's first send (which may wait for its
+  metadata), and every send with ``await_produce``, runs in a thread;
+- the blocking calls (startup, ``wait_ready``, ``close``) run in threads
+  the manager owns and awaits.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Future
+from functools import partial
+from typing import Any
+
+from kafka.errors import KafkaTimeoutError
+from socketio import AsyncManager
+
+from . import inbound, payload_limits, records, topics
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
+from .arguments import sid_list
+from .backplane import ACK, DISCONNECT, Backplane
+from .concurrency import Runtime
+from .errors import AckTimeoutError
+from .loop_bridge import Blocking, LoopInbox, run_in_loop
+from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, REMOVE, AckExt
+from .rooms import RoomIndex
+
+_SENDS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
+
+
+class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
+    """A python-socketio client manager for ``socketio.AsyncServer`` that
+    uses Kafka as its backplane. Its arguments are
+    :class:`.backplane.Backplane`'s (those of :class:`.KafkaManager`);
+    ``connection_state_recovery`` is not available on it yet.
+
+    Its blocking methods are coroutines: ``await mgr.wait_ready(timeout)``,
+    ``await mgr.close()``; a write-only emitter uses ``await mgr.emit(...)``.
+    The core starts when the server is constructed (then, outside a running
+    loop, a broker that cannot be reached raises at once) or, on a running
+    loop, in a thread that the first coroutine to need it awaits.
+    """
+
+    name = "kafka-async"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.connection_state_recovery is not None:
+            raise ValueError("connection_state_recovery is not available on AsyncKafkaManager "
+                             "yet: turn it off, or serve with KafkaManager (gevent or "
+                             "threading) for recovery")
+        self._runtime = Runtime.threads("asyncio")
+        self._blocking = Blocking()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting: Future | None = None
+        #: Topics whose metadata the producer has: a send there never waits.
+        self._warm: set[str] = set()
+        #: Callback coroutines running (cancelled at close).
+        self._tasks: set[asyncio.Task] = set()
+        self._inboxes = {base: LoopInbox(partial(self._deliver_record, base), base)
+                         for base in _SENDS}
+        self._inboxes[topics.GROUP_MGMT] = LoopInbox(self._handle_command, topics.GROUP_MGMT)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def set_server(self, server: Any) -> None:
+        super().set_server(server)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._start()  # no loop to block yet: fail here if Kafka is out of reach
+        else:
+            self._bind(loop)
+            self._starting = self._blocking.submit(self._start)
+
+    def initialize(self) -> None:
+        """Called by the server on its loop before its first connection."""
+        super().initialize()
+        self._bind()
+
+    def _bind(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Deliver consumed records on the running loop from now on (before
+        it is known no client can be connected here: records are dropped)."""
+        if self._loop is None:
+            self._loop = loop or asyncio.get_running_loop()
+            for inbox in self._inboxes.values():
+                inbox.bind(self._loop)
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        if self._starting is None:
+            self._starting = self._blocking.submit(self._start)
+        await asyncio.wrap_future(self._starting)
+
+    def _start(self) -> None:
+        """Connect the core and consume (blocking: never on the loop)."""
+        with self._start_lock:
+            if self._started:
+                return
+            self.core.connect(self._runtime, self._is_local_anywhere, self._local_sids)
+            self._payload_limit = payload_limits.learn(self.core)
+            if not self.write_only:
+                self.core.consume({
+                    topics.ACK: self._handle_ack,
+                    topics.GROUP_MGMT: self._receive_command,
+                    **{base: partial(self._receive_invocation, base) for base in _SENDS},
+                })
+            self._started = True
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """``True`` once this server consumes, from a fixed position, every
+        partition that can hold a record for it; ``False`` after
+        ``timeout`` seconds. A coroutine."""
+        if self.write_only:
+            raise RuntimeError("a write_only manager consumes nothing: nothing to wait for")
+        self._bind()
+        started = time.monotonic()
+        await self._ensure_started()
+        remaining = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return await self._blocking.call(self.core.wait_ready, remaining)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Send what is queued, stop consuming, close every Kafka client, and
+        end every task and thread of this manager. A coroutine."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._starting is not None:
+            try:
+                await asyncio.wrap_future(self._starting)
+            except Exception:
+                pass  # nothing started: nothing to stop but what follows
+        await self._blocking.call(self._shut, timeout)
+        for inbox in self._inboxes.values():
+            await inbox.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        self._blocking.shutdown()
+
+    # -- connections ---------------------------------------------------------
+
+    async def pre_connect(self, eio_sid, namespace):
+        """As python-socketio's, but the sid has a shape that every server
+        recognises as a connection id (see :mod:`.addressing`)."""
+        self._bind()
+        await self._ensure_started()
+        sid = self.core.new_sid(self.server.eio.generate_id)
+        if not self._register_sid(sid, namespace, eio_sid):
+            return None  # already connected
+        self.pending_connect.setdefault(namespace, []).append(sid)
+        return sid
+
+    async def disconnect(self, sid, namespace, **kwargs):
+        result = await super().disconnect(sid, namespace, **kwargs)
+        if not self._is_local_anywhere(sid):
+            self.core.release(sid)
+        return result
+
+    async def can_disconnect(self, sid, namespace):
+        if self.is_local(sid, namespace):
+            return await super().can_disconnect(sid, namespace)
+        if looks_like_sid(sid):  # others are no connection a Python server holds
+            await self._publish_command(OP_DISCONNECT, "", sid, namespace)
+        return False
+
+    # -- rooms ---------------------------------------------------------------
+
+    async def enter_room(self, sid, namespace, room, eio_sid=None):
+        if self.is_local(sid, namespace):
+            return self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        await self._change_remote_group(ADD, sid, namespace, room)
+
+    async def leave_room(self, sid, namespace, room):
+        if self.is_local(sid, namespace):
+            return self.basic_leave_room(sid, namespace, room)
+        await self._change_remote_group(REMOVE, sid, namespace, room)
+
+    async def close_room(self, room, namespace):
+        namespace = namespace or "/"
+        if self.server is not None:
+            self.basic_close_room(room, namespace)
+        await self._publish_command(OP_CLOSE_ROOM, room, "", namespace)
+
+    async def _change_remote_group(self, action: int, sid: str, namespace: str,
+                                   room: str) -> None:
+        """Publish a GroupCommand for a connection held elsewhere and wait,
+        without blocking the loop, until its owner acks it."""
+        what = self._check_remote_group(action, sid, room)
+        self._bind()
+        await self._ensure_started()
+
+        async def publish(ack_id: int) -> None:
+            await self._publish(topics.GROUP_MGMT, room,
+                                self._group_command(ack_id, action, sid, namespace, room),
+                                timeout=self.ack_timeout)
+
+        try:
+            await self.core.acks.wait_async(publish, self.ack_timeout, what)
+        except KafkaTimeoutError as exc:
+            raise AckTimeoutError(
+                f"{what} was not published within {self.ack_timeout:g} s: {exc}") from exc
+
+    async def _publish_command(self, op: int, group: str, sid: str, namespace: str) -> None:
+        self._bind()
+        await self._ensure_started()
+        await self._publish(topics.GROUP_MGMT, group, self._command(op, group, sid, namespace))
+
+    # -- emitting --------------------------------------------------------------
+
+    async def emit(self, event, data, namespace=None, room=None, skip_sid=None,
+                   callback=None, to=None, **kwargs):
+        """Emit to one connection, a room, a user, a list of those, or all
+        connections of the namespace, on every server. A coroutine.
+
+        The parameters are those of :meth:`socketio.AsyncServer.emit`.
+        """
+        namespace = namespace or "/"
+        target = to if to is not None else room
+        if kwargs.get("ignore_queue"):
+            return await AsyncManager.emit(self, event, data, namespace, room=target,
+                                           skip_sid=skip_sid, callback=callback)
+        if callback is not None and self.server is None:
+            raise ValueError("callbacks need a Socket.IO server to receive the answer; a "
+                             "write_only manager cannot use them")
+        self._bind()
+        if not self._started:
+            await self._ensure_started()
+        targets = list(dict.fromkeys(target)) if isinstance(target, (list, tuple)) else [target]
+        skip_sid = sid_list(skip_sid)
+        published = [i for i, one in enumerate(targets) if not self.is_local(one, namespace)]
+        frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
+        if self.server is not None:
+            # This server's clients at once, each once (see KafkaManager.emit).
+            await AsyncManager.emit(self, event, data, namespace,
+                                    room=targets if len(targets) > 1 else target,
+                                    skip_sid=skip_sid, callback=callback)
+        callback_id = 0
+        if callback is not None and published:
+            callback_id = self.core.acks.register(
+                lambda args: run_in_loop(self._loop, self._tasks, callback, *args),
+                self.callback_timeout)
+        for base, key, value in self._emit_records(frames, namespace, targets, published,
+                                                   skip_sid, callback_id):
+            await self._publish(base, key, value)
+
+    async def _publish(self, base: str, key: str | None, value: bytes,
+                       timeout: float | None = None) -> Any:
+        """Publish without blocking the loop: kafka-python's send only queues
+        the record, once the producer knows the topic."""
+        if self.core.await_produce or base not in self._warm:
+            future = await self._blocking.call(
+                partial(self.core.publish, base, key, value, timeout=timeout))
+            self._warm.add(base)
+            return future
+        return self.core.publish(base, key, value, timeout=timeout)
+
+    async def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:
+        """Send a client's answer back to the server that asked for it."""
+        await self._publish(topics.ACK, origin, records.encode(AckExt(callback_id, list(args))))
+
+    # -- consuming: decoded in the consumer thread, applied on the loop --------
+
+    def _receive_invocation(self, base: str, record: Any) -> None:
+        delivery = inbound.delivery_of(base, record, self.server_name)
+        if delivery is not None:
+            self._inboxes[base].put((record.topic, delivery, delivery.payload()))
+
+    def _receive_command(self, record: Any) -> None:
+        self._inboxes[topics.GROUP_MGMT].put(inbound.command_of(record))
+
+    async def _deliver_record(self, base: str, item: tuple) -> None:
+        topic, delivery, (event, args) = item
+        if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
+            return  # another server's connection
+        callback = None
+        if delivery.callback is not None:
+            callback = partial(self._answer_callback, *delivery.callback)
+        self.metrics.delivered[topic] += 1
+        await AsyncManager.emit(self, event, args, delivery.namespace, room=delivery.room,
+                                skip_sid=inbound.excluded(delivery, self.get_participants),
+                                callback=callback)
+
+    async def _handle_command(self, command: Any) -> None:
+        todo = self._apply_group_command(command)
+        if todo == DISCONNECT:
+            await self.server.disconnect(command.connection_id, namespace=command.namespace,
+                                         ignore_queue=True)
+        elif todo == ACK:
+            await self._publish(topics.ACK, command.server_name, self._ack_of(command))

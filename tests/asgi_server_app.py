@@ -1,0 +1,130 @@
+"""tests/server_app.py's twin for asyncio: a ``socketio.AsyncServer`` with
+the AsyncKafkaManager, served by uvicorn as an ASGI app
+(``uvicorn asgi_server_app:app``), driven by the integration tests through
+the same Socket.IO events (whoami, join, leave, emit, call, kick, close,
+rooms).
+
+Configured from the environment: BOOTSTRAP, PREFIX, and optional
+SERVER_LABEL, ACK_TIMEOUT, FETCH_MAX_WAIT_MS, LINGER_MS, HOME_PARTITIONS=0.
+HTTP: GET /ready, GET /stats, POST /close (closes the manager and reports
+the threads and tasks still running).
+"""
+import asyncio
+import json
+import logging
+import os
+import threading
+
+import socketio
+
+from flask_signalr_kafka import AckTimeoutError, AsyncKafkaManager, KafkaTopicConfig, user
+
+logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
+                    format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+THREADS_AT_START = {t.ident for t in threading.enumerate()}
+mgr = AsyncKafkaManager(
+    bootstrap_servers=os.environ["BOOTSTRAP"].split(","),
+    topic_config=KafkaTopicConfig(prefix=os.environ.get("PREFIX", "")),
+    ack_timeout=float(os.environ.get("ACK_TIMEOUT", "30")),
+    consumer_config=({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
+                     if "FETCH_MAX_WAIT_MS" in os.environ else {}),
+    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
+    home_partitions=os.environ.get("HOME_PARTITIONS", "1") != "0",
+)
+sio = socketio.AsyncServer(async_mode="asgi", client_manager=mgr, cors_allowed_origins="*")
+LABEL = os.environ.get("SERVER_LABEL", mgr.server_name)
+
+
+def register(namespace):
+    @sio.on("connect", namespace=namespace)
+    async def on_connect(sid, environ, auth=None):
+        if auth and auth.get("user"):
+            await sio.enter_room(sid, user(auth["user"]), namespace=namespace)
+
+    @sio.on("whoami", namespace=namespace)
+    async def on_whoami(sid, *_):
+        return {"sid": sid, "server": LABEL, "recovered": False}
+
+    @sio.on("join", namespace=namespace)
+    async def on_join(sid, msg):
+        return await _group(sio.enter_room, sid, msg, namespace)
+
+    @sio.on("leave", namespace=namespace)
+    async def on_leave(sid, msg):
+        return await _group(sio.leave_room, sid, msg, namespace)
+
+    @sio.on("emit", namespace=namespace)
+    async def on_emit(sid, msg):
+        data = tuple(msg["args"]) if "args" in msg else msg.get("data")
+        to = user(msg["user"]) if "user" in msg else msg.get("to")
+        await sio.emit(msg["event"], data, to=to, skip_sid=msg.get("skip_sid"),
+                       namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @sio.on("call", namespace=namespace)
+    async def on_call(sid, msg):
+        try:
+            return {"answer": await sio.call(msg["event"], msg.get("data"), to=msg["to"],
+                                             namespace=msg.get("namespace", namespace),
+                                             timeout=msg.get("timeout", 10))}
+        except Exception as exc:  # the test reads the error
+            return {"error": type(exc).__name__}
+
+    @sio.on("kick", namespace=namespace)
+    async def on_kick(sid, msg):
+        await sio.disconnect(msg["sid"], namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @sio.on("close", namespace=namespace)
+    async def on_close(sid, msg):
+        await sio.close_room(msg["room"], namespace=msg.get("namespace", namespace))
+        return "ok"
+
+    @sio.on("rooms", namespace=namespace)
+    async def on_rooms(sid, *_):
+        return sorted(r for r in sio.rooms(sid, namespace) if r != sid)
+
+
+async def _group(action, sid, msg, namespace):
+    try:
+        await action(msg.get("sid") or sid, msg["room"],
+                     namespace=msg.get("namespace") or namespace)
+    except AckTimeoutError:
+        return "timeout"
+    return "ok"
+
+
+for ns in ("/", "/chat"):
+    register(ns)
+
+
+async def http(scope, receive, send):
+    """/ready, /stats and /close."""
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    status, body = 404, {"error": "not found"}
+    if path == "/ready":
+        ready = await mgr.wait_ready(0)
+        status, body = (200, "ready") if ready else (503, "starting")
+    elif path == "/stats":
+        status, body = 200, mgr.stats()
+    elif path == "/close" and scope["method"] == "POST":
+        await mgr.close()
+        await asyncio.sleep(0.2)  # let the pool's threads see their shutdown
+        threads = [t.name for t in threading.enumerate()
+                   if t.ident not in THREADS_AT_START and t.is_alive()]
+        tasks = [t.get_name() for t in asyncio.all_tasks() if "kafka" in t.get_name()]
+        status, body = 200, {"threads": threads, "tasks": tasks}
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def on_shutdown():
+    await mgr.close()
+
+
+app = socketio.ASGIApp(sio, other_asgi_app=http, on_shutdown=on_shutdown)

@@ -1,0 +1,205 @@
+"""AsyncKafkaManager under uvicorn, in one fleet with Flask-SocketIO dynos:
+two ASGI servers (tests/asgi_server_app.py), a gevent one and a threading one
+(tests/server_app.py) on the same topics, with real Socket.IO clients
+(python-socketio's Client and the official JS client)."""
+import time
+
+import pytest
+import requests
+from kafka import KafkaProducer
+
+from testkit.harness import Fleet, unique, wait_until
+from testkit.node_clients import NodeClients
+
+
+@pytest.fixture(scope="module")
+def mixed(broker, artifacts):
+    f = Fleet(broker, artifacts)
+    f.x = f.server("X", RUNNER="uvicorn", ACK_TIMEOUT=3)
+    f.y = f.server("Y", RUNNER="uvicorn", ACK_TIMEOUT=3)
+    f.g = f.server("G", ACK_TIMEOUT=3)
+    f.t = f.server("T", ASYNC_MODE="threading", ACK_TIMEOUT=3)
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def connect(mixed):
+    made = []
+
+    def make(server, **kwargs):
+        client = mixed.client(server, **kwargs)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
+def test_async_server_is_ready_before_any_client(mixed):
+    assert mixed.x.ready() and mixed.y.ready()
+    assert requests.get(mixed.x.url + "/ready", timeout=5).text == '"ready"'
+
+
+def test_every_kind_of_server_reaches_every_other(mixed, connect):
+    servers = [mixed.x, mixed.y, mixed.g, mixed.t]
+    clients = [connect(s) for s in servers]
+    for sender in clients:
+        data = unique(f"all-{sender.server.label}")
+        assert sender.call("emit", {"event": "news", "data": data}) == "ok"
+        for receiver in clients:
+            receiver.wait_for("news", (data,))
+
+
+def test_sid_user_and_room_across_the_mixed_fleet(mixed, connect):
+    x, g, t, y = connect(mixed.x), connect(mixed.g, user=unique("u")), connect(mixed.t), \
+        connect(mixed.y)
+    # One connection, on a gevent dyno, from an async one, and back.
+    data = unique("dm")
+    x.call("emit", {"event": "dm", "data": data, "to": g.sid})
+    g.wait_for("dm", (data,))
+    back = unique("dm")
+    t.call("emit", {"event": "dm", "data": back, "to": x.sid})
+    x.wait_for("dm", (back,))
+    # A user's room, joined in the gevent dyno's connect handler.
+    name = unique("user")
+    u1, u2 = connect(mixed.x, user=name), connect(mixed.t, user=name)
+    data = unique("user")
+    y.call("emit", {"event": "hi", "data": data, "user": name})
+    u1.wait_for("hi", (data,))
+    u2.wait_for("hi", (data,))
+    # A room with members on each kind of server; skip_sid too.
+    room = unique("room")
+    for c in (x, g, t, y):
+        assert c.call("join", {"room": room}) == "ok"
+    data = unique("room")
+    g.call("emit", {"event": "r", "data": data, "to": room, "skip_sid": t.sid})
+    for c in (x, g, y):
+        c.wait_for("r", (data,))
+    several = unique("args")
+    x.call("emit", {"event": "many", "args": [several, 2, {"k": [1]}], "to": room})
+    for c in (g, t, y):
+        c.wait_for("many", (several, 2, {"k": [1]}))
+    time.sleep(0.5)
+    assert t.got("r") == [] and x.got("dm") == [(back,)]
+
+
+def test_namespaces_stay_apart(mixed, connect):
+    plain = connect(mixed.g)
+    chat = connect(mixed.x, namespaces=("/", "/chat"))
+    data = unique("chat")
+    plain.call("emit", {"event": "c", "data": data, "namespace": "/chat"})
+    chat.wait_for("c", (data,), namespace="/chat")
+    time.sleep(0.3)
+    assert chat.got("c") == [] and plain.got("c") == []
+
+
+def test_remote_join_and_leave_wait_for_the_owners_ack(mixed, connect):
+    x, g, t = connect(mixed.x), connect(mixed.g), connect(mixed.t)
+    room = unique("remote")
+    # The async server joins a gevent dyno's connection, then the other way.
+    assert x.call("join", {"room": room, "sid": g.sid}) == "ok"
+    assert g.call("join", {"room": room, "sid": x.sid}) == "ok"
+    assert sorted(g.call("rooms")) == [room] and sorted(x.call("rooms")) == [room]
+    data = unique("after-join")
+    t.call("emit", {"event": "j", "data": data, "to": room})
+    x.wait_for("j", (data,))
+    g.wait_for("j", (data,))
+    assert t.call("leave", {"room": room, "sid": x.sid}) == "ok"
+    assert x.call("rooms") == []
+
+
+def test_remote_join_of_a_gone_connection_times_out(mixed, connect):
+    x, g = connect(mixed.x), connect(mixed.g)
+    gone = g.sid
+    g.close()
+    started = time.monotonic()
+    assert x.call("join", {"room": unique("r"), "sid": gone}) == "timeout"
+    assert 2.5 < time.monotonic() - started < 10
+    # The loop went on serving while it waited: the next call answers at once.
+    assert x.call("whoami")["server"] == "X"
+
+
+def test_callbacks_run_on_the_emitting_server(mixed, connect):
+    x = connect(mixed.x, answers={"ask": lambda q: f"x-says-{q}"})
+    g = connect(mixed.g, answers={"ask": lambda q: f"g-says-{q}"})
+    assert x.call("call", {"event": "ask", "data": "1", "to": g.sid}) == {"answer": "g-says-1"}
+    assert g.call("call", {"event": "ask", "data": "2", "to": x.sid}) == {"answer": "x-says-2"}
+    y = connect(mixed.y, answers={"ask": lambda q: f"y-says-{q}"})
+    assert x.call("call", {"event": "ask", "data": "3", "to": y.sid}) == {"answer": "y-says-3"}
+
+
+def test_disconnect_and_close_room_act_on_every_server(mixed, connect):
+    x, g, t = connect(mixed.x), connect(mixed.g), connect(mixed.t)
+    assert g.call("kick", {"sid": x.sid}) == "ok"
+    assert x.disconnected.wait(10)
+    assert connect(mixed.y).call("kick", {"sid": t.sid}) == "ok"
+    assert t.disconnected.wait(10)
+    room = unique("closing")
+    a, b = connect(mixed.x), connect(mixed.g)
+    for c in (a, b):
+        assert c.call("join", {"room": room}) == "ok"
+    assert b.call("close", {"room": room}) == "ok"
+    wait_until(lambda: a.call("rooms") == [], 10, what="room closed on the async server")
+    assert b.call("rooms") == []
+
+
+def test_malformed_record_is_logged_and_skipped(mixed, connect):
+    x = connect(mixed.x)
+    producer = KafkaProducer(bootstrap_servers=mixed.broker.bootstrap)
+    producer.send(mixed.topic("send-all"), b"\xc1garbage-asgi")
+    producer.send(mixed.topic("group-mgmt"), b"\x93\x01", key=b"k")
+    producer.flush()
+    producer.close()
+    data = unique("after-garbage")
+    connect(mixed.g).call("emit", {"event": "ok", "data": data})
+    x.wait_for("ok", (data,))
+    wait_until(lambda: mixed.x.log().count("skipping malformed record") >= 2, 10,
+               what="the malformed records logged")
+    assert "WARNING" in mixed.x.log()
+
+
+def test_official_js_client_on_the_async_server(mixed, connect, artifacts):
+    driver = NodeClients(max_seconds=60, log_path=artifacts / "asgi-js.log")
+    try:
+        room = unique("js")
+        name = unique("jsuser")
+        driver.add([{"id": "js", "urls": [mixed.x.url], "auth": {"user": name},
+                     "rooms": [room], "policy": "stay"}])
+        sid = driver.wait_ready(["js"], 30)["js"]
+        g = connect(mixed.g)
+        sent = {kind: unique(kind) for kind in ("all", "room", "user", "sid")}
+        g.call("emit", {"event": "s", "data": sent["all"]})
+        g.call("emit", {"event": "s", "data": sent["room"], "to": room})
+        g.call("emit", {"event": "s", "data": sent["user"], "user": name})
+        g.call("emit", {"event": "s", "data": sent["sid"], "to": sid})
+
+        def got():
+            log = driver.report("full")[0]["eventLog"]
+            return {kind for kind, data in sent.items()
+                    if any(e[1] == "s" and e[2] == [data] for e in log)}
+
+        wait_until(lambda: got() == set(sent), 15, 0.3, "the JS client's four events")
+        # The JS client's own emit reaches a Python client on the gevent dyno.
+        data = unique("from-js")
+        answer = driver.emit("js", "emit", {"event": "js", "data": data, "to": g.sid})
+        assert answer["answer"] == "ok"
+        g.wait_for("js", (data,))
+    finally:
+        driver.close()
+
+
+def test_close_leaves_no_thread_or_task(broker, artifacts):
+    f = Fleet(broker, artifacts)
+    try:
+        server = f.server("closing", RUNNER="uvicorn")
+        client = f.client(server)
+        assert client.call("whoami")["server"] == "closing"
+        left = requests.post(server.url + "/close", timeout=30).json()
+        assert left == {"threads": [], "tasks": []}
+    finally:
+        f.close()
