@@ -28,7 +28,7 @@ from typing import Any
 from kafka.errors import KafkaTimeoutError
 from socketio import AsyncManager
 
-from . import inbound, payload_limits, records, topics
+from . import inbound, records, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .arguments import sid_list
 from .backplane import ACK, DISCONNECT, Backplane
@@ -111,8 +111,7 @@ class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
         with self._start_lock:
             if self._started:
                 return
-            self.core.connect(self._runtime, self._is_local_anywhere, self._local_sids)
-            self._payload_limit = payload_limits.learn(self.core)
+            self._connect_core()
             if not self.write_only:
                 self.core.consume({
                     topics.ACK: self._handle_ack,

@@ -180,6 +180,11 @@ class Backplane:
         runs); return the names created."""
         return self.core.create_topics()
 
+    def _connect_core(self) -> None:
+        """Connect the core (blocking) and learn the payload limit."""
+        self.core.connect(self._runtime, self._is_local_anywhere, self._local_sids)
+        self._payload_limit = payload_limits.learn(self.core)
+
     def _shut(self, timeout: float) -> None:
         """Flush, hand the clients over (recovery), stop consuming, close
         the core: blocking."""

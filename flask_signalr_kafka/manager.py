@@ -17,7 +17,7 @@ from typing import Any
 from kafka.errors import KafkaTimeoutError
 from socketio import Manager
 
-from . import inbound, payload_limits, records, shutdown, socketio_hooks, topics
+from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .arguments import sid_list
 from .backplane import ACK, DISCONNECT, RELEASE, Backplane
@@ -100,8 +100,7 @@ class KafkaManager(Backplane, RoomIndex, Manager):
         with self._start_lock:
             if self._started:
                 return
-            self.core.connect(self._runtime, self._is_local_anywhere, self._local_sids)
-            self._payload_limit = payload_limits.learn(self.core)
+            self._connect_core()
             if self.connection_state_recovery is not None:
                 self._recovery = Recovery(self.core, self, self.connection_state_recovery)
                 if self.server is not None:

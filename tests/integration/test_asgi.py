@@ -13,7 +13,8 @@ from testkit.node_clients import NodeClients
 
 
 @pytest.fixture(scope="module")
-def mixed(broker, artifacts):
+def fleet(broker, artifacts):
+    """This module's fleet (conftest's ``connect`` connects to it)."""
     f = Fleet(broker, artifacts)
     f.x = f.server("X", RUNNER="uvicorn", ACK_TIMEOUT=3)
     f.y = f.server("Y", RUNNER="uvicorn", ACK_TIMEOUT=3)
@@ -23,30 +24,13 @@ def mixed(broker, artifacts):
     f.close()
 
 
-@pytest.fixture
-def connect(mixed):
-    made = []
-
-    def make(server, **kwargs):
-        client = mixed.client(server, **kwargs)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        try:
-            client.close()
-        except Exception:
-            pass
+def test_async_server_is_ready_before_any_client(fleet):
+    assert fleet.x.ready() and fleet.y.ready()
+    assert requests.get(fleet.x.url + "/ready", timeout=5).text == '"ready"'
 
 
-def test_async_server_is_ready_before_any_client(mixed):
-    assert mixed.x.ready() and mixed.y.ready()
-    assert requests.get(mixed.x.url + "/ready", timeout=5).text == '"ready"'
-
-
-def test_every_kind_of_server_reaches_every_other(mixed, connect):
-    servers = [mixed.x, mixed.y, mixed.g, mixed.t]
+def test_every_kind_of_server_reaches_every_other(fleet, connect):
+    servers = [fleet.x, fleet.y, fleet.g, fleet.t]
     clients = [connect(s) for s in servers]
     for sender in clients:
         data = unique(f"all-{sender.server.label}")
@@ -55,9 +39,9 @@ def test_every_kind_of_server_reaches_every_other(mixed, connect):
             receiver.wait_for("news", (data,))
 
 
-def test_sid_user_and_room_across_the_mixed_fleet(mixed, connect):
-    x, g, t, y = connect(mixed.x), connect(mixed.g, user=unique("u")), connect(mixed.t), \
-        connect(mixed.y)
+def test_sid_user_and_room_across_the_mixed_fleet(fleet, connect):
+    x, g, t, y = connect(fleet.x), connect(fleet.g, user=unique("u")), connect(fleet.t), \
+        connect(fleet.y)
     # One connection, on a gevent dyno, from an async one, and back.
     data = unique("dm")
     x.call("emit", {"event": "dm", "data": data, "to": g.sid})
@@ -67,7 +51,7 @@ def test_sid_user_and_room_across_the_mixed_fleet(mixed, connect):
     x.wait_for("dm", (back,))
     # A user's room, joined in the gevent dyno's connect handler.
     name = unique("user")
-    u1, u2 = connect(mixed.x, user=name), connect(mixed.t, user=name)
+    u1, u2 = connect(fleet.x, user=name), connect(fleet.t, user=name)
     data = unique("user")
     y.call("emit", {"event": "hi", "data": data, "user": name})
     u1.wait_for("hi", (data,))
@@ -88,9 +72,9 @@ def test_sid_user_and_room_across_the_mixed_fleet(mixed, connect):
     assert t.got("r") == [] and x.got("dm") == [(back,)]
 
 
-def test_namespaces_stay_apart(mixed, connect):
-    plain = connect(mixed.g)
-    chat = connect(mixed.x, namespaces=("/", "/chat"))
+def test_namespaces_stay_apart(fleet, connect):
+    plain = connect(fleet.g)
+    chat = connect(fleet.x, namespaces=("/", "/chat"))
     data = unique("chat")
     plain.call("emit", {"event": "c", "data": data, "namespace": "/chat"})
     chat.wait_for("c", (data,), namespace="/chat")
@@ -98,8 +82,8 @@ def test_namespaces_stay_apart(mixed, connect):
     assert chat.got("c") == [] and plain.got("c") == []
 
 
-def test_remote_join_and_leave_wait_for_the_owners_ack(mixed, connect):
-    x, g, t = connect(mixed.x), connect(mixed.g), connect(mixed.t)
+def test_remote_join_and_leave_wait_for_the_owners_ack(fleet, connect):
+    x, g, t = connect(fleet.x), connect(fleet.g), connect(fleet.t)
     room = unique("remote")
     # The async server joins a gevent dyno's connection, then the other way.
     assert x.call("join", {"room": room, "sid": g.sid}) == "ok"
@@ -113,8 +97,8 @@ def test_remote_join_and_leave_wait_for_the_owners_ack(mixed, connect):
     assert x.call("rooms") == []
 
 
-def test_remote_join_of_a_gone_connection_times_out(mixed, connect):
-    x, g = connect(mixed.x), connect(mixed.g)
+def test_remote_join_of_a_gone_connection_times_out(fleet, connect):
+    x, g = connect(fleet.x), connect(fleet.g)
     gone = g.sid
     g.close()
     started = time.monotonic()
@@ -124,23 +108,23 @@ def test_remote_join_of_a_gone_connection_times_out(mixed, connect):
     assert x.call("whoami")["server"] == "X"
 
 
-def test_callbacks_run_on_the_emitting_server(mixed, connect):
-    x = connect(mixed.x, answers={"ask": lambda q: f"x-says-{q}"})
-    g = connect(mixed.g, answers={"ask": lambda q: f"g-says-{q}"})
+def test_callbacks_run_on_the_emitting_server(fleet, connect):
+    x = connect(fleet.x, answers={"ask": lambda q: f"x-says-{q}"})
+    g = connect(fleet.g, answers={"ask": lambda q: f"g-says-{q}"})
     assert x.call("call", {"event": "ask", "data": "1", "to": g.sid}) == {"answer": "g-says-1"}
     assert g.call("call", {"event": "ask", "data": "2", "to": x.sid}) == {"answer": "x-says-2"}
-    y = connect(mixed.y, answers={"ask": lambda q: f"y-says-{q}"})
+    y = connect(fleet.y, answers={"ask": lambda q: f"y-says-{q}"})
     assert x.call("call", {"event": "ask", "data": "3", "to": y.sid}) == {"answer": "y-says-3"}
 
 
-def test_disconnect_and_close_room_act_on_every_server(mixed, connect):
-    x, g, t = connect(mixed.x), connect(mixed.g), connect(mixed.t)
+def test_disconnect_and_close_room_act_on_every_server(fleet, connect):
+    x, g, t = connect(fleet.x), connect(fleet.g), connect(fleet.t)
     assert g.call("kick", {"sid": x.sid}) == "ok"
     assert x.disconnected.wait(10)
-    assert connect(mixed.y).call("kick", {"sid": t.sid}) == "ok"
+    assert connect(fleet.y).call("kick", {"sid": t.sid}) == "ok"
     assert t.disconnected.wait(10)
     room = unique("closing")
-    a, b = connect(mixed.x), connect(mixed.g)
+    a, b = connect(fleet.x), connect(fleet.g)
     for c in (a, b):
         assert c.call("join", {"room": room}) == "ok"
     assert b.call("close", {"room": room}) == "ok"
@@ -148,30 +132,30 @@ def test_disconnect_and_close_room_act_on_every_server(mixed, connect):
     assert b.call("rooms") == []
 
 
-def test_malformed_record_is_logged_and_skipped(mixed, connect):
-    x = connect(mixed.x)
-    producer = KafkaProducer(bootstrap_servers=mixed.broker.bootstrap)
-    producer.send(mixed.topic("send-all"), b"\xc1garbage-asgi")
-    producer.send(mixed.topic("group-mgmt"), b"\x93\x01", key=b"k")
+def test_malformed_record_is_logged_and_skipped(fleet, connect):
+    x = connect(fleet.x)
+    producer = KafkaProducer(bootstrap_servers=fleet.broker.bootstrap)
+    producer.send(fleet.topic("send-all"), b"\xc1garbage-asgi")
+    producer.send(fleet.topic("group-mgmt"), b"\x93\x01", key=b"k")
     producer.flush()
     producer.close()
     data = unique("after-garbage")
-    connect(mixed.g).call("emit", {"event": "ok", "data": data})
+    connect(fleet.g).call("emit", {"event": "ok", "data": data})
     x.wait_for("ok", (data,))
-    wait_until(lambda: mixed.x.log().count("skipping malformed record") >= 2, 10,
+    wait_until(lambda: fleet.x.log().count("skipping malformed record") >= 2, 10,
                what="the malformed records logged")
-    assert "WARNING" in mixed.x.log()
+    assert "WARNING" in fleet.x.log()
 
 
-def test_official_js_client_on_the_async_server(mixed, connect, artifacts):
+def test_official_js_client_on_the_async_server(fleet, connect, artifacts):
     driver = NodeClients(max_seconds=60, log_path=artifacts / "asgi-js.log")
     try:
         room = unique("js")
         name = unique("jsuser")
-        driver.add([{"id": "js", "urls": [mixed.x.url], "auth": {"user": name},
+        driver.add([{"id": "js", "urls": [fleet.x.url], "auth": {"user": name},
                      "rooms": [room], "policy": "stay"}])
         sid = driver.wait_ready(["js"], 30)["js"]
-        g = connect(mixed.g)
+        g = connect(fleet.g)
         sent = {kind: unique(kind) for kind in ("all", "room", "user", "sid")}
         g.call("emit", {"event": "s", "data": sent["all"]})
         g.call("emit", {"event": "s", "data": sent["room"], "to": room})
