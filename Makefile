@@ -46,6 +46,12 @@ node_modules/.package-lock.json: package.json package-lock.json
 demo: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	sample_app/demo.sh
 
+# The same demo with the chat on uvicorn and the AsyncKafkaManager beside two
+# gevent dynos, one fleet (http://127.0.0.1:5100 is the asyncio one).
+.PHONY: demo-asgi
+demo-asgi: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
+	DYNOS=2 ASGI_DYNOS=1 sample_app/demo.sh
+
 # Redis for the benchmark's RedisManager run, from Debian.
 /usr/bin/redis-server:
 	apt-get update -qq

@@ -37,6 +37,9 @@ echo "Three dynos of the chat; open two of them side by side:"
 for i in $(seq 0 $((DYNOS - 1))); do echo "  http://127.0.0.1:$((5000 + i))"; done
 echo "Ctrl-C stops the dynos and the broker."
 echo
-honcho start -f Procfile -c web="$DYNOS" web &
+# ASGI_DYNOS=1 (make demo-asgi): also the chat on uvicorn and the
+# AsyncKafkaManager (the Procfile's asgi process, port 5100), in the same fleet.
+if [ -n "${ASGI_DYNOS:-}" ]; then echo "  http://127.0.0.1:5100 (uvicorn, asyncio)"; fi
+honcho start -f Procfile -c "web=$DYNOS${ASGI_DYNOS:+,asgi=$ASGI_DYNOS}" web ${ASGI_DYNOS:+asgi} &
 dynos=$!
 wait "$dynos"
