@@ -242,8 +242,10 @@ class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
         skip_sid = sid_list(skip_sid)
         published = [i for i, one in enumerate(targets) if not self.is_local(one, namespace)]
         frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
-        if self.server is not None:
-            # This server's clients at once, each once (see KafkaManager.emit).
+        here = self.rooms.get(namespace, {})
+        if self.server is not None and any(t is None or t in here for t in targets):
+            # This server's clients at once, each once (see KafkaManager.emit);
+            # skipped when none is here: python-socketio would encode for nobody.
             await AsyncManager.emit(self, event, data, namespace,
                                     room=targets if len(targets) > 1 else target,
                                     skip_sid=skip_sid, callback=callback)

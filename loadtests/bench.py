@@ -38,6 +38,9 @@ from testkit.ws_reader import Reader
 HERE = Path(__file__).parent
 
 BACKENDS = ("ours", "ours-threading", "ours-all", "ours-recovery", "stock-kafka", "redis")
+#: Served by bench_asgi_server.py (AsyncServer under uvicorn) instead.
+ASYNC_BACKENDS = ("ours-async", "async-redis")
+BACKENDS += ASYNC_BACKENDS
 
 
 class Dyno:
@@ -46,7 +49,8 @@ class Dyno:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / f"bench-{backend}-{label}.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / "bench_server.py")],
+            [sys.executable, str(HERE / ("bench_asgi_server.py" if backend in ASYNC_BACKENDS
+                                          else "bench_server.py"))],
             env={**os.environ, **env, "BACKEND": backend, "PORT": str(self.port)},
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -321,7 +325,7 @@ def main() -> int:
                 if backend == "raw":
                     report["results"]["raw"] = run_raw(broker.bootstrap, args)
                     continue
-                if backend == "redis":
+                if backend in ("redis", "async-redis"):
                     if redis_process is None:
                         redis_process, env["REDIS_URL"] = start_redis(log_dir)
                         redis_url = env["REDIS_URL"]
