@@ -143,12 +143,14 @@ class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
                 await asyncio.wrap_future(self._starting)
             except Exception:
                 pass  # nothing started: nothing to stop but what follows
-        await self._blocking.call(self._shut, timeout)
-        for inbox in self._inboxes.values():
-            await inbox.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        self._blocking.shutdown()
+        try:
+            await self._blocking.call(self._shut, timeout)
+        finally:
+            for inbox in self._inboxes.values():
+                await inbox.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            self._blocking.shutdown()
 
     # -- connections ---------------------------------------------------------
 
