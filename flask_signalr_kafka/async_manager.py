@@ -28,7 +28,7 @@ from typing import Any
 from kafka.errors import KafkaTimeoutError
 from socketio import AsyncManager
 
-from . import inbound, records, topics
+from . import inbound, records, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .arguments import sid_list
 from .backplane import ACK, DISCONNECT, Backplane
@@ -248,9 +248,8 @@ class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
         if self.server is not None and any(t is None or t in here for t in targets):
             # This server's clients at once, each once (see KafkaManager.emit);
             # skipped when none is here: python-socketio would encode for nobody.
-            await AsyncManager.emit(self, event, data, namespace,
-                                    room=targets if len(targets) > 1 else target,
-                                    skip_sid=skip_sid, callback=callback)
+            await self._deliver(event, data, namespace,
+                                targets if len(targets) > 1 else target, skip_sid, callback)
         callback_id = 0
         if callback is not None and published:
             callback_id = self.core.acks.register(
@@ -293,9 +292,18 @@ class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
         if delivery.callback is not None:
             callback = partial(self._answer_callback, *delivery.callback)
         self.metrics.delivered[topic] += 1
-        await AsyncManager.emit(self, event, args, delivery.namespace, room=delivery.room,
-                                skip_sid=inbound.excluded(delivery, self.get_participants),
-                                callback=callback)
+        await self._deliver(event, args, delivery.namespace, delivery.room,
+                            inbound.excluded(delivery, self.get_participants), callback)
+
+    async def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
+                       callback: Any) -> None:
+        """Send to this server's clients: python-socketio's own emit for a
+        callback, else its copy that spawns no task per recipient."""
+        if callback is None:
+            await socketio_hooks.emit_async(self, event, data, namespace, room, skip_sid)
+        else:
+            await AsyncManager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
+                                    callback=callback)
 
     async def _handle_command(self, command: Any) -> None:
         todo = self._apply_group_command(command)

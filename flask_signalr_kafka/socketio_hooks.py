@@ -5,8 +5,9 @@ python-socketio has no connection state recovery and no hooks for it
 be written before it, the rooms of a dropped connection must be read before
 they are dropped, and events to clients that announced recovery carry an
 offset. This module is the only place that touches ``Server._handle_connect``,
-``Server._handle_disconnect``, ``Server._send_eio_packet`` and
-``Server.packet_class``, or copies a ``BaseManager`` method; it was written
+``Server._handle_disconnect``, ``Server._send_eio_packet`` (and
+``AsyncServer``'s) and ``Server.packet_class``, or copies a ``BaseManager``
+or ``AsyncManager`` method; it was written
 against the versions below, and tests/unit/test_socketio_hooks.py fails when
 python-socketio changes the code these copies follow.
 """
@@ -79,14 +80,7 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
     whose missed events are being replayed get it afterwards."""
     if namespace not in manager.rooms:
         return
-    if isinstance(data, tuple):
-        data = list(data)
-    elif data is not None:
-        data = [data]
-    else:
-        data = []
-    if not isinstance(skip_sid, list):
-        skip_sid = [skip_sid]
+    data, skip_sid = _args(data), _sid_list(skip_sid)
     recipients = [(sid, eio_sid) for sid, eio_sid in manager.get_participants(namespace, room)
                   if sid not in skip_sid]
     if not recipients:
@@ -109,6 +103,37 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
             pkts = plain
         for p in pkts:
             server._send_eio_packet(eio_sid, p)
+
+
+def _args(data: Any) -> list:
+    """An emit's arguments as python-socketio sends them: a tuple is several."""
+    if isinstance(data, tuple):
+        return list(data)
+    return [] if data is None else [data]
+
+
+def _sid_list(skip_sid: Any) -> list:
+    return skip_sid if isinstance(skip_sid, list) else [skip_sid]
+
+
+async def emit_async(manager: Any, event: str, data: Any, namespace: str, room: Any,
+                     skip_sid: Any) -> None:
+    """python-socketio 5.18.1's ``AsyncManager.emit`` without a callback,
+    each recipient's send awaited in turn instead of run as a task of its
+    own: a send only queues the packet for the client's writer task, so a
+    task per recipient (and the wait for them all) costs loop iterations
+    and buys nothing. Order per client is the same."""
+    if namespace not in manager.rooms:
+        return
+    data, skip_sid = _args(data), _sid_list(skip_sid)
+    server = manager.server
+    packets = None
+    for sid, eio_sid in manager.get_participants(namespace, room):
+        if sid not in skip_sid:
+            if packets is None:
+                packets = _eio_packets(server, namespace, [event, *data])
+            for p in packets:
+                await server._send_eio_packet(eio_sid, p)
 
 
 def basic_disconnect(manager: Any, sid: str, namespace: str, rooms: list) -> None:

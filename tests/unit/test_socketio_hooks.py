@@ -5,7 +5,7 @@ import hashlib
 import inspect
 
 import socketio
-from socketio import base_manager, manager
+from socketio import async_manager, base_manager, manager
 
 from flask_signalr_kafka import socketio_hooks
 
@@ -17,6 +17,8 @@ FOLLOWED = {
     socketio.Server._send_eio_packet: "5fa452fb118c3565",
     base_manager.BaseManager.basic_disconnect: "2933b50bc4b2ea7b",
     base_manager.BaseManager.get_rooms: "56a1017f85af9f91",
+    async_manager.AsyncManager.emit: "01ccd5b82b4f955e",
+    socketio.AsyncServer._send_eio_packet: "64cf72a2ab7d75b1",
 }
 
 
@@ -42,3 +44,34 @@ def test_the_private_attributes_used_exist():
                  "namespace_handlers", "namespaces"):
         assert hasattr(server, name), name
     assert hasattr(server.eio, "ping_interval") and hasattr(server.eio, "ping_timeout")
+
+
+def test_emit_async_sends_what_async_manager_emit_sends():
+    """The copy sends each recipient the packets python-socketio's own emit
+    sends, skipping the same sids, in the same order."""
+    import asyncio
+
+    async def run(emit):
+        sent = []
+        server = socketio.AsyncServer()
+
+        async def send_eio_packet(eio_sid, pkt):
+            sent.append((eio_sid, pkt.encode()))
+
+        server._send_eio_packet = send_eio_packet
+        mgr = async_manager.AsyncManager()
+        mgr.set_server(server)
+        for sid, eio in (("s1", "e1"), ("s2", "e2"), ("s3", "e3")):
+            mgr.basic_enter_room(sid, "/", None, eio_sid=eio)
+            mgr.basic_enter_room(sid, "/", "room", eio_sid=eio)
+        await emit(mgr, "ev", ("a", {"b": [1]}, b"\x00bin"), "/", "room", ["s2"])
+        await emit(mgr, "ev", None, "/", None, None)
+        return sent
+
+    async def original(mgr, event, data, namespace, room, skip_sid):
+        await async_manager.AsyncManager.emit(mgr, event, data, namespace, room=room,
+                                              skip_sid=skip_sid)
+
+    ours = asyncio.run(run(socketio_hooks.emit_async))
+    theirs = asyncio.run(run(original))
+    assert ours == theirs and len(ours) == 2 * 2 + 3  # binary: two packets each
