@@ -156,7 +156,7 @@ def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
                 },
             }
             print(f"  {backend:12} {name:10} {sat['deliveries_per_s']:9.0f} deliveries/s "
-                  f"lost {sat['lost']:6}  p50 {results[name]['latency']['p50_ms']:.1f} ms",
+                  f"lost {sat['lost']:6}  p50 {fmt(results[name]['latency']['p50_ms'], '.1f')} ms",
                   flush=True)
         reader.close()
         reader = None
