@@ -187,3 +187,30 @@ def test_close_leaves_no_thread_or_task(broker, artifacts):
         assert left == {"threads": [], "tasks": []}
     finally:
         f.close()
+
+
+def test_write_only_async_emitter_reaches_every_kind_of_server(fleet, connect):
+    """A worker's ``await mgr.emit(...)`` then ``await mgr.close()``."""
+    import asyncio
+
+    from flask_signalr_kafka import AsyncKafkaManager, KafkaTopicConfig, user
+
+    name = unique("worker-user")
+    x, g = connect(fleet.x, user=name), connect(fleet.g, user=name)
+    room = unique("worker-room")
+    for c in (x, g):
+        assert c.call("join", {"room": room}) == "ok"
+
+    async def work():
+        mgr = AsyncKafkaManager(fleet.broker.bootstrap, write_only=True,
+                                topic_config=KafkaTopicConfig(prefix=fleet.prefix))
+        await mgr.emit("job", "to-room", room=room)
+        await mgr.emit("job", "to-user", to=user(name))
+        await mgr.emit("job", "to-sid", to=x.sid)
+        await mgr.close()
+
+    asyncio.run(asyncio.wait_for(work(), 60))
+    for c in (x, g):
+        c.wait_for("job", ("to-room",))
+        c.wait_for("job", ("to-user",))
+    x.wait_for("job", ("to-sid",))
