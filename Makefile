@@ -12,7 +12,7 @@ export VENV
 $(VENV)/.installed: setup.cfg pyproject.toml testkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics]' -e ./testkit
+	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics,confluent]' -e ./testkit
 	touch $@
 
 # Java 17 and Maven for Apache Kafka, from Debian when missing.

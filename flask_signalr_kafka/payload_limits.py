@@ -83,10 +83,13 @@ class PayloadLimit:
 
 
 def producer_limit(producer_config: dict[str, Any]) -> int:
-    """What kafka-python's producer accepts as one record.
+    """What the producer accepts as one record.
 
-    :param producer_config: the ``KafkaProducer`` keyword arguments.
+    :param producer_config: the ``KafkaProducer`` keyword arguments, or
+                            librdkafka's properties (``message.max.bytes``).
     """
+    if "message.max.bytes" in producer_config:  # librdkafka's (client="confluent")
+        return int(producer_config["message.max.bytes"])
     return min(producer_config.get(name, default) for name, default in _PRODUCER_DEFAULTS.items())
 
 
