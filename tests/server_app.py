@@ -4,8 +4,8 @@ tests: each test asks it, through Socket.IO events, to do what an app would.
 Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
 LINGER_MS, REPLICATION_FACTOR ("default": the cluster's), TOPIC_CONFIGS (topic
-configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
-producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
+configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON and CONSUMER_JSON (more
+producer_config / consumer_config, as JSON, kafka-python's names), KAFKA_CLIENT, TRACK_PRODUCE=1 (count the producer's results for
 the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
 PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition),
@@ -71,8 +71,9 @@ mgr = KafkaManager(
     connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
     await_produce=os.environ.get("AWAIT_PRODUCE") == "1",
     hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
-    consumer_config=dialect({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
-                            if "FETCH_MAX_WAIT_MS" in os.environ else {}),
+    consumer_config=dialect({**({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
+                                if "FETCH_MAX_WAIT_MS" in os.environ else {}),
+                             **json.loads(os.environ.get("CONSUMER_JSON", "{}"))}),
     producer_config=dialect({"linger_ms": int(os.environ.get("LINGER_MS", "1")),
                              **json.loads(os.environ.get("PRODUCER_JSON", "{}"))}),
     connection_state_recovery=ConnectionStateRecovery(
