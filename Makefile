@@ -95,16 +95,21 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # Lint, then every unit and integration test, each broker-backed one on
 # Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one), the
 # servers in gevent mode; then a slice on Apache Kafka with the servers in
-# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics).
+# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics);
+# then on confluent-kafka.
 # The tests start the brokers and the server processes and stop them.
 ENGINE ?= both
 THREADING_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
   tests/integration/test_metrics.py tests/integration/test_recovery.py
 THREADING_SELECT := not recovered_however or default
+# Then the integration tests with the servers on confluent-kafka (client=
+# "confluent", gevent), on Apache Kafka: CONFLUENT_SLICE.
+CONFLUENT_SLICE := tests/integration
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
 	$(PY) -m pytest tests --engine $(ENGINE)
 	$(PY) -m pytest $(THREADING_SLICE) --engine kafka --async-mode threading \
 	  -k "$(THREADING_SELECT)"
+	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit

@@ -50,16 +50,20 @@ _METADATA_TIMEOUT = 10.0
 
 class Delivery:
     """The future of one produced record (kafka-python's ``FutureRecordMetadata``
-    in the part the core uses: ``add_errback`` and ``get``)."""
+    in the part the core uses: ``add_callback``, ``add_errback``, ``get``; it
+    is its own record metadata: ``topic``, ``partition``, ``offset``)."""
 
-    __slots__ = ("_queue", "done", "error", "_errbacks", "_event", "offset", "partition")
+    __slots__ = ("_queue", "done", "error", "_callbacks", "_event", "topic", "offset",
+                 "partition")
 
-    def __init__(self, queue: collections.deque) -> None:
+    def __init__(self, queue: collections.deque, topic: str = "") -> None:
         self._queue = queue
         self.done = False
         self.error: BaseException | None = None
-        self._errbacks: list | None = None
+        #: ``(on_error, fn, args)`` in the order they were added.
+        self._callbacks: list | None = None
         self._event: Any = None
+        self.topic = topic
         self.offset = -1
         self.partition = -1
 
@@ -77,28 +81,34 @@ class Delivery:
         event = self._event
         if event is not None:
             event.set()
-        if self._errbacks:
-            for fn, args in self._errbacks:
-                if self.error is None and fn is not _on_success:
-                    continue
-                try:
-                    fn(*args, self.error)
-                except Exception:
-                    logger.exception("a produce errback failed")
+        if self._callbacks:
+            for on_error, fn, args in self._callbacks:
+                self._run(on_error, fn, args)
+
+    def _run(self, on_error: bool, fn: Any, args: tuple) -> None:
+        failed = self.error is not None
+        if on_error != failed:
+            return
+        try:
+            fn(*args, self.error if failed else self)
+        except Exception:
+            logger.exception("a produce callback failed")
 
     def add_callback(self, fn: Any, *args: Any) -> Delivery:
         """``fn(*args, self)`` once the broker took the record."""
-        return self.add_errback(_on_success, fn, args)
+        return self._add(False, fn, args)
 
     def add_errback(self, fn: Any, *args: Any) -> Delivery:
         """``fn(*args, error)`` if the broker did not take the record."""
+        return self._add(True, fn, args)
+
+    def _add(self, on_error: bool, fn: Any, args: tuple) -> Delivery:
         if self.done:
-            if self.error is not None or fn is _on_success:
-                fn(*args, self.error)
+            self._run(on_error, fn, args)
         else:
-            if self._errbacks is None:
-                self._errbacks = []
-            self._errbacks.append((fn, args))
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append((on_error, fn, args))
         return self
 
     def get(self, timeout: float | None = None) -> Delivery:
@@ -115,11 +125,6 @@ class Delivery:
         return self
 
 
-def _on_success(fn: Any, args: tuple, error: BaseException | None) -> None:
-    if error is None:
-        fn(*args, None)
-
-
 class ConfluentProducer:
     """confluent-kafka's ``Producer`` behind kafka-python's ``send``/``flush``
     /``close``.
@@ -129,7 +134,7 @@ class ConfluentProducer:
     """
 
     def __init__(self, config: dict[str, Any], runtime: Runtime) -> None:
-        self._producer = confluent_kafka.Producer(config)
+        self._producer = _made(confluent_kafka.Producer, config, "producer_config")
         self._runtime = runtime
         self._worker = runtime.worker()
         self._reports: collections.deque = collections.deque()
@@ -137,11 +142,14 @@ class ConfluentProducer:
         self._counts: dict[str, int] = {}
         self._counts_at = 0.0
         self._closed = False
+        # Every topic's partition count now, so that a first broadcast does
+        # not wait for a metadata request behind a report wait.
+        self._refresh_counts()
         self._task = runtime.spawn(self._serve)
 
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
              partition: int | None = None) -> Delivery:
-        delivery = Delivery(self._reports)
+        delivery = Delivery(self._reports, topic)
         if partition is None and key is None:
             partition = self._slot % self._count(topic)
         while True:
@@ -169,10 +177,10 @@ class ConfluentProducer:
     def _refresh_counts(self, topic: str | None = None) -> None:
         try:
             metadata = self._worker.call(self._producer.list_topics, topic, _METADATA_TIMEOUT)
+            self._counts_at = time.monotonic()
         except KafkaException as exc:
             logger.warning("could not read the partition counts of %s: %s", topic or "topics", exc)
             return
-        self._counts_at = time.monotonic()
         for name, meta in metadata.topics.items():
             if meta.error is None and meta.partitions:
                 self._counts[name] = len(meta.partitions)
@@ -247,7 +255,7 @@ class ConfluentConsumer:
         config = {**config, "auto.offset.reset": "earliest" if earliest else "latest"}
         self._runtime = runtime
         self._worker = runtime.worker()
-        self._consumer = confluent_kafka.Consumer(config)
+        self._consumer = _made(confluent_kafka.Consumer, config, "consumer_config")
         self._assigned: list[TopicPartition] = []
         self._active: dict[TopicPartition, int | None] = {}  # assigned in librdkafka, at
         self._positions: dict[TopicPartition, int] = {}
@@ -387,6 +395,15 @@ class ConfluentConsumer:
             self._worker.call(self._consumer.close)
         finally:
             self._worker.close()
+
+
+def _made(factory: Any, config: dict[str, Any], name: str) -> Any:
+    """``factory(config)``; librdkafka's refusal of a property as a ValueError."""
+    try:
+        return factory(config)
+    except KafkaException as exc:
+        raise ValueError(f"librdkafka refused {name}: {exc.args[0].str()} (client='confluent' "
+                         "takes librdkafka properties, see its CONFIGURATION.md)") from exc
 
 
 class ConfluentClient:

@@ -121,7 +121,7 @@ def test_a_delivery_calls_back_and_raises_as_kafka_pythons_future():
     assert seen == []
     for delivery, error, message in reports:
         delivery.settle(error, message)
-    assert seen[0] == ("ok", None)
+    assert seen[0] == ("ok", ok)
     assert seen[1][0] == "lost" and isinstance(seen[1][1], KafkaException)
     assert ok.get(0) is ok
     with pytest.raises(KafkaException):
@@ -162,3 +162,12 @@ def test_the_worker_runs_blocking_calls_in_a_real_thread_while_greenlets_go_on()
     assert len(ticks) >= 10, ticks
     with pytest.raises(ZeroDivisionError):
         Worker(threaded=False).call(lambda: 1 / 0)
+
+
+def test_a_property_librdkafka_does_not_know_is_a_value_error():
+    from flask_signalr_kafka.concurrency import Runtime
+    from flask_signalr_kafka.confluent_client import CLIENT
+
+    runtime = Runtime("threading", None, time.sleep)
+    with pytest.raises(ValueError, match='consumer_config: No such configuration property: "x.y"'):
+        CLIENT.consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "x.y": 1}, runtime)
