@@ -266,15 +266,32 @@ class ConfluentConsumer:
     # -- metadata and offsets (requests to the cluster) ---------------------------
 
     def partitions_for_topic(self, topic: str) -> set[int]:
-        metadata = self._worker.call(self._consumer.list_topics, topic, _METADATA_TIMEOUT)
+        try:
+            metadata = self._worker.call(self._consumer.list_topics, topic, _METADATA_TIMEOUT)
+        except KafkaException as exc:  # the interface's word for it is kafka-python's
+            raise KafkaTimeoutError(f"no metadata of {topic}: {exc.args[0].str()}") from exc
         meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None:
             return set()
         return set(meta.partitions)
 
     def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
-        return self._worker.call(self._consumer.get_watermark_offsets,
-                                 _TP(tp.topic, tp.partition), _METADATA_TIMEOUT, False)
+        """Its log start and end, asked of its leader; retried while the
+        leader is not known yet (a topic just created, a failover), as
+        kafka-python's ``end_offsets`` does."""
+        deadline = time.monotonic() + _METADATA_TIMEOUT
+        while True:
+            try:
+                return self._worker.call(self._consumer.get_watermark_offsets,
+                                         _TP(tp.topic, tp.partition), _METADATA_TIMEOUT, False)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(
+                        f"no offsets of {tp.topic} partition {tp.partition}: "
+                        f"{exc.args[0].str()}") from exc
+                logger.debug("offsets of %s partition %d: %s; retrying", tp.topic,
+                             tp.partition, exc)
+                self._runtime.sleep(0.1)
 
     def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         return {tp: self._watermarks(tp)[0] for tp in partitions}
