@@ -12,6 +12,11 @@ from .producer import StickyPartitioner
 
 logger = logging.getLogger("flask_signalr_kafka")
 
+#: How long a request may go unanswered before the client gives up on the
+#: broker and looks for the partition's leader again (both clients;
+#: librdkafka's ``socket.timeout.ms``, to which its fetches add their wait).
+REQUEST_TIMEOUT_MS = 5000
+
 
 def kafka_configs(
     bootstrap_servers: Any,
@@ -73,6 +78,12 @@ def kafka_configs(
         # default; kafka-python backs off up to 30 s, which stretched the
         # silence after a cluster restart well past the restart itself).
         "reconnect_backoff_max_ms": 1000,
+        # A leader that hangs (SIGSTOP, a long GC pause) holds the requests
+        # in flight until they time out; only then does the client refresh
+        # its metadata and find the new leader, elected after the broker
+        # session timeout. 30 s (kafka-python's) made a 20 s hang a 22 s
+        # silence; REQUEST_TIMEOUT_MS's figures are in docs/kafka-clients.md.
+        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         "partitioner": StickyPartitioner(),
         **producer_config,
     }
@@ -94,6 +105,8 @@ def kafka_configs(
         "fetch_max_wait_ms": 500,
         # As the producer's: back within 1 s of a broker's return.
         "reconnect_backoff_max_ms": 1000,
+        # As the producer's; above the longest fetch wait (core's 3 s).
+        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         **consumer_config,
     }
     admin = {**common, "client_id": client_id, **admin_config}
@@ -289,8 +302,13 @@ def librdkafka_configs(
     # As kafka-python's (client_config above): back within 1 s of a broker's
     # return, where librdkafka's default backs off up to 10 s.
     common["reconnect.backoff.max.ms"] = 1000
+    # As kafka-python's request_timeout_ms (REQUEST_TIMEOUT_MS above); a
+    # fetch's timeout is this plus its wait. Not the admin's (kafka-python's
+    # own 30 s: topic creation may take long on a busy cluster).
+    timeouts = {"socket.timeout.ms": REQUEST_TIMEOUT_MS}
     producer = {
         **common,
+        **timeouts,
         "linger.ms": 1,
         "acks": "all",
         # librdkafka's idempotent producer: no duplicate from a retry after a
@@ -307,6 +325,7 @@ def librdkafka_configs(
     }
     consumer = {
         **common,
+        **timeouts,
         # librdkafka wants a group id; no group is joined (partitions are
         # assigned) and no offset is committed.
         "group.id": client_id,
