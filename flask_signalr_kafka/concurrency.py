@@ -128,12 +128,23 @@ class Worker:
         without blocking the hub."""
         if self._pool is None:
             return fn(*args)
-        return self._pool.apply(fn, args)
+        # Raised here, not in the pool: gevent prints what a pool task raises.
+        failed, value = self._pool.apply(_outcome, (fn, args))
+        if failed:
+            raise value
+        return value
 
     def close(self) -> None:
         """Let the thread go once its last call returns."""
         if self._pool is not None:
             self._pool.kill()
+
+
+def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
+    try:
+        return False, fn(*args)
+    except Exception as exc:
+        return True, exc
 
 
 def gevent_patched() -> bool:

@@ -157,6 +157,8 @@ def test_the_worker_runs_blocking_calls_in_a_real_thread_while_greenlets_go_on()
     # time.sleep is not patched here: in the hub it would stop the ticker.
     thread = worker.call(lambda: (time.sleep(0.3), threading.get_ident())[1])
     tick.kill()
+    with pytest.raises(ZeroDivisionError):  # raised in the caller
+        worker.call(lambda: 1 / 0)
     worker.close()
     assert thread != main
     assert len(ticks) >= 10, ticks
