@@ -12,11 +12,6 @@ from .producer import StickyPartitioner
 
 logger = logging.getLogger("flask_signalr_kafka")
 
-#: How long a request may go unanswered before the client gives up on the
-#: broker and looks for the partition's leader again (both clients;
-#: librdkafka's ``socket.timeout.ms``, to which its fetches add their wait).
-REQUEST_TIMEOUT_MS = 5000
-
 
 def kafka_configs(
     bootstrap_servers: Any,
@@ -78,12 +73,6 @@ def kafka_configs(
         # default; kafka-python backs off up to 30 s, which stretched the
         # silence after a cluster restart well past the restart itself).
         "reconnect_backoff_max_ms": 1000,
-        # A leader that hangs (SIGSTOP, a long GC pause) holds the requests
-        # in flight until they time out; only then does the client refresh
-        # its metadata and find the new leader, elected after the broker
-        # session timeout. 30 s (kafka-python's) made a 20 s hang a 22 s
-        # silence; REQUEST_TIMEOUT_MS's figures are in docs/kafka-clients.md.
-        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         "partitioner": StickyPartitioner(),
         **producer_config,
     }
@@ -105,8 +94,6 @@ def kafka_configs(
         "fetch_max_wait_ms": 500,
         # As the producer's: back within 1 s of a broker's return.
         "reconnect_backoff_max_ms": 1000,
-        # As the producer's; above the longest fetch wait (core's 3 s).
-        "request_timeout_ms": REQUEST_TIMEOUT_MS,
         **consumer_config,
     }
     admin = {**common, "client_id": client_id, **admin_config}
@@ -302,10 +289,12 @@ def librdkafka_configs(
     # As kafka-python's (client_config above): back within 1 s of a broker's
     # return, where librdkafka's default backs off up to 10 s.
     common["reconnect.backoff.max.ms"] = 1000
-    # As kafka-python's request_timeout_ms (REQUEST_TIMEOUT_MS above); a
-    # fetch's timeout is this plus its wait. Not the admin's (kafka-python's
-    # own 30 s: topic creation may take long on a busy cluster).
-    timeouts = {"socket.timeout.ms": REQUEST_TIMEOUT_MS}
+    # Request timeouts stay librdkafka's (socket.timeout.ms 60 s): 5 s,
+    # measured, timed out produce requests to live leaders that were
+    # waiting for the dead broker to leave the ISR (the broker session
+    # timeout), and the retries lengthened a killed leader's silence from
+    # 15 to 21 s (docs/kafka-clients.md).
+    timeouts: dict[str, Any] = {}
     producer = {
         **common,
         **timeouts,
