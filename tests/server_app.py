@@ -4,9 +4,10 @@ tests: each test asks it, through Socket.IO events, to do what an app would.
 Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
 LINGER_MS, REPLICATION_FACTOR ("default": the cluster's), TOPIC_CONFIGS (topic
-configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON and CONSUMER_JSON (more
-producer_config / consumer_config, as JSON, kafka-python's names), KAFKA_CLIENT, TRACK_PRODUCE=1 (count the producer's results for
-the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
+configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT,
+PRODUCER_JSON and CONSUMER_JSON (more producer_config / consumer_config, as
+JSON, kafka-python's names), KAFKA_CLIENT, TRACK_PRODUCE=1 (count the
+producer's results for the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
 PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition),
 APP_SIGTERM=1 (the app's own SIGTERM handler calls ``mgr.close()`` and exits,
