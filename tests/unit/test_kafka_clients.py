@@ -173,3 +173,97 @@ def test_a_property_librdkafka_does_not_know_is_a_value_error():
     runtime = Runtime("threading", None, time.sleep)
     with pytest.raises(ValueError, match='consumer_config: No such configuration property: "x.y"'):
         CLIENT.consumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "x.y": 1}, runtime)
+
+
+class FakeMessage:
+    def __init__(self, topic, partition, offset, value=b"v", key=None, error=None):
+        self._t, self._p, self._o, self._v, self._k, self._e = (
+            topic, partition, offset, value, key, error)
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def value(self):
+        return self._v
+
+    def key(self):
+        return self._k
+
+    def timestamp(self):
+        return (1, 1000 + self._o)
+
+    def error(self):
+        return self._e
+
+
+class FakeLibrdkafkaConsumer:
+    """Records what the adapter asks of librdkafka's consumer."""
+
+    def __init__(self):
+        self.calls = []
+        self.queue = []
+
+    def incremental_assign(self, tps):
+        self.calls.append(("assign", [(tp.topic, tp.partition, tp.offset) for tp in tps]))
+
+    def incremental_unassign(self, tps):
+        self.calls.append(("unassign", [(tp.topic, tp.partition) for tp in tps]))
+
+    def pause(self, tps):
+        self.calls.append(("pause", [tp.partition for tp in tps]))
+
+    def resume(self, tps):
+        self.calls.append(("resume", [tp.partition for tp in tps]))
+
+    def poll(self, timeout):
+        return self.queue.pop(0) if self.queue else None
+
+    def consume(self, n, timeout):
+        out, self.queue = self.queue[:n], self.queue[n:]
+        return out
+
+
+def test_the_confluent_consumer_assigns_at_our_positions_and_keeps_them():
+    from flask_signalr_kafka.concurrency import Runtime
+    from flask_signalr_kafka.confluent_client import ConfluentConsumer
+    from flask_signalr_kafka.kafka_client import TopicPartition
+
+    # The constructor makes a librdkafka consumer: set the adapter up by hand.
+    consumer = ConfluentConsumer.__new__(ConfluentConsumer)
+    fake = FakeLibrdkafkaConsumer()
+    consumer._runtime = Runtime("threading", None, time.sleep)
+    consumer._worker = Worker(threaded=False)
+    consumer._consumer = fake
+    consumer._assigned, consumer._active, consumer._positions = [], {}, {}
+    consumer._seeks, consumer._paused, consumer._closed = {}, set(), False
+    t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    consumer.assign([t0, t1])
+    consumer.seek(t0, 5)
+    consumer.seek(t1, 7)
+    consumer.pause(t1)
+    fake.queue = [FakeMessage("t", 0, 5), FakeMessage("t", 0, 6), FakeMessage("t", 1, 9)]
+    batches = consumer.poll(100)
+    assert fake.calls == [("assign", [("t", 0, 5), ("t", 1, 7)]), ("pause", [1])]
+    assert [r.offset for r in batches[t0]] == [5, 6] and batches[t0][0].timestamp == 1005
+    assert consumer.position(t0) == 7 and consumer.position(t1) == 10
+    # Seeking where it already is changes nothing; elsewhere reassigns it there.
+    fake.calls.clear()
+    consumer.seek(t0, 7)
+    consumer.seek(t1, 3)
+    fake.queue = [FakeMessage("t", 1, 3)]
+    batches = consumer.poll(100)
+    assert fake.calls == [("unassign", [("t", 1)]), ("assign", [("t", 1, 3)]), ("pause", [1])]
+    assert [r.offset for r in batches[t1]] == [3]
+    # A partition no longer wanted is unassigned; its records are dropped.
+    fake.calls.clear()
+    consumer.assign([t0])
+    fake.queue = [FakeMessage("t", 1, 4), FakeMessage("t", 0, 7)]
+    batches = consumer.poll(100)
+    assert fake.calls == [("unassign", [("t", 1)])]
+    assert list(batches) == [t0] and consumer._positions == {t0: 8}
