@@ -112,11 +112,7 @@ CONFLUENT_SLICE := tests/integration/test_routing.py tests/integration/test_life
   tests/integration/test_payload_size.py tests/integration/test_cli.py \
   tests/integration/test_doctor.py tests/integration/test_home_partitions.py \
   tests/integration/test_interop.py
-# Left out for now: recovery after a blackholed dyno failed with confluent in
-# three runs on an overloaded machine (the release round trip; see
-# docs/kafka-clients.md); it runs with: pytest tests/integration/test_recovery.py
-# --engine kafka --client confluent -k blackhole.
-CONFLUENT_SELECT := (not recovered_however or default) and not blackhole
+CONFLUENT_SELECT := not recovered_however or default
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
 	$(PY) -m pytest tests --engine $(ENGINE)
 	$(PY) -m pytest $(THREADING_SLICE) --engine kafka --async-mode threading \
