@@ -12,7 +12,7 @@ export VENV
 $(VENV)/.installed: setup.cfg pyproject.toml testkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics]' -e ./testkit
+	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics,confluent]' -e ./testkit
 	touch $@
 
 # Java 17 and Maven for Apache Kafka, from Debian when missing.
@@ -101,16 +101,29 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # Lint, then every unit and integration test, each broker-backed one on
 # Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one), the
 # servers in gevent mode; then a slice on Apache Kafka with the servers in
-# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics).
+# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics);
+# then on confluent-kafka.
 # The tests start the brokers and the server processes and stop them.
 ENGINE ?= both
 THREADING_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
   tests/integration/test_metrics.py tests/integration/test_recovery.py
 THREADING_SELECT := not recovered_however or default
+# Then a slice with the servers on confluent-kafka (client="confluent",
+# gevent), on Apache Kafka: routing, lifecycle, metrics, recovery, payloads,
+# CLI and doctor, home partitions, .NET interop. The whole integration suite
+# passes that way too (pytest tests/integration --engine kafka --client
+# confluent), but takes longer than CI allows for it.
+CONFLUENT_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
+  tests/integration/test_metrics.py tests/integration/test_recovery.py \
+  tests/integration/test_payload_size.py tests/integration/test_cli.py \
+  tests/integration/test_doctor.py tests/integration/test_home_partitions.py \
+  tests/integration/test_interop.py
+CONFLUENT_SELECT := not recovered_however or default
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
 	$(PY) -m pytest tests --engine $(ENGINE)
 	$(PY) -m pytest $(THREADING_SLICE) --engine kafka --async-mode threading \
 	  -k "$(THREADING_SELECT)"
+	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent -k "$(CONFLUENT_SELECT)"
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit

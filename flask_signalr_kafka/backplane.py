@@ -20,10 +20,10 @@ from . import hub_protocol, inbound, payload_limits, records
 from .addressing import SEND_CONN
 from .addressing import route as route_of
 from .arguments import check_home, check_instance, check_protocols, positive
-from .client_config import kafka_configs
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
 from .env_config import manager_kwargs_from_env
+from .kafka_client import client_named
 from .metrics import Metrics
 from .records import (
     ADD,
@@ -52,11 +52,17 @@ class Backplane:
 
     :param bootstrap_servers: ``"host:port"`` or a list of them; fills
                               ``bootstrap_servers`` of the three configs.
-    :param producer_config: keyword arguments for ``kafka.KafkaProducer``.
-    :param consumer_config: keyword arguments for ``kafka.KafkaConsumer``.
-    :param admin_config: keyword arguments for ``kafka.KafkaAdminClient``.
+    :param producer_config: the producer's settings in ``client``'s dialect
+                            (``kafka.KafkaProducer`` keyword arguments, or
+                            librdkafka properties).
+    :param consumer_config: the consumers' settings, likewise.
+    :param admin_config: the admin client's settings, likewise.
                          The three configs win over the shorthand and over
                          our defaults (security, SASL, SSL, linger, ...).
+    :param client: ``"kafka-python"`` (default) or ``"confluent"``
+                   (confluent-kafka, librdkafka: the ``[confluent]`` extra):
+                   the Kafka client library underneath (see
+                   :mod:`.kafka_client`).
     :param topic_config: the topic names and creation specs.
     :param await_produce: ``True`` makes an emit wait for the broker and raise
                           its error; ``False`` (default) returns at once and
@@ -100,6 +106,7 @@ class Backplane:
         connection_state_recovery: bool | ConnectionStateRecovery = False,
         home_partitions: bool | int = True,
         logger: logging.Logger | None = None,
+        client: str = "kafka-python",
     ) -> None:
         super().__init__()
         self.logger = logger
@@ -117,7 +124,8 @@ class Backplane:
                              "turn it off for a write_only emitter")
         connect_timeout = positive(connect_timeout, "connect_timeout")
         server_name = new_server_name()
-        producer, consumer, admin = kafka_configs(
+        kafka_client = client_named(client)
+        producer, consumer, admin = kafka_client.configs(
             bootstrap_servers, connect_timeout, self.topic_config.tenant_prefix + server_name,
             producer_config, consumer_config, admin_config)
         self.core = KafkaCore(
@@ -126,8 +134,9 @@ class Backplane:
             await_produce=bool(await_produce), connect_timeout=connect_timeout,
             home_partitions=check_home(home_partitions), write_only=self.write_only,
             sessions=self.connection_state_recovery is not None,
-            fetch_wait_given="fetch_max_wait_ms" in (consumer_config
-                                                     if isinstance(consumer_config, dict) else {}),
+            fetch_wait_given=kafka_client.fetch_wait in (
+                consumer_config if isinstance(consumer_config, dict) else {}),
+            client=kafka_client,
         )
         self.metrics = Metrics(self.core)  # mgr.metrics.add(...) for more figures
         if self.connection_state_recovery is not None:

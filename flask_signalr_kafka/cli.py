@@ -186,10 +186,10 @@ def cmd_emit(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     """Follow the six topics and print every record decoded: the tool for
     "why did my message not arrive"."""
-    from kafka import KafkaConsumer, TopicPartition
+    from .kafka_client import TopicPartition
 
     manager = _manager(args)
-    consumer = KafkaConsumer(**manager.consumer_config)
+    consumer = manager.core.new_consumer()
     partitions = []
     for name in manager.topic_config.names.values():
         ids = consumer.partitions_for_topic(name)
@@ -203,7 +203,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
         consumer.seek_to_end(*partitions)
     for tp in partitions:
         consumer.position(tp)  # fix the start now: what comes after is printed
-    servers = ",".join(manager.producer_config["bootstrap_servers"])
+    servers = manager.core.servers()
     print(f"# following {len(partitions)} partitions on {servers} (Ctrl-C stops)",
           file=sys.stderr, flush=True)
     bases = {name: base for base, name in manager.topic_config.names.items()}
@@ -289,6 +289,7 @@ def _manager(args: argparse.Namespace):
         "topic_config": KafkaTopicConfig(prefix=args.prefix),
         "write_only": True,
         "connect_timeout": args.timeout,
+        "client": args.client,
     }
     if args.bootstrap_servers:
         kwargs["bootstrap_servers"] = args.bootstrap_servers.split(",")
@@ -322,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--prefix", default="", help="topic prefix (default: none)")
             sub.add_argument("--timeout", type=float, default=10.0,
                              help="seconds to reach the cluster (default %(default)s)")
+            sub.add_argument("--client", choices=("kafka-python", "confluent"),
+                             default=os.environ.get("KAFKA_CLIENT") or "kafka-python",
+                             help="the Kafka client library (default: KAFKA_CLIENT, "
+                                  "else kafka-python)")
         return sub
 
     broker = command("broker", cmd_broker, "run a local Kafka or Tansu broker (development only)")

@@ -119,6 +119,12 @@ def check_config(config: Any, client: type, name: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise TypeError(f"{name} must be a dict of {client.__name__} keyword arguments")
     unknown = sorted(set(config) - set(client.DEFAULT_CONFIG))
+    foreign = [k for k in unknown if k in KAFKA_PYTHON_NAMES]
+    if foreign:
+        hints = ", ".join(f"{k!r} -> {KAFKA_PYTHON_NAMES[k]!r}" for k in foreign)
+        raise ValueError(
+            f"{name} has librdkafka properties, but client='kafka-python' takes kafka-python "
+            f"keyword arguments: {hints} (or pass client='confluent')")
     if unknown:
         raise ValueError(
             f"{name} has settings {client.__name__} does not know: {', '.join(unknown)} "
@@ -127,3 +133,200 @@ def check_config(config: Any, client: type, name: str) -> dict[str, Any]:
     if name == "producer_config" and config.get("acks") == 0:
         logger.warning("producer_config acks=0: delivery errors go unseen and records can be lost")
     return dict(config)
+
+
+# -- librdkafka (client="confluent") ---------------------------------------------
+
+#: kafka-python keyword argument -> librdkafka property of the same meaning:
+#: the message of a setting given in the other client's dialect, the
+#: translation of the Heroku config vars, and the admin client's settings
+#: (kafka-python's KafkaAdminClient serves both clients).
+LIBRDKAFKA_NAMES = {
+    "bootstrap_servers": "bootstrap.servers",
+    "client_id": "client.id",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "sasl_kerberos_service_name": "sasl.kerberos.service.name",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+    "ssl_password": "ssl.key.password",
+    "ssl_crlfile": "ssl.crl.location",
+    "ssl_ciphers": "ssl.cipher.suites",
+    "ssl_check_hostname": "ssl.endpoint.identification.algorithm",
+    "request_timeout_ms": "request.timeout.ms",
+    "connections_max_idle_ms": "connections.max.idle.ms",
+    "reconnect_backoff_ms": "reconnect.backoff.ms",
+    "reconnect_backoff_max_ms": "reconnect.backoff.max.ms",
+    "metadata_max_age_ms": "metadata.max.age.ms",
+    "retry_backoff_ms": "retry.backoff.ms",
+    "receive_buffer_bytes": "socket.receive.buffer.bytes",
+    "send_buffer_bytes": "socket.send.buffer.bytes",
+    "acks": "acks",
+    "linger_ms": "linger.ms",
+    "batch_size": "batch.size",
+    "compression_type": "compression.type",
+    "max_request_size": "message.max.bytes",
+    "enable_idempotence": "enable.idempotence",
+    "retries": "retries",
+    "max_in_flight_requests_per_connection": "max.in.flight.requests.per.connection",
+    "delivery_timeout_ms": "delivery.timeout.ms",
+    "fetch_max_wait_ms": "fetch.wait.max.ms",
+    "fetch_min_bytes": "fetch.min.bytes",
+    "fetch_max_bytes": "fetch.max.bytes",
+    "max_partition_fetch_bytes": "max.partition.fetch.bytes",
+    "group_id": "group.id",
+    "enable_auto_commit": "enable.auto.commit",
+    "auto_offset_reset": "auto.offset.reset",
+    "check_crcs": "check.crcs",
+    "isolation_level": "isolation.level",
+}
+#: The reverse, with librdkafka's aliases.
+KAFKA_PYTHON_NAMES = {
+    **{v: k for k, v in LIBRDKAFKA_NAMES.items()},
+    "metadata.broker.list": "bootstrap_servers",
+    "sasl.mechanisms": "sasl_mechanism",
+    "message.timeout.ms": "delivery_timeout_ms",
+    "queue.buffering.max.ms": "linger_ms",
+    "compression.codec": "compression_type",
+}
+_KAFKA_PYTHON_SETTINGS = (set(KafkaProducer.DEFAULT_CONFIG) | set(KafkaConsumer.DEFAULT_CONFIG)
+                          | set(KafkaAdminClient.DEFAULT_CONFIG))
+
+
+def to_librdkafka(config: dict[str, Any]) -> dict[str, Any]:
+    """kafka-python keyword arguments as librdkafka properties (those of the
+    table; ``ssl_check_hostname=False`` is ``ssl.endpoint.identification.
+    algorithm="none"``)."""
+    out = {}
+    for name, value in config.items():
+        if name == "ssl_check_hostname":
+            out[LIBRDKAFKA_NAMES[name]] = "https" if value else "none"
+        elif name == "bootstrap_servers" and not isinstance(value, str):
+            out["bootstrap.servers"] = ",".join(value)
+        else:
+            out[LIBRDKAFKA_NAMES.get(name, name)] = value
+    return out
+
+
+def to_kafka_python(config: dict[str, Any], name: str = "admin_config") -> dict[str, Any]:
+    """librdkafka properties as kafka-python keyword arguments: the settings
+    of the admin client, which is kafka-python's with either client.
+
+    :raises ValueError: a property kafka-python has no counterpart for.
+    """
+    out: dict[str, Any] = {}
+    for prop, value in config.items():
+        setting = KAFKA_PYTHON_NAMES.get(prop)
+        if setting is None:
+            raise ValueError(
+                f"{name} property {prop!r} has no kafka-python counterpart: the admin client "
+                "(topic creation, doctor, top) is kafka-python's with either client, and "
+                "takes the connection and security properties of client_config."
+                "KAFKA_PYTHON_NAMES")
+        if setting == "ssl_check_hostname":
+            value = str(value).lower() not in ("", "none")
+        elif setting == "bootstrap_servers" and isinstance(value, str):
+            value = [s.strip() for s in value.split(",") if s.strip()]
+        out[setting] = value
+    return out
+
+
+def check_librdkafka(config: Any, name: str) -> dict[str, Any]:
+    """A dict of librdkafka properties; a kafka-python name in it is an
+    error that names the property to use instead (librdkafka itself refuses
+    the names it does not know, when the client is made)."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise TypeError(f"{name} must be a dict of librdkafka properties "
+                        "(client='confluent'), e.g. {'sasl.mechanism': 'PLAIN'}")
+    foreign = sorted(k for k in config if k in _KAFKA_PYTHON_SETTINGS)
+    if foreign:
+        hints = ", ".join(f"{k!r} -> {LIBRDKAFKA_NAMES[k]!r}" if k in LIBRDKAFKA_NAMES
+                          else f"{k!r} (no librdkafka counterpart here)" for k in foreign)
+        raise ValueError(
+            f"{name} has kafka-python settings, but client='confluent' takes librdkafka "
+            f"properties: {hints} (see librdkafka's CONFIGURATION.md)")
+    if name == "producer_config" and str(config.get("acks")) == "0":
+        logger.warning("producer_config acks=0: delivery errors go unseen and records can be lost")
+    return dict(config)
+
+
+def librdkafka_configs(
+    bootstrap_servers: Any,
+    connect_timeout: float,
+    client_id: str,
+    producer_config: Any,
+    consumer_config: Any,
+    admin_config: Any,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The confluent-kafka Producer and Consumer properties (our defaults,
+    each with its reason, under the user's) and the admin client's
+    kafka-python keyword arguments (translated from ``admin_config``'s
+    librdkafka properties).
+
+    :raises ValueError: no broker given, or a kafka-python setting.
+    :raises TypeError: a config that is not a dict.
+    """
+    producer_config = check_librdkafka(producer_config, "producer_config")
+    consumer_config = check_librdkafka(consumer_config, "consumer_config")
+    admin_config = check_librdkafka(admin_config, "admin_config")
+    servers = check_servers(bootstrap_servers)
+    if servers is None and not all(
+        "bootstrap.servers" in c for c in (producer_config, consumer_config, admin_config)
+    ):
+        raise ValueError(
+            "KafkaManager needs a broker: pass bootstrap_servers='host:9092' "
+            "(or 'bootstrap.servers' in each of producer_config, consumer_config "
+            "and admin_config)"
+        )
+    common: dict[str, Any] = {"client.id": client_id}
+    if servers is not None:
+        common["bootstrap.servers"] = servers if isinstance(servers, str) else ",".join(servers)
+    # As kafka-python's (client_config above): back within 1 s of a broker's
+    # return, where librdkafka's default backs off up to 10 s.
+    common["reconnect.backoff.max.ms"] = 1000
+    # Request timeouts stay librdkafka's (socket.timeout.ms 60 s): 5 s,
+    # measured, timed out produce requests to live leaders that were
+    # waiting for the dead broker to leave the ISR (the broker session
+    # timeout), and the retries lengthened a killed leader's silence from
+    # 15 to 21 s (docs/kafka-clients.md).
+    timeouts: dict[str, Any] = {}
+    producer = {
+        **common,
+        **timeouts,
+        "linger.ms": 1,
+        "acks": "all",
+        # librdkafka's idempotent producer: no duplicate from a retry after a
+        # leader fails over, and it handles a forgotten producer id itself
+        # (a fatal error, if ever, makes the Publisher replace the producer).
+        "enable.idempotence": True,
+        # kafka-python's delivery_timeout_ms: a record outlives a cluster restart.
+        "message.timeout.ms": 120_000,
+        # Keys land where kafka-python and the Java clients put them.
+        "partitioner": "murmur2_random",
+        # kafka-python's max_request_size: the same payload limit either way.
+        "message.max.bytes": 1_048_576,
+        **producer_config,
+    }
+    consumer = {
+        **common,
+        **timeouts,
+        # librdkafka wants a group id; no group is joined (partitions are
+        # assigned) and no offset is committed.
+        "group.id": client_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # As kafka-python's fetch_max_wait_ms (client_config above).
+        "fetch.wait.max.ms": 500,
+        # The prefetch queue of librdkafka (64 MB by default) is bounded
+        # lower: a dyno's consumers keep up or are restarted.
+        "queued.max.messages.kbytes": 16_384,
+        **consumer_config,
+    }
+    admin = to_kafka_python({**common, **admin_config})
+    admin["bootstrap_timeout_ms"] = int(connect_timeout * 1000)
+    return producer, consumer, admin

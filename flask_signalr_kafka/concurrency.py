@@ -79,6 +79,14 @@ class Runtime:
                 "flask or kafka (or use async_mode='threading')"
             )
 
+    def worker(self) -> Worker:
+        """A place for one client's blocking C calls (librdkafka's polls,
+        flushes, metadata requests): under gevent a real OS thread of its
+        own, so that the hub goes on while it waits (confluent-kafka
+        releases the GIL); elsewhere the calling thread. Its calls run one
+        at a time, in order: a close never overlaps a poll."""
+        return Worker(self.green and gevent_patched())
+
     def stop(self, task: Any, timeout: float) -> None:
         """Wait up to ``timeout`` s for a task that was asked to stop; kill a
         greenlet that does not (a thread cannot be killed: it is a daemon)."""
@@ -107,6 +115,44 @@ class Runtime:
             return watcher.cancel
         previous = signal.signal(signum, lambda *_: handler())
         return lambda: signal.signal(signum, previous)
+
+
+class Worker:
+    """Runs blocking calls one after another in a real thread (under gevent),
+    or in the caller's thread.
+
+    :param threaded: run in a gevent thread pool of one real thread.
+    """
+
+    def __init__(self, threaded: bool) -> None:
+        self._pool: Any = None
+        if threaded:
+            from gevent.threadpool import ThreadPool
+
+            self._pool = ThreadPool(1)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``'s result (or its exception), the caller waiting
+        without blocking the hub."""
+        if self._pool is None:
+            return fn(*args)
+        # Raised here, not in the pool: gevent prints what a pool task raises.
+        failed, value = self._pool.apply(_outcome, (fn, args))
+        if failed:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Let the thread go once its last call returns."""
+        if self._pool is not None:
+            self._pool.kill()
+
+
+def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
+    try:
+        return False, fn(*args)
+    except Exception as exc:
+        return True, exc
 
 
 def gevent_patched() -> bool:

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-
 from .concurrency import Runtime
 from .errors import MalformedRecord
+from .kafka_client import Consumer, KafkaClient, TopicPartition, client_named
 from .stats import ConsumerStats
 
 logger = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ class TopicConsumer:
     :param topic: the topic name.
     :param handler: called with each ``ConsumerRecord``; raises
                     :class:`MalformedRecord` for a record to skip.
-    :param config: keyword arguments for ``kafka.KafkaConsumer``.
+    :param config: the consumer's settings, in ``client``'s dialect.
     :param runtime: what the loop runs on (greenlets or threads).
     :param on_missing_topic: called when the topic has vanished from the
                              cluster; it should recreate it.
@@ -43,6 +42,7 @@ class TopicConsumer:
     :param partitions: which of the topic's partition ids to read (all when
                        ``None``); asked again at each assignment and after
                        :meth:`refresh`, so the set can grow and shrink.
+    :param client: the Kafka client library (kafka-python by default).
     """
 
     poll_timeout_ms = 1000
@@ -58,8 +58,10 @@ class TopicConsumer:
         check_interval: float = 10.0,
         from_beginning: bool = False,
         partitions: Callable[[list[int]], Iterable[int]] | None = None,
+        client: KafkaClient | None = None,
     ) -> None:
         self.topic = topic
+        self.client = client or client_named("kafka-python")
         self.handler = handler
         self.config = config
         self.runtime = runtime
@@ -131,7 +133,7 @@ class TopicConsumer:
             self._stopped = True
 
     def _consume(self) -> None:
-        consumer = KafkaConsumer(**self.config)
+        consumer = self.client.consumer(self.config, self.runtime)
         try:
             partitions = self._assign(consumer)
             self.ready.set()
@@ -160,7 +162,7 @@ class TopicConsumer:
         finally:
             consumer.close()
 
-    def _assign(self, consumer: KafkaConsumer) -> list[TopicPartition]:
+    def _assign(self, consumer: Consumer) -> list[TopicPartition]:
         """Assign every partition (of ``partitions``) and seek each to a
         fixed position: where we stopped, else the log end at startup and
         the log start later; a partition we start reading while running
@@ -200,7 +202,7 @@ class TopicConsumer:
             consumer.seek(tp, self.positions[tp])
         return partitions
 
-    def _lost_log(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> bool:
+    def _lost_log(self, consumer: Consumer, partitions: list[TopicPartition]) -> bool:
         """Whether the topic changed under us: it vanished, it has other
         partitions, or a log ends behind our position at two checks in a row
         (the broker lost its data). The log end is the high watermark of our

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+# The admin client is kafka-python's with either client (see kafka_client).
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
@@ -25,6 +26,7 @@ from .concurrency import Runtime
 from .consumer import TopicConsumer
 from .errors import BrokerUnavailableError
 from .home_partitions import HomePartitions, draw_server_name
+from .kafka_client import Consumer, KafkaClient, client_named
 from .producer import Publisher
 from .topics import KafkaTopicConfig
 
@@ -46,9 +48,10 @@ CLAIM_GRACE = 60.0
 class KafkaCore:
     """Kafka for one server.
 
-    :param producer_config: keyword arguments for ``kafka.KafkaProducer``.
-    :param consumer_config: keyword arguments for ``kafka.KafkaConsumer``.
-    :param admin_config: keyword arguments for ``kafka.KafkaAdminClient``.
+    :param producer_config: the producer's settings, in ``client``'s dialect.
+    :param consumer_config: the consumers' settings, in ``client``'s dialect.
+    :param admin_config: keyword arguments for ``kafka.KafkaAdminClient``
+                         (the admin client is kafka-python's with either client).
     :param topic_config: the topic names and creation specs.
     :param await_produce: publishing waits for the broker and raises its error.
     :param connect_timeout: seconds to wait for the cluster at startup.
@@ -58,13 +61,16 @@ class KafkaCore:
     :param sessions: also create the sessions topic (connection state recovery).
     :param fetch_wait_given: the app set ``fetch_max_wait_ms`` itself.
     :param server_name: this server's name (redrawn for home partitions).
+    :param client: the Kafka client library (kafka-python by default).
     """
 
     def __init__(self, *, server_name: str, producer_config: dict[str, Any],
                  consumer_config: dict[str, Any], admin_config: dict[str, Any],
                  topic_config: KafkaTopicConfig,
                  await_produce: bool, connect_timeout: float, home_partitions: bool | int,
-                 write_only: bool, sessions: bool, fetch_wait_given: bool) -> None:
+                 write_only: bool, sessions: bool, fetch_wait_given: bool,
+                 client: KafkaClient | None = None) -> None:
+        self.client = client or client_named("kafka-python")
         self.producer_config = producer_config
         self.consumer_config = consumer_config
         self.admin_config = admin_config
@@ -110,7 +116,7 @@ class KafkaCore:
         if self.home_partitions is not False and not self.write_only:
             self._choose_home()
         self.publisher = self._connect(Publisher, self.producer_config, self.topic_config,
-                                       self.await_produce, runtime.sleep)
+                                       self.await_produce, runtime.sleep, self.client, runtime)
 
     def consume(self, handlers: dict[str, Callable[[Any], None]]) -> None:
         """Start a consumer per topic base name of ``handlers``."""
@@ -124,10 +130,10 @@ class KafkaCore:
                 # Its partitions never change, so its fetches may wait long
                 # for a record (they return as soon as one comes): an idle
                 # dyno sends a few requests a second instead of a dozen.
-                config = {**config, "fetch_max_wait_ms": STATIC_FETCH_WAIT_MS}
+                config = {**config, self.client.fetch_wait: STATIC_FETCH_WAIT_MS}
             consumer = TopicConsumer(self.topic_config.name(base), handler, config, self.runtime,
                                      on_missing_topic=self.create_topics,
-                                     partitions=wanted.get(base))
+                                     partitions=wanted.get(base), client=self.client)
             if claims:
                 consumer.poll_timeout_ms = 200  # a claim waits for the poll to return
             consumer.start()
@@ -256,8 +262,9 @@ class KafkaCore:
         self.server_name = draw_server_name(old.rsplit("_", 1)[0], n_ack)
         self.ack_key = self.server_name.encode()
         for config in (self.producer_config, self.consumer_config, self.admin_config):
-            if config.get("client_id") == self.topic_config.tenant_prefix + old:
-                config["client_id"] = self.topic_config.tenant_prefix + self.server_name
+            for setting in ("client_id", "client.id", "group.id"):  # either dialect
+                if config.get(setting) == self.topic_config.tenant_prefix + old:
+                    config[setting] = self.topic_config.tenant_prefix + self.server_name
         count = None if self.home_partitions is True else self.home_partitions
         self._home = HomePartitions(self.server_name, n_conn, count, self._local_sids)
         logger.info("%s reads send-conn partitions %s of %d and its ack partition",
@@ -275,6 +282,15 @@ class KafkaCore:
         with self.admin() as admin:
             return topics.ensure_topics(admin, self.topic_config, self.servers(),
                                         sessions=self.sessions)
+
+    def new_consumer(self, earliest: bool = False) -> Consumer:
+        """A consumer of the server's client and settings, without a group,
+        for a read of its own (a replay, a sessions partition, ``tail``);
+        the caller closes it.
+
+        :param earliest: an out-of-range position resets to the log start.
+        """
+        return self.client.consumer(self.consumer_config, self.runtime, earliest)
 
     @contextlib.contextmanager
     def admin(self) -> Iterator[KafkaAdminClient]:

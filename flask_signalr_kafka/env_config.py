@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .broker import DEFAULT_PORT
+from .client_config import to_librdkafka
 from .topics import KafkaTopicConfig
 
 LOCAL_BROKER = f"127.0.0.1:{DEFAULT_PORT}"
@@ -98,6 +99,9 @@ def manager_kwargs_from_env(environ: Mapping[str, str] | None,
     dicts given in ``kwargs`` win over the environment's)."""
     settings = settings_from_env(environ)
     kwargs = dict(kwargs)
+    if kwargs.get("client") == "confluent":
+        # The same settings under librdkafka's names.
+        settings["client_config"] = to_librdkafka(settings["client_config"])
     topic_config = kwargs.pop("topic_config", None)
     if topic_config is None:
         topic_config = KafkaTopicConfig()

@@ -83,10 +83,13 @@ class PayloadLimit:
 
 
 def producer_limit(producer_config: dict[str, Any]) -> int:
-    """What kafka-python's producer accepts as one record.
+    """What the producer accepts as one record.
 
-    :param producer_config: the ``KafkaProducer`` keyword arguments.
+    :param producer_config: the ``KafkaProducer`` keyword arguments, or
+                            librdkafka's properties (``message.max.bytes``).
     """
+    if "message.max.bytes" in producer_config:  # librdkafka's (client="confluent")
+        return int(producer_config["message.max.bytes"])
     return min(producer_config.get(name, default) for name, default in _PRODUCER_DEFAULTS.items())
 
 
@@ -139,6 +142,30 @@ def _len(text: str) -> int:
     return len(text.encode()) + _ITEM
 
 
+def upper_bound(frames: dict[str, bytes], server_name: str, namespace: str, targets: list,
+                skip_sid: list[str]) -> int:
+    """At least :func:`exact_size` of any record of the emit: 4 UTF-8 bytes a
+    character, every target and its key in every record."""
+    chars = (len(server_name) + len(namespace) + sum(map(len, skip_sid))
+             + sum(map(len, frames)) + 2 * sum(len(t) for t in targets if t is not None))
+    items = 2 * len(frames) + len(skip_sid) + len(targets) + 3
+    return (_FIXED + RECORD_OVERHEAD + sum(map(len, frames.values())) + 4 * chars
+            + _ITEM * items)
+
+
+def exact_size(frames: dict[str, bytes], server_name: str, namespace: str, targets: list,
+               published: list[int], skip_sid: list[str]) -> int:
+    """The size of the emit's largest record (the targets of ``published``)."""
+    base = (_FIXED + sum(_len(p) + len(f) + _ITEM for p, f in frames.items())
+            + sum(map(_len, skip_sid)) + _len(server_name) + _len(namespace)
+            + RECORD_OVERHEAD)
+    earlier = [0]  # the earlier targets' bytes before each index
+    for one in targets:
+        earlier.append(earlier[-1] + (0 if one is None else _len(one)))
+    return max(base + earlier[i] + len((route(targets[i])[1] or "").encode())
+               for i in published)
+
+
 def check_emit(limit: PayloadLimit | None, frames: dict[str, bytes], server_name: str,
                event: str, namespace: str, targets: list, published: list[int],
                skip_sid: list[str]) -> None:
@@ -154,14 +181,11 @@ def check_emit(limit: PayloadLimit | None, frames: dict[str, bytes], server_name
     """
     if not published or limit is None:
         return
-    base = (_FIXED + sum(_len(p) + len(f) + _ITEM for p, f in frames.items())
-            + sum(map(_len, skip_sid)) + _len(server_name) + _len(namespace)
-            + RECORD_OVERHEAD)
-    earlier = [0]  # the earlier targets' bytes before each index
-    for one in targets:
-        earlier.append(earlier[-1] + (0 if one is None else _len(one)))
-    size = max(base + earlier[i] + len((route(targets[i])[1] or "").encode())
-               for i in published)
+    # Most emits are far below the limit: an upper bound clears them
+    # without encoding anything (1.3 us instead of 4.7 for a one-sid emit).
+    if upper_bound(frames, server_name, namespace, targets, skip_sid) <= limit.limit:
+        return
+    size = exact_size(frames, server_name, namespace, targets, published, skip_sid)
     if size > limit.limit:
         what = "everyone" if targets == [None] else ", ".join(
             "everyone" if t is None else repr(t) for t in targets[:5]) + (

@@ -8,14 +8,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaProducer
-from kafka.errors import (
-    InvalidProducerEpochError,
-    OutOfOrderSequenceNumberError,
-    UnknownProducerIdError,
-)
 from kafka.partitioner import DefaultPartitioner
 
+from .concurrency import Runtime
+from .kafka_client import KafkaClient, Producer, client_named
 from .stats import ProducerStats
 from .topics import KafkaTopicConfig
 
@@ -62,30 +58,35 @@ class StickyPartitioner(DefaultPartitioner):
 class Publisher:
     """Sends backplane records.
 
-    :param config: keyword arguments for ``kafka.KafkaProducer``.
+    :param config: the producer's settings, in ``client``'s dialect.
     :param topics: the topic names.
     :param await_produce: ``True`` to block each send until the broker has
                           it and raise its error; ``False`` to return at once
                           and log delivery errors.
     :param pause: the runtime's sleep: a burst of sends pauses now and then,
                   so that a greenlet emitting in a loop lets the others run.
+    :param client: the Kafka client library (kafka-python by default).
+    :param runtime: where the client's own waits run.
 
     An idempotent producer whose cluster forgot its producer id bumps its
     epoch and goes on (Apache Kafka 2.5+, KIP-360); where that bump fails too
-    (Tansu) kafka-python's producer enters a fatal state and fails every
-    later record. The publisher then replaces it with a new producer (a new
+    (Tansu) the producer enters a fatal state and fails every later record
+    (the client says when: ``unusable``). The publisher then replaces it with a new producer (a new
     producer id), so a dyno loses the records of that moment, logged, and
     never goes mute.
     """
 
     def __init__(self, config: dict, topics: KafkaTopicConfig, await_produce: bool,
-                 pause: Callable[[float], Any] = time.sleep) -> None:
+                 pause: Callable[[float], Any] = time.sleep, client: KafkaClient | None = None,
+                 runtime: Runtime | None = None) -> None:
         self.topics = topics
+        self.client = client or client_named("kafka-python")
+        self._runtime = runtime or Runtime.standalone()
         self._pause = pause
         self.await_produce = await_produce
         self._config = config
         self._replacing = threading.Lock()
-        self.producer = KafkaProducer(**config)
+        self.producer = self.client.producer(config, self._runtime)
         self.replaced = 0  # producers replaced after a fatal producer-state error
         self._sends = 0
         self.stats = ProducerStats()
@@ -95,7 +96,7 @@ class Publisher:
         partition: int | None = None,
     ) -> Any:
         """Publish ``value`` on the topic of ``base``, keyed by ``key``;
-        return kafka-python's future of the record (``None`` is a tombstone).
+        return the client's future of the record (``None`` is a tombstone).
         With ``await_produce``, wait at most ``timeout`` seconds (``None``:
         the producer's ``delivery_timeout_ms``) and raise its error.
 
@@ -130,13 +131,13 @@ class Publisher:
     def flush(self, timeout: float | None = None) -> None:
         self.producer.flush(timeout)
 
-    def _check(self, producer: KafkaProducer, error: Exception) -> None:
+    def _check(self, producer: Producer, error: Exception) -> None:
         """A produce errback (on the producer's IO thread): replace a
         producer that can no longer send, from another thread."""
-        if producer is self.producer and _unusable(producer, error):
+        if producer is self.producer and self.client.unusable(producer, error):
             threading.Thread(target=self._replace, args=(producer,), daemon=True).start()
 
-    def _replace(self, broken: KafkaProducer) -> None:
+    def _replace(self, broken: Producer) -> None:
         with self._replacing:
             if broken is not self.producer:
                 return  # already replaced
@@ -144,7 +145,7 @@ class Publisher:
                 "the Kafka producer is in a fatal state (the cluster forgot its producer "
                 "id and refused a new epoch); replacing it"
             )
-            self.producer = KafkaProducer(**self._config)
+            self.producer = self.client.producer(self._config, self._runtime)
             self.replaced += 1
         try:
             broken.close(timeout=0)
@@ -153,25 +154,6 @@ class Publisher:
 
     def close(self, timeout: float | None = None) -> None:
         self.producer.close(timeout)
-
-
-_PRODUCER_STATE_ERRORS = (
-    UnknownProducerIdError, OutOfOrderSequenceNumberError, InvalidProducerEpochError
-)
-
-
-def _unusable(producer: KafkaProducer, error: Exception) -> bool:
-    """Whether ``producer`` will fail every later record: its idempotence
-    state is fatal, or it lost its producer id and is not getting a new
-    epoch (then kafka-python fails each batch with the InitProducerId error,
-    forever: measured on Tansu). That state lives in kafka-python 3.0's
-    private transaction manager; without it, a producer-state error counts."""
-    manager = getattr(producer, "_transaction_manager", None)
-    try:
-        return bool(manager.has_fatal_error() or (
-            not manager.has_producer_id() and not manager.is_bumping_epoch()))
-    except AttributeError:  # not idempotent, or another kafka-python
-        return isinstance(error, _PRODUCER_STATE_ERRORS)
 
 
 def _log_failure(topic: str, key: str | None, error: Exception) -> None:

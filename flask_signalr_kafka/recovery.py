@@ -146,7 +146,7 @@ class Recovery:
         self.owner = core.server_name
         self.log = DeliveryLog(options.window_steps)
         self.log.tag = secrets.token_hex(4)
-        reader = SessionReader(core.consumer_config, core.topic_config.name(SESSIONS),
+        reader = SessionReader(core.new_consumer, core.topic_config.name(SESSIONS),
                                keep=min(60.0, options.max_disconnection_duration))
         self.store = SessionStore(self._publish_session, reader, self.owner,
                                   options.max_disconnection_duration)
@@ -640,6 +640,6 @@ class Recovery:
                      session.sid, len(window), ranges, own)
         if not ranges and not window and not own:
             return []
-        return read_missed(self.core.consumer_config, self.core.topic_config.name,
+        return read_missed(self.core.new_consumer, self.core.topic_config.name,
                            session, window, ranges, (self.owner, own_seq, own),
                            self.core.runtime.sleep)

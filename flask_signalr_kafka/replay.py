@@ -12,18 +12,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
-
 from . import hub_protocol, offsets, records
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX
 from .errors import MalformedRecord
+from .kafka_client import Consumer, TopicPartition
 from .sessions import Session
 
 logger = logging.getLogger(__name__)
 
 
 def read_missed(
-    consumer_config: dict[str, Any],
+    new_consumer: Callable[[], Consumer],
     topic: Callable[[str], str],
     session: Session,
     window: list[tuple[str, int, int]],
@@ -36,12 +35,11 @@ def read_missed(
     (start, end)}``) addressed to the session, then those of ``own``'s ranges
     that its server (``(server name, up to emit counter, ranges)``) emitted.
 
+    :param new_consumer: a consumer without a group (the core's ``new_consumer``).
     :param topic: the topic name of a base name.
     :param pause: the runtime's sleep: a long catch-up lets the others run.
     """
-    config = {k: v for k, v in consumer_config.items()
-              if k not in ("group_id", "enable_auto_commit")}
-    consumer = KafkaConsumer(group_id=None, enable_auto_commit=False, **config)
+    consumer = new_consumer()
     try:
         out = []
         # The window's records, read in one pass per partition, replayed
@@ -128,7 +126,7 @@ def step_of(offset: str | None, tag: str) -> int | None:
     return parsed.step if parsed is not None and parsed.tag == tag else None
 
 
-def read_ranges(consumer: KafkaConsumer, ranges: dict,
+def read_ranges(consumer: Consumer, ranges: dict,
                 pause: Callable[[float], Any] = time.sleep) -> list:
     """Every record in ``{(base, tp): (start, end)}``, merged across
     partitions by timestamp (each partition stays in its own order)."""

@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from kafka import KafkaConsumer, TopicPartition
 
 from .errors import MalformedRecord
+from .kafka_client import Consumer, TopicPartition
 
 logger = logging.getLogger(__name__)
 
@@ -194,20 +194,20 @@ class SessionReader:
     """Reads sessions partitions on demand, each from where it last stopped,
     and forgets the ones not asked for in a while.
 
-    :param consumer_config: keyword arguments for ``kafka.KafkaConsumer``.
+    :param new_consumer: ``new_consumer(earliest=True)``: a consumer without a
+                         group (the core's ``new_consumer``)
     :param topic: the sessions topic's name.
     :param keep: seconds a partition read is kept after its last lookup.
     :param read_timeout: seconds a read may take before it fails.
     """
 
-    def __init__(self, consumer_config: dict[str, Any], topic: str, keep: float = 60.0,
+    def __init__(self, new_consumer: Callable[..., Consumer], topic: str, keep: float = 60.0,
                  read_timeout: float = 10.0) -> None:
-        self._config = {k: v for k, v in consumer_config.items()
-                        if k not in ("group_id", "enable_auto_commit")}
+        self._new_consumer = new_consumer
         self.topic = topic
         self.keep = keep
         self.read_timeout = read_timeout
-        self._consumer: KafkaConsumer | None = None
+        self._consumer: Consumer | None = None
         self._partitions: dict[int, _Partition] = {}
         # One read at a time: a read that began after a caller asked serves it too.
         self._lock = threading.Lock()
@@ -272,10 +272,9 @@ class SessionReader:
                 self._consumer = None
             self._partitions.clear()
 
-    def _client(self) -> KafkaConsumer:
+    def _client(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = KafkaConsumer(group_id=None, enable_auto_commit=False,
-                                           auto_offset_reset="earliest", **self._config)
+            self._consumer = self._new_consumer(earliest=True)
         return self._consumer
 
     def _forget_unused(self, now: float) -> None:

@@ -37,7 +37,8 @@ from testkit.ws_reader import Reader
 
 HERE = Path(__file__).parent
 
-BACKENDS = ("ours", "ours-threading", "ours-all", "ours-recovery", "stock-kafka", "redis")
+BACKENDS = ("ours", "ours-confluent", "ours-threading", "ours-all", "ours-recovery",
+            "stock-kafka", "redis")
 #: Served by bench_asgi_server.py (AsyncServer under uvicorn) instead.
 ASYNC_BACKENDS = ("ours-async", "async-redis")
 BACKENDS += ASYNC_BACKENDS

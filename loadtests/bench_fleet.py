@@ -9,8 +9,10 @@ room of every connection and every 50th to everyone ("mixed"). Reported per
 backend and fleet size: the whole fleet's CPU seconds per 1,000 deliveries,
 bytes each dyno read from its sockets (broker fetches or Redis, and its
 clients), p50/p99 latency and loss. Backends: ``ours`` (home
-partitions), ``ours-all`` (``home_partitions=False``), ``redis``
-(python-socketio's RedisManager).
+partitions), ``ours-confluent`` (the same on confluent-kafka; its bytes
+read leave out librdkafka's sockets, which are not gevent's),
+``ours-all`` (``home_partitions=False``), ``redis`` (python-socketio's
+RedisManager).
 
 Writes loadtests/results/fleet-<date>.md and .json and prints the table.
 """
@@ -36,7 +38,7 @@ from testkit.ws_reader import Reader
 
 HERE = Path(__file__).parent
 
-BACKENDS = ("ours", "ours-all", "redis")
+BACKENDS = ("ours", "ours-confluent", "ours-all", "redis")
 
 
 def bytes_read(dyno: Dyno) -> int:

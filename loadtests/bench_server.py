@@ -5,6 +5,7 @@ BACKEND: ``ours`` (flask_signalr_kafka.KafkaManager), ``ours-threading``
 (the same in python-socketio's threading mode: nothing patched, Werkzeug's
 threaded server), ``ours-recovery`` (connection state recovery on),
 ``ours-all`` (ours reading every partition: ``home_partitions=False``),
+``ours-confluent`` (ours on confluent-kafka: ``client="confluent"``),
 ``stock-kafka``
 (python-socketio's KafkaManager, see StockKafkaManager) or ``redis``
 (python-socketio's RedisManager). Env: PORT, BOOTSTRAP, PREFIX, REDIS_URL,
@@ -67,13 +68,16 @@ class StockKafkaManager(socketio.KafkaManager):
 
 
 def make_manager():
-    if BACKEND in ("ours", "ours-threading", "ours-recovery", "ours-all"):
+    if BACKEND in ("ours", "ours-threading", "ours-recovery", "ours-all", "ours-confluent"):
         from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 
+        client = "confluent" if BACKEND == "ours-confluent" else "kafka-python"
         consumer = {}
         if os.environ.get("FETCH_MAX_WAIT_MS"):
-            consumer["fetch_max_wait_ms"] = int(os.environ["FETCH_MAX_WAIT_MS"])
+            wait = "fetch.wait.max.ms" if client == "confluent" else "fetch_max_wait_ms"
+            consumer[wait] = int(os.environ["FETCH_MAX_WAIT_MS"])
         return KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], consumer_config=consumer,
+                            client=client,
                             topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]),
                             connection_state_recovery=BACKEND == "ours-recovery",
                             home_partitions=BACKEND != "ours-all")

@@ -35,14 +35,18 @@ DYNO = os.environ.get("DYNO") or f"{socket.gethostname()}:{os.environ.get('PORT'
 SOCKETIO_JS = Path(__file__).parent.parent / "node_modules/socket.io-client/dist/socket.io.min.js"
 
 # KAFKA_URL and friends (Heroku's config vars), else the local broker.
+# KAFKA_CLIENT=confluent runs the manager on confluent-kafka (librdkafka).
+KAFKA_CLIENT = os.environ.get("KAFKA_CLIENT", "kafka-python")
 mgr = KafkaManager.from_env(
+    client=KAFKA_CLIENT,
     topic_config=KafkaTopicConfig(prefix=TOPIC_PREFIX),
     ack_timeout=10,
     # A tab whose dyno restarts (a deploy, a crash) or whose network drops
     # comes back with its connection id, rooms and every line it missed.
     connection_state_recovery=True,
     # Tansu workaround: it answers a fetch only at its deadline, keep it short.
-    consumer_config={"fetch_max_wait_ms": 20}
+    consumer_config={"fetch.wait.max.ms" if KAFKA_CLIENT == "confluent"
+                     else "fetch_max_wait_ms": 20}
     if os.environ.get("BROKER_ENGINE") == "tansu" else None,
 )
 app = Flask(__name__)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a local broker (Apache Kafka; BROKER_ENGINE=tansu for the
 # pip-only emulator), the chat topics, and three web dynos from the Procfile,
-# all in the foreground; Ctrl-C stops everything.
+# all in the foreground; Ctrl-C stops everything. KAFKA_CLIENT=confluent runs
+# the dynos (and create-topics) on confluent-kafka.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/${VENV:-.venv}/bin:$PATH"

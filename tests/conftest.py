@@ -28,15 +28,23 @@ def pytest_addoption(parser):
         help="how the integration tests' servers run Flask-SocketIO (default: gevent, or "
              "$ASYNC_MODE)",
     )
+    parser.addoption(
+        "--client", choices=("kafka-python", "confluent"),
+        default=os.environ.get("KAFKA_CLIENT", "kafka-python"),
+        help="the Kafka client library of the servers' managers (default: kafka-python, or "
+             "$KAFKA_CLIENT)",
+    )
 
 
 def pytest_configure(config):
     # Every server process a test starts inherits it (tests/server_app.py).
     os.environ["ASYNC_MODE"] = config.getoption("async_mode")
+    os.environ["KAFKA_CLIENT"] = config.getoption("client")
 
 
 def pytest_report_header(config):
-    return f"servers' async mode: {config.getoption('async_mode')}"
+    return (f"servers' async mode: {config.getoption('async_mode')}, "
+            f"Kafka client: {config.getoption('client')}")
 
 
 def pytest_generate_tests(metafunc):

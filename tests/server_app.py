@@ -4,9 +4,10 @@ tests: each test asks it, through Socket.IO events, to do what an app would.
 Configured from the environment: BOOTSTRAP, PREFIX, PORT, and optional
 SERVER_LABEL, ACK_TIMEOUT, HUB_PROTOCOLS (comma-separated), FETCH_MAX_WAIT_MS,
 LINGER_MS, REPLICATION_FACTOR ("default": the cluster's), TOPIC_CONFIGS (topic
-configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT, PRODUCER_JSON (more
-producer_config, as JSON), TRACK_PRODUCE=1 (count the producer's results for
-the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
+configs of the created topics, as JSON), AWAIT_PRODUCE, CONNECT_TIMEOUT,
+PRODUCER_JSON and CONSUMER_JSON (more producer_config / consumer_config, as
+JSON, kafka-python's names), KAFKA_CLIENT, TRACK_PRODUCE=1 (count the
+producer's results for the fault tests' "stream" event), ADMIN_UI=1 (the Socket.IO Admin UI),
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
 PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition),
 APP_SIGTERM=1 (the app's own SIGTERM handler calls ``mgr.close()`` and exits,
@@ -40,6 +41,7 @@ from flask_signalr_kafka import (  # noqa: E402
     TopicSpec,
     user,
 )
+from flask_signalr_kafka.client_config import to_librdkafka  # noqa: E402
 from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
@@ -48,8 +50,18 @@ logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
 _rf = os.environ.get("REPLICATION_FACTOR", "1")
 spec = TopicSpec(replication_factor=None if _rf == "default" else int(_rf),
                  configs=json.loads(os.environ.get("TOPIC_CONFIGS", "{}")))
+# KAFKA_CLIENT=confluent (pytest --client): the manager on confluent-kafka;
+# the tests' settings are kafka-python's names, given to it in librdkafka's.
+KAFKA_CLIENT = os.environ.get("KAFKA_CLIENT", "kafka-python")
+
+
+def dialect(config):
+    return to_librdkafka(config) if KAFKA_CLIENT == "confluent" else config
+
+
 mgr = KafkaManager(
     bootstrap_servers=os.environ["BOOTSTRAP"].split(","),
+    client=KAFKA_CLIENT,
     topic_config=KafkaTopicConfig(
         prefix=os.environ.get("PREFIX", ""),
         **{base: spec for base in ("ack", "group_mgmt", "send_all", "send_conn", "send_group",
@@ -60,10 +72,11 @@ mgr = KafkaManager(
     connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
     await_produce=os.environ.get("AWAIT_PRODUCE") == "1",
     hub_protocols=os.environ.get("HUB_PROTOCOLS", "json").split(","),
-    consumer_config=({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
-                     if "FETCH_MAX_WAIT_MS" in os.environ else {}),
-    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1")),
-                     **json.loads(os.environ.get("PRODUCER_JSON", "{}"))},
+    consumer_config=dialect({**({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
+                                if "FETCH_MAX_WAIT_MS" in os.environ else {}),
+                             **json.loads(os.environ.get("CONSUMER_JSON", "{}"))}),
+    producer_config=dialect({"linger_ms": int(os.environ.get("LINGER_MS", "1")),
+                             **json.loads(os.environ.get("PRODUCER_JSON", "{}"))}),
     connection_state_recovery=ConnectionStateRecovery(
         max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
     ) if os.environ.get("CONNECTION_STATE_RECOVERY") == "1" else False,
@@ -223,7 +236,10 @@ TAG = re.compile(rb"S\|([^|\"]+)\|(\w+)\|(\d+)")
 produced = {"acked": set(), "failed": set()}
 
 if os.environ.get("TRACK_PRODUCE") == "1":
-    from kafka import KafkaProducer
+    if KAFKA_CLIENT == "confluent":
+        from flask_signalr_kafka.confluent_client import ConfluentProducer as KafkaProducer
+    else:
+        from kafka import KafkaProducer
 
     _send = KafkaProducer.send
 

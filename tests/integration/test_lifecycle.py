@@ -21,6 +21,8 @@ from flask_signalr_kafka.broker import free_port, start_broker
 from testkit.harness import unique, wait_until
 
 BASES = ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
+#: pytest --client: the managers this process and its scripts make use it too.
+CLIENT = os.environ.get("KAFKA_CLIENT", "kafka-python")
 
 
 def partitions(admin, topic):
@@ -73,7 +75,8 @@ EMITTER = textwrap.dedent("""
     import os, sys
     from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, user
     mgr = KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], write_only=True,
-                       topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]))
+                       topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]),
+                       client=os.environ.get("KAFKA_CLIENT", "kafka-python"))
     tag, room, alice, sid = sys.argv[1:5]
     mgr.emit("job", [tag, "all"], namespace="/")
     mgr.emit("job", [tag, "room"], to=room)
@@ -175,11 +178,18 @@ def test_await_produce_raises_and_fire_and_forget_logs(engine, artifacts, caplog
 
     timeouts = {"request_timeout_ms": 800, "delivery_timeout_ms": 1000, "max_block_ms": 1000,
                 "reconnect_backoff_max_ms": 200}
+    errors: tuple = (KafkaError,)
+    if CLIENT == "confluent":
+        from confluent_kafka import KafkaException
+
+        timeouts = {"request.timeout.ms": 800, "message.timeout.ms": 1000,
+                    "reconnect.backoff.max.ms": 200}
+        errors = (KafkaException,)
     with start_broker(engine, log_dir=artifacts) as broker:
         prefix = unique("produce")
         managers = [
             KafkaManager(bootstrap_servers=broker.bootstrap, write_only=True,
-                         await_produce=waits, producer_config=timeouts,
+                         await_produce=waits, producer_config=timeouts, client=CLIENT,
                          topic_config=KafkaTopicConfig(prefix=prefix))
             for waits in (True, False)
         ]
@@ -188,7 +198,7 @@ def test_await_produce_raises_and_fire_and_forget_logs(engine, artifacts, caplog
         managers[0].core.flush(5)
         managers[1].core.flush(5)
     waiting, fire_and_forget = managers
-    with pytest.raises(KafkaError):
+    with pytest.raises(errors):
         waiting.emit("e", "lost", to="room-a")
     caplog.set_level("ERROR", logger="flask_signalr_kafka")
     fire_and_forget.emit("e", "lost", to="room-b")  # returns at once
@@ -208,7 +218,8 @@ CLOSER = textwrap.dedent("""
     from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
     before = {t.ident for t in threading.enumerate()}
     mgr = KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"],
-                       topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]))
+                       topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]),
+                       client=os.environ.get("KAFKA_CLIENT", "kafka-python"))
     SocketIO(Flask(__name__), client_manager=mgr, async_mode="gevent")
     assert mgr.wait_ready(20), "not ready"
     mgr.emit("bye", "x")

@@ -12,7 +12,6 @@ import gevent
 import pytest
 from kafka import TopicPartition
 
-from flask_signalr_kafka import consumer as consumer_module
 from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.consumer import TopicConsumer
 from flask_signalr_kafka.errors import MalformedRecord
@@ -107,6 +106,10 @@ class FakeKafkaConsumer:
         self.closed = True
 
 
+#: A client whose consumers are fakes (the core asks its client for them).
+FAKE_CLIENT = SimpleNamespace(consumer=lambda config, runtime: FakeKafkaConsumer(**config))
+
+
 def wait_until(predicate, timeout=2.0):
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -119,13 +122,12 @@ def wait_until(predicate, timeout=2.0):
 def make(monkeypatch, caplog):
     """make(cluster, handler, **kwargs) -> a started TopicConsumer."""
     caplog.set_level(logging.INFO, logger=LOGGER)
-    monkeypatch.setattr(consumer_module, "KafkaConsumer", FakeKafkaConsumer)
     started = []
 
     def _make(cluster, handler, config=None, restart_delay=0.01, **kwargs):
         monkeypatch.setattr(FakeKafkaConsumer, "cluster", cluster)
         tc = TopicConsumer(TOPIC, handler, config or {"bootstrap_servers": "fake:1"},
-                           GREENLETS, **kwargs)
+                           GREENLETS, client=FAKE_CLIENT, **kwargs)
         tc.restart_delay = restart_delay
         cluster.observed = tc
         started.append(tc)

@@ -57,3 +57,24 @@ def test_targets_that_get_no_record_are_not_checked():
 def test_the_producer_limit_is_the_smaller_of_request_and_buffer():
     assert producer_limit({}) == 1_048_576
     assert producer_limit({"max_request_size": 5_000_000, "buffer_memory": 4_000_000}) == 4_000_000
+
+
+
+def test_the_quick_bound_is_never_below_the_exact_size():
+    """Multi-byte characters everywhere: the bound that lets an emit through
+    unencoded is at least the exact size of its largest record."""
+    import random
+
+    from flask_signalr_kafka.payload_limits import exact_size, upper_bound
+
+    rnd = random.Random(7)
+    alphabet = "a\u00e9\u4e16\U0001f600"
+    text = lambda n: "".join(rnd.choice(alphabet) for _ in range(n))  # noqa: E731
+    for _ in range(500):
+        frames = {"json": b"x" * rnd.randrange(500), text(3): b"y" * rnd.randrange(50)}
+        targets = [rnd.choice([None, text(rnd.randrange(1, 30)), "user:" + text(5),
+                               "sid~" + "a" * 20]) for _ in range(rnd.randrange(1, 5))]
+        skip = [text(rnd.randrange(20)) for _ in range(rnd.randrange(3))]
+        args = (frames, text(40), text(rnd.randrange(1, 9)), targets)
+        published = list(range(len(targets)))
+        assert upper_bound(*args, skip) >= exact_size(*args, published, skip)

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 from kafka.errors import KafkaTimeoutError, UnknownProducerIdError
 
+from flask_signalr_kafka import kafka_python_client, records
 from flask_signalr_kafka import producer as producer_module
-from flask_signalr_kafka import records
 from flask_signalr_kafka.hub_protocol import encode_frames
 from flask_signalr_kafka.replay import event_for
 from flask_signalr_kafka.sessions import SAVED, Session
@@ -24,10 +24,12 @@ class FakeProducer:
         self.closed = True
 
 
-def test_a_producer_in_a_fatal_state_is_replaced_once(monkeypatch):
-    monkeypatch.setattr(producer_module, "KafkaProducer", FakeProducer)
+def test_a_producer_in_a_fatal_state_is_replaced_once():
+    client = kafka_python_client.KafkaPythonClient()
+    client.producer = lambda config, runtime: FakeProducer(**config)
     FakeProducer.made = []
-    publisher = producer_module.Publisher({}, KafkaTopicConfig(), await_produce=False)
+    publisher = producer_module.Publisher({}, KafkaTopicConfig(), await_produce=False,
+                                          client=client)
     broken = publisher.producer
     publisher._check(broken, KafkaTimeoutError())  # an ordinary failure: kept
     assert publisher.producer is broken

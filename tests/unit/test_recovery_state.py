@@ -103,12 +103,14 @@ class FakeCore:
     """The Kafka core's public face, as recovery uses it, without Kafka."""
 
     server_name = "host_1"
-    consumer_config: dict = {}
     topic_config = SimpleNamespace(name=str)
     runtime = Runtime("threading", None, time.sleep)
 
     def add_readiness(self, event):
         pass
+
+    def new_consumer(self, earliest=False):
+        raise AssertionError("no Kafka here")
 
     def partition_count(self, base):
         return 10

@@ -1,0 +1,451 @@
+"""confluent-kafka (librdkafka) under the core (``client="confluent"``):
+a producer and a consumer with the methods :mod:`.kafka_client` names.
+
+librdkafka does its network I/O in threads of its own; what waits in Python
+(a consumer's poll, a flush, a metadata or offsets request) is a blocking C
+call that releases the GIL. Each adapter makes those calls through its
+runtime's :class:`.Worker`: under gevent a real thread of its own, so the
+hub goes on while librdkafka waits; in threading mode the calling thread.
+Nothing polls in a loop without a timeout.
+
+The producer's delivery reports are served by a task of its own: it waits
+in ``poll`` (in the worker) until reports come, and settles their futures
+back in the runtime (a greenlet under gevent), so callbacks and waiters
+never run in librdkafka's or the worker's thread.
+
+Partitioning is kafka-python's: keys by murmur2 (librdkafka's
+``murmur2_random``, the Java client's), and the records without a key
+(broadcasts) of one process on one partition, chosen once, so that they
+reach every other server in the order they were sent.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TopicPartition as _TP
+from kafka.errors import KafkaTimeoutError
+
+from .client_config import librdkafka_configs
+from .concurrency import Runtime
+from .kafka_client import TopicPartition
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a delivery-report wait lasts when nothing comes (an idle dyno
+#: wakes twice a second for it).
+REPORT_WAIT = 0.5
+#: Seconds between refreshes of the partition counts of unkeyed sends.
+COUNTS_MAX_AGE = 60.0
+#: Records taken from librdkafka's queue per poll.
+BATCH = 500
+_METADATA_TIMEOUT = 10.0
+
+
+class Delivery:
+    """The future of one produced record (kafka-python's ``FutureRecordMetadata``
+    in the part the core uses: ``add_callback``, ``add_errback``, ``get``; it
+    is its own record metadata: ``topic``, ``partition``, ``offset``)."""
+
+    __slots__ = ("_queue", "done", "error", "_callbacks", "_event", "topic", "offset",
+                 "partition")
+
+    def __init__(self, queue: collections.deque, topic: str = "") -> None:
+        self._queue = queue
+        self.done = False
+        self.error: BaseException | None = None
+        #: ``(on_error, fn, args)`` in the order they were added.
+        self._callbacks: list | None = None
+        self._event: Any = None
+        self.topic = topic
+        self.offset = -1
+        self.partition = -1
+
+    def __call__(self, error: KafkaError | None, message: Any) -> None:
+        """librdkafka's delivery callback, in whichever thread polled: only
+        queued, settled by the producer's report task."""
+        self._queue.append((self, error, message))
+
+    def settle(self, error: KafkaError | None, message: Any) -> None:
+        if error is not None:
+            self.error = KafkaException(error)
+        elif message is not None:
+            self.offset, self.partition = message.offset(), message.partition()
+        self.done = True
+        event = self._event
+        if event is not None:
+            event.set()
+        if self._callbacks:
+            for on_error, fn, args in self._callbacks:
+                self._run(on_error, fn, args)
+
+    def _run(self, on_error: bool, fn: Any, args: tuple) -> None:
+        failed = self.error is not None
+        if on_error != failed:
+            return
+        try:
+            fn(*args, self.error if failed else self)
+        except Exception:
+            logger.exception("a produce callback failed")
+
+    def add_callback(self, fn: Any, *args: Any) -> Delivery:
+        """``fn(*args, self)`` once the broker took the record."""
+        return self._add(False, fn, args)
+
+    def add_errback(self, fn: Any, *args: Any) -> Delivery:
+        """``fn(*args, error)`` if the broker did not take the record."""
+        return self._add(True, fn, args)
+
+    def _add(self, on_error: bool, fn: Any, args: tuple) -> Delivery:
+        if self.done:
+            self._run(on_error, fn, args)
+        else:
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append((on_error, fn, args))
+        return self
+
+    def get(self, timeout: float | None = None) -> Delivery:
+        """Wait for the broker's answer; raise its error.
+
+        :raises KafkaTimeoutError: no answer within ``timeout`` seconds.
+        """
+        if not self.done:
+            self._event = threading.Event()
+            if not self.done and not self._event.wait(timeout):
+                raise KafkaTimeoutError(f"no delivery report within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class ConfluentProducer:
+    """confluent-kafka's ``Producer`` behind kafka-python's ``send``/``flush``
+    /``close``.
+
+    :param config: librdkafka producer properties.
+    :param runtime: where the report task runs.
+    """
+
+    def __init__(self, config: dict[str, Any], runtime: Runtime) -> None:
+        self._producer = _made(confluent_kafka.Producer, config, "producer_config")
+        self._runtime = runtime
+        self._worker = runtime.worker()
+        self._reports: collections.deque = collections.deque()
+        self._slot = random.randrange(1 << 30)
+        self._counts: dict[str, int] = {}
+        self._counts_at = 0.0
+        self._closed = False
+        # Every topic's partition count now, so that a first broadcast does
+        # not wait for a metadata request behind a report wait.
+        self._refresh_counts()
+        self._task = runtime.spawn(self._serve)
+
+    def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+             partition: int | None = None) -> Delivery:
+        delivery = Delivery(self._reports, topic)
+        if partition is None and key is None:
+            partition = self._slot % self._count(topic)
+        while True:
+            try:
+                if partition is None:
+                    self._producer.produce(topic, value, key, on_delivery=delivery)
+                else:
+                    self._producer.produce(topic, value, key, partition, on_delivery=delivery)
+                return delivery
+            except BufferError:
+                # The local queue is full (queue.buffering.max.messages):
+                # the report task drains it as the broker answers.
+                self._runtime.sleep(0.005)
+            except KafkaException as exc:
+                delivery.settle(exc.args[0], None)
+                return delivery
+
+    def _count(self, topic: str) -> int:
+        count = self._counts.get(topic)
+        if count is None:
+            self._refresh_counts(topic)
+            count = self._counts.get(topic) or 1
+        return count
+
+    def _refresh_counts(self, topic: str | None = None) -> None:
+        try:
+            metadata = self._worker.call(self._producer.list_topics, topic, _METADATA_TIMEOUT)
+            self._counts_at = time.monotonic()
+        except KafkaException as exc:
+            logger.warning("could not read the partition counts of %s: %s", topic or "topics", exc)
+            return
+        for name, meta in metadata.topics.items():
+            if meta.error is None and meta.partitions:
+                self._counts[name] = len(meta.partitions)
+
+    def _serve(self) -> None:
+        """Serve delivery reports until closed: wait in ``poll`` until some
+        come, settle them here."""
+        while not self._closed:
+            try:
+                self._worker.call(self._producer.poll, REPORT_WAIT)
+            except Exception:
+                logger.exception("serving the producer's delivery reports failed")
+                self._runtime.sleep(REPORT_WAIT)
+            self._settle()
+            if self._counts and time.monotonic() - self._counts_at > COUNTS_MAX_AGE:
+                self._counts_at = time.monotonic()
+                for topic in list(self._counts):
+                    self._refresh_counts(topic)
+
+    def _settle(self) -> None:
+        reports = self._reports
+        while reports:
+            delivery, error, message = reports.popleft()
+            delivery.settle(error, message)
+
+    def flush(self, timeout: float | None = None) -> None:
+        args = () if timeout is None else (timeout,)
+        self._worker.call(self._producer.flush, *args)
+        self._settle()
+
+    def close(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed = True
+            self._runtime.stop(self._task, REPORT_WAIT + 1)
+            self._settle()
+            self._worker.close()
+
+    def fatal(self, error: BaseException) -> bool:
+        return (isinstance(error, KafkaException) and isinstance(error.args[0], KafkaError)
+                and error.args[0].fatal())
+
+
+class Record:
+    """A consumed record, with kafka-python's ``ConsumerRecord`` attributes."""
+
+    __slots__ = ("topic", "partition", "offset", "key", "value", "timestamp")
+
+    def __init__(self, message: Any) -> None:
+        self.topic = message.topic()
+        self.partition = message.partition()
+        self.offset = message.offset()
+        self.key = message.key()
+        self.value = message.value()
+        self.timestamp = message.timestamp()[1]
+
+
+class ConfluentConsumer:
+    """confluent-kafka's ``Consumer`` behind the kafka-python consumer methods
+    the core uses, with manual assignment and positions kept here: a seek
+    before the next poll becomes the offset the partition is assigned at.
+
+    :param config: librdkafka consumer properties.
+    :param runtime: where blocking calls wait.
+    :param earliest: an out-of-range position resets to the log start.
+    """
+
+    def __init__(self, config: dict[str, Any], runtime: Runtime, earliest: bool = False) -> None:
+        config = {**config, "auto.offset.reset": "earliest" if earliest else "latest"}
+        self._runtime = runtime
+        self._worker = runtime.worker()
+        self._consumer = _made(confluent_kafka.Consumer, config, "consumer_config")
+        self._assigned: list[TopicPartition] = []
+        self._active: dict[TopicPartition, int | None] = {}  # assigned in librdkafka, at
+        self._positions: dict[TopicPartition, int] = {}
+        self._seeks: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._closed = False
+
+    # -- metadata and offsets (requests to the cluster) ---------------------------
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        try:
+            metadata = self._worker.call(self._consumer.list_topics, topic, _METADATA_TIMEOUT)
+        except KafkaException as exc:  # the interface's word for it is kafka-python's
+            raise KafkaTimeoutError(f"no metadata of {topic}: {exc.args[0].str()}") from exc
+        meta = metadata.topics.get(topic)
+        if meta is None or meta.error is not None:
+            return set()
+        return set(meta.partitions)
+
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        """Its log start and end, asked of its leader; retried while the
+        leader is not known yet (a topic just created, a failover), as
+        kafka-python's ``end_offsets`` does."""
+        deadline = time.monotonic() + _METADATA_TIMEOUT
+        while True:
+            try:
+                return self._worker.call(self._consumer.get_watermark_offsets,
+                                         _TP(tp.topic, tp.partition), _METADATA_TIMEOUT, False)
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaTimeoutError(
+                        f"no offsets of {tp.topic} partition {tp.partition}: "
+                        f"{exc.args[0].str()}") from exc
+                logger.debug("offsets of %s partition %d: %s; retrying", tp.topic,
+                             tp.partition, exc)
+                self._runtime.sleep(0.1)
+
+    def beginning_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._watermarks(tp)[0] for tp in partitions}
+
+    def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self._watermarks(tp)[1] for tp in partitions}
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        """The log end seen by the last fetch (no request)."""
+        try:
+            high = self._consumer.get_watermark_offsets(_TP(tp.topic, tp.partition),
+                                                        cached=True)[1]
+        except KafkaException:
+            return None
+        return high if high >= 0 else None
+
+    # -- assignment and positions -------------------------------------------------
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self._assigned = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        wanted = set(self._assigned)
+        for tp in [tp for tp in self._positions if tp not in wanted]:
+            del self._positions[tp]
+        self._paused &= wanted
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._seeks[tp] = offset
+        self._positions[tp] = offset
+
+    def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        for tp, offset in self.beginning_offsets(list(partitions or self._assigned)).items():
+            self.seek(tp, offset)
+
+    def seek_to_end(self, *partitions: TopicPartition) -> None:
+        for tp, offset in self.end_offsets(list(partitions or self._assigned)).items():
+            self.seek(tp, offset)
+
+    def position(self, tp: TopicPartition) -> int:
+        if tp not in self._positions:
+            self.seek_to_end(tp)
+        return self._positions[tp]
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+        active = [_TP(tp.topic, tp.partition) for tp in partitions if tp in self._active]
+        if active:
+            self._consumer.pause(active)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused.difference_update(partitions)
+        active = [_TP(tp.topic, tp.partition) for tp in partitions if tp in self._active]
+        if active:
+            self._consumer.resume(active)
+
+    def _sync(self) -> None:
+        """Make librdkafka's assignment ours: drop what is no longer read,
+        add (at its position) what is new or was sought elsewhere."""
+        wanted = set(self._assigned)
+        drop = [tp for tp in self._active if tp not in wanted or (
+            tp in self._seeks and self._seeks[tp] != self._active[tp])]
+        add = [tp for tp in self._assigned if tp not in self._active or tp in drop]
+        if drop:
+            self._consumer.incremental_unassign([_TP(tp.topic, tp.partition) for tp in drop])
+            for tp in drop:
+                del self._active[tp]
+        if add:
+            default = confluent_kafka.OFFSET_END
+            self._consumer.incremental_assign([
+                _TP(tp.topic, tp.partition, self._positions.get(tp, default)) for tp in add])
+            for tp in add:
+                self._active[tp] = self._positions.get(tp)
+            paused = [_TP(tp.topic, tp.partition) for tp in add if tp in self._paused]
+            if paused:
+                self._consumer.pause(paused)
+        self._seeks.clear()
+
+    # -- records ------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 0) -> dict[TopicPartition, list[Record]]:
+        """The records that came within ``timeout_ms``, by partition: returns
+        at the first record, with whatever else is already fetched."""
+        if self._seeks or len(self._active) != len(self._assigned) or any(
+                tp not in self._active for tp in self._assigned):
+            self._sync()
+        if not self._active:
+            self._runtime.sleep(timeout_ms / 1000)  # nothing to read: wait as a poll would
+            return {}
+        messages = self._worker.call(self._fetch, timeout_ms / 1000)
+        out: dict[TopicPartition, list[Record]] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    logger.warning("consumer error on %s partition %s: %s",
+                                   message.topic(), message.partition(), error)
+                continue
+            record = Record(message)
+            tp = TopicPartition(record.topic, record.partition)
+            if tp not in self._active or tp in self._seeks:
+                continue  # fetched before it was unassigned or sought
+            out.setdefault(tp, []).append(record)
+        for tp, batch in out.items():
+            self._positions[tp] = self._active[tp] = batch[-1].offset + 1
+        return out
+
+    def _fetch(self, timeout: float) -> list:
+        consumer = self._consumer
+        first = consumer.poll(timeout)
+        if first is None:
+            return []
+        return [first, *consumer.consume(BATCH - 1, 0)]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._worker.call(self._consumer.close)
+        finally:
+            self._worker.close()
+
+
+def _made(factory: Any, config: dict[str, Any], name: str) -> Any:
+    """``factory(config)``; librdkafka's refusal of a property as a ValueError."""
+    try:
+        return factory(config)
+    except KafkaException as exc:
+        raise ValueError(f"librdkafka refused {name}: {exc.args[0].str()} (client='confluent' "
+                         "takes librdkafka properties, see its CONFIGURATION.md)") from exc
+
+
+class ConfluentClient:
+    name = "confluent"
+    fetch_wait = "fetch.wait.max.ms"
+    timeout_errors = (KafkaTimeoutError,)
+    connection_errors = (KafkaException,)
+
+    def configs(self, bootstrap_servers: Any, connect_timeout: float, client_id: str,
+                producer_config: Any, consumer_config: Any, admin_config: Any,
+                ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        return librdkafka_configs(bootstrap_servers, connect_timeout, client_id,
+                                  producer_config, consumer_config, admin_config)
+
+    def producer(self, config: dict[str, Any], runtime: Runtime) -> ConfluentProducer:
+        return ConfluentProducer(config, runtime)
+
+    def consumer(self, config: dict[str, Any], runtime: Runtime,
+                 earliest: bool = False) -> ConfluentConsumer:
+        return ConfluentConsumer(config, runtime, earliest)
+
+    def unusable(self, producer: Any, error: BaseException) -> bool:
+        """librdkafka's idempotent producer raised a fatal error: it fails
+        every later record (librdkafka's own word: ``KafkaError.fatal()``)."""
+        return producer.fatal(error)
+
+
+CLIENT = ConfluentClient()
