@@ -4,11 +4,13 @@ from .addressing import user
 from .errors import (
     AckTimeoutError,
     BrokerUnavailableError,
+    FleetTimeoutError,
     KafkaBackplaneError,
     MalformedRecord,
     PayloadTooLargeError,
     TopicCreationError,
 )
+from .fleet_records import RemoteSocket
 from .manager import KafkaManager
 from .recovery_options import ConnectionStateRecovery
 from .topics import KafkaTopicConfig, TopicSpec
@@ -17,11 +19,13 @@ __all__ = [
     "AckTimeoutError",
     "BrokerUnavailableError",
     "ConnectionStateRecovery",
+    "FleetTimeoutError",
     "KafkaBackplaneError",
     "KafkaManager",
     "KafkaTopicConfig",
     "MalformedRecord",
     "PayloadTooLargeError",
+    "RemoteSocket",
     "TopicCreationError",
     "TopicSpec",
     "user",

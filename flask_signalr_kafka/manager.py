@@ -28,6 +28,8 @@ from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
 from .env_config import manager_kwargs_from_env
 from .errors import AckTimeoutError, MalformedRecord
+from .fleet import Fleet
+from .fleet_calls import FleetCalls
 from .metrics import Metrics
 from .records import (
     ADD,
@@ -48,7 +50,7 @@ from .topics import KafkaTopicConfig
 logger = logging.getLogger("flask_signalr_kafka")
 
 
-class KafkaManager(RoomIndex, Manager):
+class KafkaManager(FleetCalls, RoomIndex, Manager):
     """A python-socketio client manager that uses Kafka as its backplane, in
     gevent or threading mode (the server's).
 
@@ -137,6 +139,8 @@ class KafkaManager(RoomIndex, Manager):
         if self.connection_state_recovery is not None:
             for family in recovery_metric_families(lambda: self._recovery):
                 self.metrics.add(family)
+        #: The fleet as a whole: queries, actions, server events (:mod:`.fleet`).
+        self.fleet = Fleet(self.core, self)
         self._recovery: Recovery | None = None
         self._payload_limit: payload_limits.PayloadLimit | None = None
         self._runtime = Runtime.standalone()
@@ -234,6 +238,7 @@ class KafkaManager(RoomIndex, Manager):
             shutdown.forget(self)
 
     def _shut(self, timeout: float) -> None:
+        self.fleet.close()  # the others stop counting this server at once
         try:
             self.core.flush(timeout)
         except Exception:
@@ -273,6 +278,7 @@ class KafkaManager(RoomIndex, Manager):
                     **{base: partial(self._handle_invocation, base)
                        for base in (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)},
                 })
+                self.fleet.start()
             if self._recovery is not None:
                 self._recovery.start()
             shutdown.watch(self, self._runtime)
@@ -514,7 +520,7 @@ class KafkaManager(RoomIndex, Manager):
         if not self.is_local(sid, namespace):
             return  # only the server that holds the connection acts
         if command.op == OP_DISCONNECT:
-            self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+            self.disconnect_local(sid, namespace)
             return
         if command.op == OP_RELEASE:
             if self._recovery is not None:
@@ -529,6 +535,10 @@ class KafkaManager(RoomIndex, Manager):
             self._log().warning("group command for %s in %s refused: %s", sid, command.group, exc)
         # Always ack, even when nothing changed: the sender only waits.
         self.core.publish(topics.ACK, command.server_name, records.encode(records.Ack(command.id)))
+
+    def disconnect_local(self, sid: str, namespace: str) -> None:
+        """Disconnect a connection of this server, telling no other."""
+        self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
 
     def _log(self) -> logging.Logger:
         return self.logger or logger
