@@ -120,7 +120,9 @@ class Fleet:
 
     @property
     def name(self) -> str:
-        return self.core.server_name
+        """The origin of our records: a write-only emitter, no server,
+        writes none (as Node's emitter), so that nobody counts it."""
+        return "" if self.core.write_only else self.core.server_name
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -257,6 +259,9 @@ class Fleet:
                                     None if rooms is None else [_wire_room(r) for r in rooms],
                                     action, [_wire_room(t) for t in targets or []]))
 
+    def _heartbeat(self) -> None:
+        self._publish(Heartbeat(self.name))
+
     def _publish(self, record: Any, partition: int = EVERYONE) -> None:
         self.core.publish(FLEET, self.name, fleet_records.encode(record), partition=partition)
         if partition == EVERYONE:
@@ -283,10 +288,11 @@ class Fleet:
         if isinstance(message, Farewell):
             self.liveness.gone(origin)
             return
-        self.liveness.heard(origin)
+        if origin:
+            self.liveness.heard(origin)
         if isinstance(message, Heartbeat):
             if message.initial:
-                self._publish(Heartbeat(self.name))  # the newcomer learns of us
+                self._heartbeat()  # the newcomer learns of us
         elif isinstance(message, FetchSockets):
             sockets = self._local_sockets(message.namespace, message.rooms)
             self._publish(SocketsAnswer(self.name, origin, message.request_id, sockets),

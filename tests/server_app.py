@@ -317,8 +317,8 @@ def _note(*args):
     server_events.append(list(args))
 
 
-def _slow(seconds):
-    socketio.sleep(seconds)
+def _slow(seconds_by_label):
+    socketio.sleep(seconds_by_label.get(LABEL, 0))
     return LABEL
 
 
