@@ -2,9 +2,10 @@
 
 Ours alone: .NET servers never read this topic. Each record is a MessagePack
 array whose first item is its kind (a msgspec tag), then the name of the
-server that wrote it (empty for a write-only emitter, which is no server). Partition 0 carries what every server reads (requests,
-heartbeats, a stopping server's farewell); the other partitions carry the
-answers, each to the server that asked (see :mod:`.fleet`).
+server that wrote it (empty for a write-only emitter, which is no server).
+Partition 0 carries what every server reads (requests, heartbeats, a
+stopping server's farewell); the other partitions carry the answers, each
+to the server that asked (see :mod:`.fleet`).
 """
 from __future__ import annotations
 
