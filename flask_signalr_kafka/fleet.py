@@ -35,6 +35,7 @@ from .core import KafkaCore
 from .errors import MalformedRecord
 from .fleet_queries import FleetQueries
 from .fleet_records import (
+    ANSWER_PART,
     DISCONNECT,
     JOIN,
     LEAVE,
@@ -279,9 +280,11 @@ class Fleet:
         if isinstance(message, (SocketsAnswer, EventAnswer)):
             if message.asker == self.name:
                 self.liveness.heard(origin)
-                values = (message.sockets if isinstance(message, SocketsAnswer)
-                          else [message.value])
-                self.queries.answer(message.request_id, origin, values)
+                if isinstance(message, SocketsAnswer):
+                    self.queries.answer(message.request_id, origin, message.sockets,
+                                        last=not message.more)
+                else:
+                    self.queries.answer(message.request_id, origin, [message.value])
             return
         if record.partition != EVERYONE:
             raise MalformedRecord(f"a {type(message).__name__} outside partition {EVERYONE}")
@@ -295,8 +298,11 @@ class Fleet:
                 self._heartbeat()  # the newcomer learns of us
         elif isinstance(message, FetchSockets):
             sockets = self._local_sockets(message.namespace, message.rooms)
-            self._publish(SocketsAnswer(self.name, origin, message.request_id, sockets),
-                          message.answer_partition)
+            for start in range(0, max(1, len(sockets)), ANSWER_PART):
+                part = sockets[start:start + ANSWER_PART]
+                more = start + ANSWER_PART < len(sockets)
+                self._publish(SocketsAnswer(self.name, origin, message.request_id, part, more),
+                              message.answer_partition)
         elif isinstance(message, SocketsAction):
             self._apply(message.action, message.targets, message.namespace, message.rooms)
         elif isinstance(message, ServerEvent):

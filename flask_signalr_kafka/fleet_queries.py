@@ -65,15 +65,17 @@ class FleetQueries:
             with self._lock:
                 self._pending.pop(request_id, None)
 
-    def answer(self, request_id: int, server: str, values: list) -> bool:
-        """``server``'s answer; ``False`` when no query waits for it (late,
-        or a second answer)."""
+    def answer(self, request_id: int, server: str, values: list, last: bool = True) -> bool:
+        """``server``'s answer, or a part of it (``last``: its final part);
+        ``False`` when no query waits for it (late, or a second answer)."""
         with self._lock:
             query = self._pending.get(request_id)
             if query is None or server in query.answered:
                 return False
-            query.answered.add(server)
             query.responses.extend(values)
+            if not last:
+                return True
+            query.answered.add(server)
             query.missing.discard(server)
             if not query.missing:
                 query.done.set()

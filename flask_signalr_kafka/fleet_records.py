@@ -18,6 +18,10 @@ from .errors import MalformedRecord
 #: A room name on the wire: python-socketio rooms are strings (ints pass too).
 Room = str | int
 
+#: Sockets per :class:`SocketsAnswer` record: ~100 bytes each, so a part
+#: is ~100 KB, well under Kafka's default 1 MB record limit.
+ANSWER_PART = 1000
+
 #: :class:`SocketsAction` actions.
 JOIN = 1
 LEAVE = 2
@@ -90,12 +94,15 @@ class ServerEvent(_Record, tag=5):
 
 
 class SocketsAnswer(_Record, tag=6):
-    """``[6, origin, asker, request id, sockets]``: one server's answer to a
-    :class:`FetchSockets`."""
+    """``[6, origin, asker, request id, sockets, more]``: one server's
+    answer to a :class:`FetchSockets`, in parts of at most
+    :data:`ANSWER_PART` sockets (a record stays far below the topic's
+    size limit); ``more``: another part follows."""
 
     asker: str
     request_id: int
     sockets: list[RemoteSocket]
+    more: bool = False
 
 
 class EventAnswer(_Record, tag=7):

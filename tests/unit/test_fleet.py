@@ -226,6 +226,21 @@ def test_answers_a_fetch_for_its_own_connections_to_the_askers_partition(started
     assert started.core.published[-1][2].sockets == []
 
 
+def test_a_long_answer_comes_in_parts_and_counts_once_whole(started, monkeypatch):
+    monkeypatch.setattr("flask_signalr_kafka.fleet.ANSWER_PART", 1)
+    handle = started.core.consumed["handlers"]["fleet"]
+    handle(record(FetchSockets("other", 4, 7, "/", None)))
+    parts = [p[2] for p in started.core.published[-2:]]
+    assert [(len(p.sockets), p.more) for p in parts] == [(1, True), (1, False)]
+    queries = FleetQueries()
+
+    def publish(request_id):
+        for part in parts:
+            queries.answer(request_id, "other", part.sockets, last=not part.more)
+
+    assert {s.sid for s in queries.ask(publish, {"other"}, 1.0, "q")} == {"a", "b"}
+
+
 def test_applies_actions_to_its_own_connections(started):
     handle = started.core.consumed["handlers"]["fleet"]
     handle(record(SocketsAction("other", "/", ["r2"], JOIN, ["x", "y"])))
