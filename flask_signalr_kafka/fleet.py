@@ -58,6 +58,9 @@ EVERYONE = 0
 #: Seconds a joining server waits, after reading its initial heartbeat
 #: back, for the heartbeats that answer it.
 SETTLE = 0.5
+#: Seconds the consumer pauses at the first heartbeat of a slot, so that
+#: one fetch reads the others' (see :meth:`Fleet._gather`).
+GATHER = 0.05
 #: Seconds a joining server waits for its initial heartbeat to come back.
 _JOIN_TIMEOUT = 30.0
 
@@ -116,6 +119,7 @@ class Fleet:
         self.ready = threading.Event()
         self._back = threading.Event()  # our initial heartbeat came back
         self._answer_partition = EVERYONE
+        self._gathered = -1  # the slot whose heartbeats were gathered
         self._started = False
         self._joiner: Any = None
 
@@ -265,14 +269,14 @@ class Fleet:
 
     def _publish(self, record: Any, partition: int = EVERYONE) -> None:
         self.core.publish(FLEET, self.name, fleet_records.encode(record), partition=partition)
-        if partition == EVERYONE:
-            self.liveness.sent()  # every server read it: a heartbeat's worth
 
     # -- answering (the consumer's task) ----------------------------------------------
 
     def _handle(self, record: Any) -> None:
         message = fleet_records.decode(record.value)
         origin = message.origin
+        if isinstance(message, Heartbeat) and not message.initial:
+            self._gather()
         if origin == self.name:
             if isinstance(message, Heartbeat) and message.initial:
                 self._back.set()
@@ -309,6 +313,16 @@ class Fleet:
             # The app's handler may block (even on a fleet query, whose
             # answers this task reads): it runs in a task of its own.
             self.core.runtime.spawn(self._run_handler, message)
+
+    def _gather(self) -> None:
+        """At the first heartbeat of a slot, let the others' come: every
+        server beats at the same instant, and a fetch that waits
+        :data:`GATHER` seconds reads them all at once, where one that
+        returns at once would wake this dyno once per server."""
+        slot = self.liveness.slot_now()
+        if slot != self._gathered:
+            self._gathered = slot
+            self.core.runtime.sleep(GATHER)
 
     def _local_sids(self, namespace: str, rooms: list | None) -> list[str]:
         """This server's connections of ``namespace`` in ``rooms``."""

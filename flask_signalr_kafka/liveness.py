@@ -1,12 +1,18 @@
 """Which servers of the fleet are alive, from their heartbeats.
 
 As a Node.js Socket.IO cluster adapter does (socket.io-adapter's
-``ClusterAdapterWithHeartbeat``): a server publishes a heartbeat when it
-has published nothing else for :data:`HEARTBEAT_INTERVAL` seconds, any
-record of a server shows it alive, a server unheard of for
-:data:`HEARTBEAT_TIMEOUT` seconds is dropped (checked every second), and a
-stopping server says so, so it is dropped at once. The records themselves
-are :mod:`.fleet`'s business: this class only keeps the clock.
+``ClusterAdapterWithHeartbeat``): a server publishes a heartbeat every
+:data:`HEARTBEAT_INTERVAL` seconds, any record of a server shows it alive, a
+server unheard of for :data:`HEARTBEAT_TIMEOUT` seconds is dropped (checked
+every second), and a stopping server says so, so it is dropped at once. The
+records themselves are :mod:`.fleet`'s business: this class keeps the clock.
+
+Unlike Node's, the heartbeats are aligned on the wall clock: every server
+beats at the same instants (multiples of the interval since the epoch; dyno
+clocks agree within milliseconds), so a reader's fetch returns many
+heartbeats at once instead of waking once per server. What a dyno pays for
+reading heartbeats then grows with the fleet by the record, not by the
+fetch (measured in docs/fleet.md).
 """
 from __future__ import annotations
 
@@ -40,15 +46,17 @@ class Liveness:
 
     def __init__(self, beat: Callable[[], Any], on_gone: Callable[[str], Any],
                  interval: float = HEARTBEAT_INTERVAL, timeout: float = HEARTBEAT_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self._beat = beat
         self._on_gone = on_gone
         self.interval = interval
         self.timeout = timeout
         self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()  # the consumer, the loop and callers
         self._last_heard: dict[str, float] = {}
-        self._last_sent = clock()
+        self._slot = self.slot_now()  # the slot of the last beat
         self._stopping = False
         self._task: Any = None
         self._runtime: Runtime | None = None
@@ -84,14 +92,15 @@ class Liveness:
 
     # -- this server's heartbeat ------------------------------------------------------
 
-    def sent(self) -> None:
-        """This server published a fleet record: a heartbeat's worth."""
-        self._last_sent = self._clock()
+    def slot_now(self) -> int:
+        """The heartbeat slot of now: every server beats as one starts."""
+        return int(self._wall() // self.interval)
 
     def start(self, runtime: Runtime) -> None:
-        """Start the loop that beats and drops the silent."""
+        """Start the loop that beats and drops the silent (this server just
+        published its first heartbeat: the next one is at the next slot)."""
         self._runtime = runtime
-        self._last_sent = self._clock()
+        self._slot = self.slot_now()
         self._task = runtime.spawn(self._run)
 
     def stop(self) -> None:
@@ -102,7 +111,9 @@ class Liveness:
 
     def _run(self) -> None:
         while not self._stopping:
-            self._runtime.sleep(_TICK)
+            wall = self._wall()
+            # Wake at the next slot's first instant, as every server does.
+            self._runtime.sleep(min(_TICK, (self.slot_now() + 1) * self.interval - wall))
             if not self._stopping:
                 try:
                     self.tick()
@@ -110,7 +121,7 @@ class Liveness:
                     logger.exception("fleet heartbeat failed")
 
     def tick(self) -> None:
-        """Drop the servers silent for too long; beat if it is time."""
+        """Drop the servers silent for too long; beat in a new slot."""
         now = self._clock()
         with self._lock:
             silent = [s for s, at in self._last_heard.items() if now - at > self.timeout]
@@ -120,6 +131,7 @@ class Liveness:
             logger.warning("fleet: server %s silent for %g s; no longer counted",
                            server, self.timeout)
             self._on_gone(server)
-        if now - self._last_sent >= self.interval:
-            self._last_sent = now
+        slot = self.slot_now()
+        if slot != self._slot:
+            self._slot = slot
             self._beat()

@@ -73,28 +73,41 @@ class Clock:
         return self.now
 
 
-def test_liveness_counts_drops_the_silent_and_beats_when_idle():
-    clock, beats, gone = Clock(), [], []
-    live = Liveness(lambda: beats.append(clock.now), gone.append, clock=clock)
+def test_liveness_counts_drops_the_silent_and_beats_on_the_wall_clock_slots():
+    clock, wall, beats, gone = Clock(), Clock(), [], []
+    wall.now = 1000.5  # slot 200 of 5 s
+    live = Liveness(lambda: beats.append(wall.now), gone.append, clock=clock, wall=wall)
     assert live.count() == 1
     assert live.heard("b") is True and live.heard("b") is False
     live.heard("c")
     assert live.count() == 3 and live.others() == {"b", "c"}
     clock.now += 4
+    wall.now += 4
     live.tick()
-    assert beats == []  # 4 s since our last record
-    live.sent()  # any record of ours on the shared partition counts
+    assert beats == []  # still slot 200
     clock.now += 4.5
+    wall.now += 4.5  # slot 201: every server beats now
     live.heard("c")
     live.tick()
-    assert beats == [] and live.count() == 3
+    live.tick()
+    assert beats == [1009.0] and live.count() == 3
     clock.now += 2  # b silent for 10.5 s
+    wall.now += 2
     live.tick()
     assert gone == ["b"] and live.others() == {"c"}
-    assert beats == [clock.now]  # 6.5 s since our last record
     live.gone("c")
     live.gone("c")  # said twice: once is enough
     assert gone == ["b", "c"] and live.count() == 1
+
+
+def test_the_loop_beats_at_the_start_of_each_slot():
+    beats = []
+    live = Liveness(lambda: beats.append(time.time()), lambda s: None, interval=0.5)
+    live.start(Runtime.standalone())
+    time.sleep(1.3)
+    live.stop()
+    assert 2 <= len(beats) <= 3
+    assert all(t % 0.5 < 0.1 for t in beats), beats
 
 
 # -- queries -------------------------------------------------------------------------
