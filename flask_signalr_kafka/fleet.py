@@ -121,6 +121,7 @@ class Fleet:
         self._answer_partition = EVERYONE
         self._gathered = -1  # the slot whose heartbeats were gathered
         self._started = False
+        self._closed = False
         self._joiner: Any = None
 
     @property
@@ -154,13 +155,16 @@ class Fleet:
             logger.warning("fleet: our initial heartbeat did not come back within %g s",
                            _JOIN_TIMEOUT)
         self.core.runtime.sleep(SETTLE)
+        if self._closed:
+            return  # closed while joining: no heartbeat loop
         self.liveness.start(self.core.runtime)
         self.ready.set()
 
     def close(self) -> None:
         """Say this server stops (the others stop counting it at once)."""
-        if not self._started:
+        if not self._started or self._closed:
             return
+        self._closed = True
         self.liveness.stop()
         try:
             self._publish(Farewell(self.name))

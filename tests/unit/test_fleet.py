@@ -321,3 +321,10 @@ def test_wrong_arguments_say_what_to_do(started):
         started.on_server_event("x", None)
     with pytest.raises(ValueError, match="timeout"):
         started.fetch_sockets(timeout=0)
+
+
+def test_close_says_farewell_once(started):
+    started.close()
+    started.close()
+    farewells = [p for p in started.core.published if isinstance(p[2], Farewell)]
+    assert farewells == [("fleet", 0, Farewell("me"))]
