@@ -17,6 +17,11 @@ One Apache Kafka node; tests/server_app.py dynos (gevent), black-box:
   scattered over SPREAD seconds, written to the fleet topic) and the
   difference measured directly.
 
+- **Node.js** (``--node``): the same on a Node.js Socket.IO 4.8 cluster with
+  @socket.io/redis-streams-adapter (loadtests/node-fleet/, npm; a Debian
+  redis-server): ``io.fetchSockets()`` and ``io.serverSideEmitWithAck()``
+  timed on the server, and the idle CPU of 2, 4 and 8 servers.
+
 Writes loadtests/results/fleet-queries-<time>.md and .json and prints the
 table.
 """
@@ -26,21 +31,25 @@ import argparse
 import os
 import platform
 import random
+import subprocess
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import requests
+from bench import start_redis
 from kafka import KafkaProducer
 
 from flask_signalr_kafka import fleet_records
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.broker import free_port, start_broker, wait_for_port
 from flask_signalr_kafka.liveness import HEARTBEAT_INTERVAL
 from testkit.harness import Fleet
 from testkit.measure import cpu_seconds, percentile, raise_fd_limit, write_report
 from testkit.ws_reader import Reader
 
 HERE = Path(__file__).parent
+NODE_DIR = HERE / "node-fleet"
 
 
 def queries(broker, args, log_dir: Path) -> dict:
@@ -149,6 +158,77 @@ def heartbeats(broker, args, log_dir: Path) -> dict:
     return out
 
 
+class NodeServer:
+    """loadtests/node-fleet/server.js: one Node.js Socket.IO 4.8 server on the
+    Redis streams adapter."""
+
+    def __init__(self, redis_url: str, log_dir: Path, label: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log_dir / f"node-fleet-{label}.log", "ab")
+        self.process = subprocess.Popen(
+            ["node", "server.js"], cwd=NODE_DIR, stdout=self.log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PORT=str(self.port), REDIS_URL=redis_url))
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(15)
+        self.log.close()
+
+
+def node_cluster(args, log_dir: Path) -> dict:
+    """The same queries and idle measures on a Node.js cluster."""
+    if not (NODE_DIR / "node_modules").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR,
+                       check=True)
+    redis, redis_url = start_redis(log_dir)
+    out: dict = {}
+    try:
+        servers = [NodeServer(redis_url, log_dir, f"q{i}") for i in range(4)]
+        readers = []
+        try:
+            readers = [Reader("127.0.0.1", s.port, args.connections) for s in servers]
+            timings = {}
+            for path in ("/fetch", "/emit"):
+                got = []
+                for i in range(args.queries + 5):
+                    answer = requests.get(servers[0].url + path, timeout=30).json()
+                    if i >= 5:
+                        got.append(answer["ms"])
+                timings[path] = (got, answer["n"])
+            out["queries"] = {
+                "sockets": timings["/fetch"][1], "answers": timings["/emit"][1],
+                "fetch_sockets_p50_ms": percentile(timings["/fetch"][0], 0.5),
+                "fetch_sockets_p99_ms": percentile(timings["/fetch"][0], 0.99),
+                "server_side_emit_p50_ms": percentile(timings["/emit"][0], 0.5),
+                "server_side_emit_p99_ms": percentile(timings["/emit"][0], 0.99)}
+            q = out["queries"]
+            print(f"node: fetchSockets of {q['sockets']} p50 {q['fetch_sockets_p50_ms']:.1f} ms "
+                  f"p99 {q['fetch_sockets_p99_ms']:.1f} ms; serverSideEmitWithAck p50 "
+                  f"{q['server_side_emit_p50_ms']:.1f} ms", flush=True)
+        finally:
+            for r in readers:
+                r.close()
+            for s in servers:
+                s.stop()
+        for size in (2, 4, 8):
+            servers = [NodeServer(redis_url, log_dir, f"h{size}-{i}") for i in range(size)]
+            try:
+                time.sleep(args.settle)
+                per_server = idle_cpu(servers, args.idle)
+                out[size] = sum(per_server) / size
+                print(f"node idle: {size} servers, {out[size]:.2f}% of a core per server",
+                      flush=True)
+            finally:
+                for s in servers:
+                    s.stop()
+    finally:
+        redis.terminate()
+        redis.wait(10)
+    return out
+
+
 def markdown(report: dict) -> str:
     q, h = report["queries"], report["heartbeats"]
     lines = [
@@ -178,6 +258,24 @@ def markdown(report: dict) -> str:
     extra = fifty["cpu_pct_per_dyno"] - two["cpu_pct_per_dyno"]
     lines += ["", f"48 more servers' heartbeats ({48 / HEARTBEAT_INTERVAL:.1f}/s) cost a dyno "
               f"{extra:+.2f}% of a core.", ""]
+    node = report.get("node")
+    if node:
+        nq = node["queries"]
+        lines += [
+            "## Node.js Socket.IO 4.8 on @socket.io/redis-streams-adapter, same machine",
+            "",
+            "| call | p50 | p99 |",
+            "|---|---|---|",
+            f"| `io.fetchSockets()` ({nq['sockets']:,} sockets) | "
+            f"{nq['fetch_sockets_p50_ms']:.1f} ms | {nq['fetch_sockets_p99_ms']:.1f} ms |",
+            f"| `io.serverSideEmitWithAck()` ({nq['answers']} answers) | "
+            f"{nq['server_side_emit_p50_ms']:.1f} ms | {nq['server_side_emit_p99_ms']:.1f} ms |",
+            "",
+            "| servers | idle CPU per server (% of a core) |",
+            "|---|---|",
+            *(f"| {size} | {node[size]:.2f}% |" for size in (2, 4, 8)),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -189,6 +287,8 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=6, help="seconds before measuring")
     parser.add_argument("--spread", type=float, default=0.02,
                         help="seconds over which simulated servers' heartbeats scatter")
+    parser.add_argument("--node", action="store_true",
+                        help="also a Node.js Socket.IO cluster on the Redis streams adapter")
     parser.add_argument("--skip", default="", help="queries or heartbeats")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -207,6 +307,8 @@ def main() -> int:
             report["queries"] = queries(broker, args, log_dir)
         if "heartbeats" not in args.skip:
             report["heartbeats"] = heartbeats(broker, args, log_dir)
+    if args.node:
+        report["node"] = node_cluster(args, log_dir)
     if "queries" in report and "heartbeats" in report:
         write_report(out_dir, "fleet-queries", report, markdown(report))
     return 0
