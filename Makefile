@@ -64,9 +64,10 @@ bench-fleet: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 
 # The fleet API's costs: fetch_sockets and server_side_emit over 4 dynos
 # with 1,000 connections each, idle heartbeat CPU at 2, 4, 8 and a simulated
-# 50 dynos (docs/fleet.md); writes loadtests/results/fleet-queries-*.md/.json.
-bench-fleet-queries: $(VENV)/.installed $(KAFKA_JARS)
-	$(PY) loadtests/bench_fleet_queries.py
+# 50 dynos, and the same on a Node.js Socket.IO cluster with the Redis
+# streams adapter (docs/fleet.md); writes loadtests/results/fleet-queries-*.
+bench-fleet-queries: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
+	$(PY) loadtests/bench_fleet_queries.py --node
 
 # What connection state recovery costs, off against on in one run: a connect
 # storm of raw clients to one of two dynos, the holder's and the other dyno's
