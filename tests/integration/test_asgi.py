@@ -150,7 +150,8 @@ def test_fleet_queries_span_every_kind_of_server(fleet, connect):
                "the async and threading servers' connections in the new room")
     answers = x.call("fleet", {"op": "server_side_emit", "event": "whoareyou", "args": [1]})
     assert sorted(a["label"] for a in answers["responses"]) == ["G", "T", "Y"]
-    answers = g.call("fleet", {"op": "server_side_emit", "event": "whoareyou", "args": [2]})
+    answers = g.call("fleet", {"op": "server_side_emit", "event": "whoareyou", "args": [2],
+                               "callback": True})
     assert sorted(a["label"] for a in answers["responses"]) == ["T", "X", "Y"]
     assert all(a["args"] == [2] for a in answers["responses"])
 
