@@ -31,15 +31,8 @@ def kafka_configs(
     producer_config = check_config(producer_config, KafkaProducer, "producer_config")
     consumer_config = check_config(consumer_config, KafkaConsumer, "consumer_config")
     admin_config = check_config(admin_config, KafkaAdminClient, "admin_config")
-    servers = check_servers(bootstrap_servers)
-    if servers is None and not all(
-        "bootstrap_servers" in c for c in (producer_config, consumer_config, admin_config)
-    ):
-        raise ValueError(
-            "KafkaManager needs a broker: pass bootstrap_servers='host:9092' "
-            "(or bootstrap_servers in each of producer_config, consumer_config "
-            "and admin_config)"
-        )
+    servers = _servers(bootstrap_servers, "bootstrap_servers",
+                       (producer_config, consumer_config, admin_config))
     common = {
         "bootstrap_servers": servers,
         "bootstrap_timeout_ms": int(connect_timeout * 1000),
@@ -274,15 +267,8 @@ def librdkafka_configs(
     producer_config = check_librdkafka(producer_config, "producer_config")
     consumer_config = check_librdkafka(consumer_config, "consumer_config")
     admin_config = check_librdkafka(admin_config, "admin_config")
-    servers = check_servers(bootstrap_servers)
-    if servers is None and not all(
-        "bootstrap.servers" in c for c in (producer_config, consumer_config, admin_config)
-    ):
-        raise ValueError(
-            "KafkaManager needs a broker: pass bootstrap_servers='host:9092' "
-            "(or 'bootstrap.servers' in each of producer_config, consumer_config "
-            "and admin_config)"
-        )
+    servers = _servers(bootstrap_servers, "'bootstrap.servers'",
+                       (producer_config, consumer_config, admin_config))
     common: dict[str, Any] = {"client.id": client_id}
     if servers is not None:
         common["bootstrap.servers"] = servers if isinstance(servers, str) else ",".join(servers)
@@ -330,3 +316,15 @@ def librdkafka_configs(
     admin = to_kafka_python({**common, **admin_config})
     admin["bootstrap_timeout_ms"] = int(connect_timeout * 1000)
     return producer, consumer, admin
+
+
+def _servers(bootstrap_servers: Any, name: str, configs: tuple[dict[str, Any], ...]) -> Any:
+    """The checked shorthand; an error when neither it nor every config
+    (under ``name``, the client's spelling) names a broker."""
+    servers = check_servers(bootstrap_servers)
+    if servers is None and not all(name.strip("'") in c for c in configs):
+        raise ValueError(
+            "KafkaManager needs a broker: pass bootstrap_servers='host:9092' "
+            f"(or {name} in each of producer_config, consumer_config and admin_config)"
+        )
+    return servers
