@@ -5,13 +5,11 @@ from .async_manager import AsyncKafkaManager
 from .errors import (
     AckTimeoutError,
     BrokerUnavailableError,
-    FleetTimeoutError,
     KafkaBackplaneError,
     MalformedRecord,
     PayloadTooLargeError,
     TopicCreationError,
 )
-from .fleet_records import RemoteSocket
 from .manager import KafkaManager
 from .recovery_options import ConnectionStateRecovery
 from .topics import KafkaTopicConfig, TopicSpec
@@ -21,13 +19,11 @@ __all__ = [
     "AsyncKafkaManager",
     "BrokerUnavailableError",
     "ConnectionStateRecovery",
-    "FleetTimeoutError",
     "KafkaBackplaneError",
     "KafkaManager",
     "KafkaTopicConfig",
     "MalformedRecord",
     "PayloadTooLargeError",
-    "RemoteSocket",
     "TopicCreationError",
     "TopicSpec",
     "user",

@@ -31,7 +31,6 @@ from socketio import AsyncManager
 from . import inbound, records, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .arguments import sid_list
-from .async_fleet import AsyncFleetCalls, LoopHost
 from .backplane import ACK, DISCONNECT, Backplane
 from .concurrency import Runtime
 from .errors import AckTimeoutError
@@ -42,7 +41,7 @@ from .rooms import RoomIndex
 _SENDS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 
 
-class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
+class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
     """A python-socketio client manager for ``socketio.AsyncServer`` that
     uses Kafka as its backplane. Its arguments are
     :class:`.backplane.Backplane`'s (those of :class:`.KafkaManager`);
@@ -119,12 +118,7 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
                     topics.GROUP_MGMT: self._receive_command,
                     **{base: partial(self._receive_invocation, base) for base in _SENDS},
                 })
-                self.fleet.start()
             self._started = True
-
-    def _fleet_host(self) -> LoopHost:
-        self._fleet_loop_host = LoopHost(self, lambda: self._loop)
-        return self._fleet_loop_host
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """``True`` once this server consumes, from a fixed position, every
