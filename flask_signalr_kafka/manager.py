@@ -237,22 +237,28 @@ class KafkaManager(Backplane, RoomIndex, Manager):
         # Counted before the local delivery, whose step records it.
         emit_seq = recovery.log.next_emit() if recovery is not None else 0
         coords: list = []
-        if self.server is not None:
-            # This server's clients at once, each once however many of the
-            # targets it is in, as python-socketio delivers a list. A local
-            # sid is a room of its own: the .NET backplane's one shortcut.
-            self._deliver(event, data, namespace, targets if len(targets) > 1 else target,
-                          skip_sid, callback, coords)
-        callback_id = 0
-        if callback is not None and published:
-            callback_id = self.core.acks.register(lambda args: callback(*args),
-                                                  self.callback_timeout)
-        for base, key, value in self._emit_records(frames, namespace, targets, published,
-                                                   skip_sid, callback_id, emit_seq,
-                                                   local_to_conn=recovery is not None):
-            future = self.core.publish(base, key, value)
+        try:
+            if self.server is not None:
+                # This server's clients at once, each once however many of the
+                # targets it is in, as python-socketio delivers a list. A local
+                # sid is a room of its own: the .NET backplane's one shortcut.
+                self._deliver(event, data, namespace, targets if len(targets) > 1 else target,
+                              skip_sid, callback, coords)
+            callback_id = 0
+            if callback is not None and published:
+                callback_id = self.core.acks.register(lambda args: callback(*args),
+                                                      self.callback_timeout)
+            for base, key, value in self._emit_records(frames, namespace, targets, published,
+                                                       skip_sid, callback_id, emit_seq,
+                                                       local_to_conn=recovery is not None):
+                future = self.core.publish(base, key, value)
+                if recovery is not None:
+                    recovery.log.track(future, coords, base, key)
+        finally:
             if recovery is not None:
-                recovery.log.track(future, coords, base, key)
+                # A recovery replays the emits counted before it: it waits
+                # for their records to reach the producer.
+                recovery.log.emit_done(emit_seq)
 
     def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
                  callback: Callable | None, coords: list) -> None:

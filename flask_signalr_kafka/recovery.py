@@ -629,7 +629,11 @@ class Recovery:
                   if ends.get(s, 0) > start.get(s, 0)}
         # This dyno's own records emitted before begin() were not for the
         # connection then, and live reading skips them as delivered: those
-        # not read back by then are read here.
+        # not read back by then are read here, once each such emit has
+        # reached the producer (one may still wait for its topic's metadata).
+        if not self.log.wait_emits(own_seq, 5.0, self.core.runtime.sleep):
+            logger.warning("emits begun before the recovery of %s were not published "
+                           "within 5 s; the replay may miss them", session.sid)
         try:
             self.core.flush(5.0)
         except Exception:

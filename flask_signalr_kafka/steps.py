@@ -56,6 +56,8 @@ class DeliveryLog:
         self._past_ref: dict[Slot, int] = {}
         #: (base, partition) -> the offset of this dyno's last acked record.
         self.own_acked: dict[tuple[str, int], int] = {}
+        #: Emits counted but not yet handed to the producer.
+        self._open_emits: set[int] = set()
         #: Set once the first reference point is acked: the dyno's home
         #: partition takes writes (a topic created a second ago may not yet).
         self.ready = threading.Event()
@@ -74,9 +76,26 @@ class DeliveryLog:
         return self._ref is not None
 
     def next_emit(self) -> int:
+        """Count an emit; :meth:`emit_done` once its records are published."""
         with self._lock:
             self._emit_seq += 1
+            self._open_emits.add(self._emit_seq)
             return self._emit_seq
+
+    def emit_done(self, seq: int) -> None:
+        with self._lock:
+            self._open_emits.discard(seq)
+
+    def wait_emits(self, upto: int, timeout: float, sleep: Callable[[float], None]) -> bool:
+        """Wait until every emit numbered ``upto`` or less has handed its
+        records to the producer (a first publish to a topic may wait for its
+        metadata); ``False`` after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while any(seq <= upto for seq in list(self._open_emits)):
+            if time.monotonic() > deadline:
+                return False
+            sleep(0.005)
+        return True
 
     def step(self, coords: list, only: str | None = None) -> str:
         """Register one delivery step (the records it came from, filled in as

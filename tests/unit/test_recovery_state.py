@@ -306,3 +306,21 @@ def test_a_step_that_went_to_one_connection_counts_for_its_window_alone():
                           ("sid~b", [(2, "send-all", 0, 4), (3, "send-all", 0, 5)])):
         live = Session(LIVE, sid, "/", [], "host_1", checkpoint.tag, time.time())
         assert r._from_checkpoint(live, checkpoint, 0).window == expected
+
+
+def test_a_replay_waits_for_the_emits_counted_before_it():
+    """An emit counted before a recovery began may still wait for its
+    topic's metadata: its record lands after the replay's ranges, and live
+    reading skips it as this dyno's own. The replay waits for it."""
+    log = recovery().log
+    first, second, third = log.next_emit(), log.next_emit(), log.next_emit()
+    slept = []
+    assert log.wait_emits(second, 0.05, slept.append) is False
+    assert slept, "it waited"
+    log.emit_done(first)
+    log.emit_done(second)
+    # The third began after the recovery's count: not waited for.
+    assert log.wait_emits(second, 0.05, slept.append) is True
+    assert log.wait_emits(third, 0.0, slept.append) is False
+    log.emit_done(third)
+    assert log.wait_emits(third, 0.0, slept.append) is True
