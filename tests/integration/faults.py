@@ -199,7 +199,11 @@ class Stream:
                 if window is not None:
                     times = [t for t in times if window[0] <= t <= window[1]] or times
                 gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-                fig.gap_s = max(fig.gap_s, max(gaps, default=0.0))
+                if max(gaps, default=0.0) > fig.gap_s:
+                    fig.gap_s = max(gaps)
+                    # Which stream stalled longest, and from when (run time).
+                    start = times[gaps.index(fig.gap_s)] - self.started
+                    fig.extra["gap_of"] = f"{origin}>{kind} at {start:.1f}s"
             for _room, outcome, seconds in report["joins"]:
                 fig.joins += 1
                 fig.joins_ok += outcome == "ok"

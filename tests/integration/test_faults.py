@@ -25,6 +25,12 @@ from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
 ACK_TIMEOUT = 5.0
+#: After the broker fences a dead leader, the clients' metadata refreshes,
+#: reconnect backoffs and a fetch already waiting on the new leader: measured
+#: 6.5-15.6 s of silence in all on this 2-core machine and in CI
+#: (docs/kafka-faults.md). What this bound catches is a stall of a request
+#: timeout (30 s) or one that never ends.
+LEADER_MOVE_SLACK_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +112,7 @@ def test_leader_killed(fleet3, cluster3, artifacts, case):
         killed_at = time.monotonic()
         cluster3.node(victim).signal(signal.SIGKILL)
         # Long enough to see delivery resume within the bound, and then some.
-        time.sleep(SESSION_TIMEOUT_S + 10 + 2)
+        time.sleep(SESSION_TIMEOUT_S + LEADER_MOVE_SLACK_S + 2)
         stream.stop()
         cluster3.start_node(victim)
         must = "returned" if await_produce else "acked"
@@ -116,7 +122,7 @@ def test_leader_killed(fleet3, cluster3, artifacts, case):
                              killed_after_s=round(killed_at - stream.started, 1))
         fig.record(artifacts)
         assert_every_acknowledged_delivered(fig, stream)
-        assert fig.gap_s <= SESSION_TIMEOUT_S + 10, fig.line()
+        assert fig.gap_s <= SESSION_TIMEOUT_S + LEADER_MOVE_SLACK_S, fig.line()
         if producer.get("enable_idempotence"):
             assert fig.held_twice == 0, fig.line()
         if await_produce:
