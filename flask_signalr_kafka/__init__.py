@@ -5,11 +5,13 @@ from .async_manager import AsyncKafkaManager
 from .errors import (
     AckTimeoutError,
     BrokerUnavailableError,
+    FleetTimeoutError,
     KafkaBackplaneError,
     MalformedRecord,
     PayloadTooLargeError,
     TopicCreationError,
 )
+from .fleet_records import RemoteSocket
 from .manager import KafkaManager
 from .recovery_options import ConnectionStateRecovery
 from .topics import KafkaTopicConfig, TopicSpec
@@ -19,11 +21,13 @@ __all__ = [
     "AsyncKafkaManager",
     "BrokerUnavailableError",
     "ConnectionStateRecovery",
+    "FleetTimeoutError",
     "KafkaBackplaneError",
     "KafkaManager",
     "KafkaTopicConfig",
     "MalformedRecord",
     "PayloadTooLargeError",
+    "RemoteSocket",
     "TopicCreationError",
     "TopicSpec",
     "user",

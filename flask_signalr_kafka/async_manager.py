@@ -31,6 +31,7 @@ from socketio import AsyncManager
 from . import inbound, records, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .arguments import sid_list
+from .async_fleet import AsyncFleetCalls, LoopHost
 from .backplane import ACK, DISCONNECT, Backplane
 from .concurrency import Runtime
 from .errors import AckTimeoutError
@@ -41,7 +42,7 @@ from .rooms import RoomIndex
 _SENDS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 
 
-class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
+class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     """A python-socketio client manager for ``socketio.AsyncServer`` that
     uses Kafka as its backplane. Its arguments are
     :class:`.backplane.Backplane`'s (those of :class:`.KafkaManager`);
@@ -118,7 +119,12 @@ class AsyncKafkaManager(Backplane, RoomIndex, AsyncManager):
                     topics.GROUP_MGMT: self._receive_command,
                     **{base: partial(self._receive_invocation, base) for base in _SENDS},
                 })
+                self.fleet.start()
             self._started = True
+
+    def _fleet_host(self) -> LoopHost:
+        self._fleet_loop_host = LoopHost(self, lambda: self._loop)
+        return self._fleet_loop_host
 
     async def wait_ready(self, timeout: float | None = None) -> bool:
         """``True`` once this server consumes, from a fixed position, every

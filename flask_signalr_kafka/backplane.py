@@ -23,6 +23,7 @@ from .arguments import check_home, check_instance, check_protocols, positive
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
 from .env_config import manager_kwargs_from_env
+from .fleet import Fleet, FleetHost
 from .kafka_client import client_named
 from .metrics import Metrics
 from .records import (
@@ -142,6 +143,8 @@ class Backplane:
         if self.connection_state_recovery is not None:
             for family in recovery_metric_families(lambda: self._recovery):
                 self.metrics.add(family)
+        #: The fleet as a whole: queries, actions, server events (:mod:`.fleet`).
+        self.fleet = Fleet(self.core, self._fleet_host())
         self._recovery: Recovery | None = None
         self._payload_limit: payload_limits.PayloadLimit | None = None
         self._runtime = Runtime.standalone()
@@ -189,6 +192,11 @@ class Backplane:
         runs); return the names created."""
         return self.core.create_topics()
 
+    def _fleet_host(self) -> FleetHost:
+        """What the fleet applies its requests to: the manager itself, whose
+        rooms its consumer task may touch (not so under asyncio)."""
+        return self
+
     def _connect_core(self) -> None:
         """Connect the core (blocking) and learn the payload limit."""
         self.core.connect(self._runtime, self._is_local_anywhere, self._local_sids)
@@ -197,6 +205,7 @@ class Backplane:
     def _shut(self, timeout: float) -> None:
         """Flush, hand the clients over (recovery), stop consuming, close
         the core: blocking."""
+        self.fleet.close()  # the others stop counting this server at once
         try:
             self.core.flush(timeout)
         except Exception:

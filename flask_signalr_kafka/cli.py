@@ -137,10 +137,12 @@ def cmd_create_topics(args: argparse.Namespace) -> int:
     KAFKA_PREFIX set (Heroku's multi-tenant plans refuse topic creation from
     clients), print the ``heroku kafka:topics:create`` commands instead."""
     manager = _manager(args)
+    from . import topics
+
     if manager.topic_config.tenant_prefix:
         return _print_heroku_commands(manager)
     created = manager.create_topics()
-    names = manager.topic_config.names.values()
+    names = [*manager.topic_config.names.values(), manager.topic_config.name(topics.FLEET)]
     print(f"created: {', '.join(created)}" if created else "all topics exist")
     print(f"topics: {', '.join(names)}")
     return 0
@@ -184,14 +186,17 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    """Follow the six topics and print every record decoded: the tool for
-    "why did my message not arrive"."""
+    """Follow the six topics and the fleet topic and print every record
+    decoded: the tool for "why did my message not arrive"."""
     from .kafka_client import TopicPartition
+    from .topics import FLEET
 
     manager = _manager(args)
     consumer = manager.core.new_consumer()
     partitions = []
-    for name in manager.topic_config.names.values():
+    bases = {name: base for base, name in manager.topic_config.names.items()}
+    bases[manager.topic_config.name(FLEET)] = FLEET
+    for name in bases:
         ids = consumer.partitions_for_topic(name)
         if not ids:
             print(f"# topic {name} does not exist (yet)", file=sys.stderr)
@@ -206,7 +211,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
     servers = manager.core.servers()
     print(f"# following {len(partitions)} partitions on {servers} (Ctrl-C stops)",
           file=sys.stderr, flush=True)
-    bases = {name: base for base, name in manager.topic_config.names.items()}
     seen = 0
     try:
         while args.max_records is None or seen < args.max_records:
@@ -259,6 +263,10 @@ def describe(base: str, record: Any) -> str:
     key = None if record.key is None else record.key.decode(errors="replace")
     head = f"{base} p{record.partition}@{record.offset} key={key!r}"
     try:
+        if base == "fleet":
+            from . import fleet_records
+
+            return f"{head} {fleet_records.decode(record.value)!r}"
         if base == "ack":
             ack = records.decode(record.value, records.AckExt)
             answer = "" if ack.args is None else f" answer={ack.args!r}"

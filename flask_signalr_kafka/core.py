@@ -118,11 +118,18 @@ class KafkaCore:
         self.publisher = self._connect(Publisher, self.producer_config, self.topic_config,
                                        self.await_produce, runtime.sleep, self.client, runtime)
 
-    def consume(self, handlers: dict[str, Callable[[Any], None]]) -> None:
-        """Start a consumer per topic base name of ``handlers``."""
-        wanted = {}
+    def consume(self, handlers: dict[str, Callable[[Any], None]],
+                partitions: dict[str, Callable[[list[int]], Iterable[int]]] | None = None,
+                ) -> None:
+        """Start a consumer per topic base name of ``handlers``.
+
+        :param partitions: for a base of ours, which of its partition ids to
+            read (asked at each assignment); every partition by default.
+        """
+        wanted = dict(partitions or {})
         if self._home is not None:
-            wanted = {topics.ACK: self._home.ack_wanted, topics.SEND_CONN: self._home.conn_wanted}
+            wanted.update({topics.ACK: self._home.ack_wanted,
+                           topics.SEND_CONN: self._home.conn_wanted})
         for base, handler in handlers.items():
             config = self.consumer_config
             claims = base == SEND_CONN and self._home is not None

@@ -18,6 +18,7 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from .topics import (
     ACK,
+    FLEET,
     GROUP_MGMT,
     SEND_ALL,
     SEND_CONN,
@@ -149,7 +150,8 @@ def inspect(admin: Any, topic_config: KafkaTopicConfig, report: Report) -> None:
             broker.version = None
         report.brokers.append(broker)
 
-    names = {**topic_config.names, SESSIONS: topic_config.name(SESSIONS)}
+    names = {**topic_config.names, SESSIONS: topic_config.name(SESSIONS),
+             FLEET: topic_config.name(FLEET)}
     described = {t["name"]: t for t in admin.describe_topics(list(names.values()))}
     for base, name in names.items():
         facts = TopicFacts(base, name)
@@ -203,6 +205,11 @@ def assess(report: Report) -> list[Finding]:
                     "missing: dynos that may create topics create it at startup; otherwise "
                     "run `flask-signalr-kafka create-topics` (release phase) or create it by hand")
             continue
+        if t.base == FLEET and t.partitions < 2:
+            add(WARNING, "partitions", t,
+                "one partition: the fleet's answers share it with its requests, so every dyno "
+                "reads every other dyno's answers; give it 2 partitions or more "
+                "(docs/fleet.md)")
         if t.offline:
             add(ERROR, "offline", t,
                 f"partitions {_ids(t.offline)} have no leader: records keyed to them can be "

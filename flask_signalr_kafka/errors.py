@@ -34,3 +34,19 @@ class PayloadTooLargeError(KafkaBackplaneError, ValueError):
         super().__init__(message)
         self.size = size
         self.limit = limit
+
+
+class FleetTimeoutError(KafkaBackplaneError, TimeoutError):
+    """A fleet query (``fetch_sockets``, ``server_side_emit`` with a
+    callback) that some live server did not answer within its timeout.
+
+    :ivar responses: what did arrive: the :class:`~.fleet_records.RemoteSocket`
+        list of ``fetch_sockets`` (this server's included), or the return
+        values of ``server_side_emit``'s handlers.
+    :ivar missing: the names of the servers that did not answer.
+    """
+
+    def __init__(self, message: str, responses: list, missing: frozenset[str] = frozenset()):
+        super().__init__(message)
+        self.responses = responses
+        self.missing = missing

@@ -23,6 +23,7 @@ from .arguments import sid_list
 from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
 from .errors import AckTimeoutError
+from .fleet_calls import FleetCalls
 from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE, REMOVE, AckExt
 from .recovery import Recovery
 from .rooms import RoomIndex
@@ -30,7 +31,7 @@ from .rooms import RoomIndex
 logger = logging.getLogger("flask_signalr_kafka")
 
 
-class KafkaManager(Backplane, RoomIndex, Manager):
+class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
     """A python-socketio client manager that uses Kafka as its backplane, in
     gevent or threading mode (the server's). Its arguments are
     :class:`.backplane.Backplane`'s.
@@ -112,6 +113,7 @@ class KafkaManager(Backplane, RoomIndex, Manager):
                     **{base: partial(self._handle_invocation, base)
                        for base in (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)},
                 })
+                self.fleet.start()
             if self._recovery is not None:
                 self._recovery.start()
             shutdown.watch(self, self._runtime)
@@ -288,6 +290,10 @@ class KafkaManager(Backplane, RoomIndex, Manager):
         self._deliver(event, args, delivery.namespace, delivery.room,
                       inbound.excluded(delivery, self.get_participants), callback, coords)
 
+    def disconnect_local(self, sid: str, namespace: str) -> None:
+        """Disconnect a connection of this server, telling no other."""
+        self.server.disconnect(sid, namespace=namespace, ignore_queue=True)
+
     def _answer_callback(self, origin: str, callback_id: int, *args: Any) -> None:
         """Send a client's answer back to the server that asked for it."""
         self.core.publish(topics.ACK, origin, records.encode(AckExt(callback_id, list(args))))
@@ -296,8 +302,7 @@ class KafkaManager(Backplane, RoomIndex, Manager):
         command = inbound.command_of(record)
         todo = self._apply_group_command(command)
         if todo == DISCONNECT:
-            self.server.disconnect(command.connection_id, namespace=command.namespace,
-                                   ignore_queue=True)
+            self.disconnect_local(command.connection_id, command.namespace)
         elif todo == RELEASE:
             if self._recovery is not None:
                 self._recovery.release(command.connection_id, command.namespace)

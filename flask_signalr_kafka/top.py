@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from kafka import TopicPartition
 from kafka.admin import OffsetSpec
 
-from .topics import KafkaTopicConfig
+from .topics import FLEET, KafkaTopicConfig
 
 # How often the partition list is read again (topics created, partitions added).
 _METADATA_EVERY = 30.0
@@ -143,7 +143,7 @@ def run(
     servers = servers if isinstance(servers, str) else ",".join(servers or ())
     admin = KafkaAdminClient(**admin_config)
     try:
-        ends = LogEnds(admin, list(topic_config.names.values()))
+        ends = LogEnds(admin, [*topic_config.names.values(), topic_config.name(FLEET)])
         for count, rows in enumerate(frames(ends, interval), 1):
             screen = render(rows, servers, interval)
             out.write(("\033[H\033[2J" if clear else "\n" if count > 1 else "") + screen + "\n")

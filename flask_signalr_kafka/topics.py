@@ -1,4 +1,4 @@
-"""Topic naming and creation for the six backplane topics."""
+"""Topic naming and creation for the six backplane topics and ours."""
 from __future__ import annotations
 
 import logging
@@ -21,6 +21,8 @@ SEND_USER = "send-user"
 BASE_NAMES = (ACK, GROUP_MGMT, SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 #: Ours alone (never read by .NET): connection state recovery's sessions.
 SESSIONS = "sessions"
+#: Ours alone: the fleet's requests, heartbeats and answers (docs/fleet.md).
+FLEET = "fleet"
 
 #: The sessions topic keeps the latest record per key; small segments let
 #: the cleaner run often, so a starting dyno reads little.
@@ -30,6 +32,10 @@ SESSIONS_CONFIGS = {
     "min.cleanable.dirty.ratio": "0.1",
     "delete.retention.ms": "600000",
 }
+
+#: The fleet topic's records matter for seconds: an hour of them is plenty,
+#: in segments small enough for the retention to delete them.
+FLEET_CONFIGS = {"retention.ms": "3600000", "segment.ms": "600000"}
 
 _TOPIC_ALREADY_EXISTS = 36
 
@@ -71,6 +77,10 @@ class KafkaTopicConfig:
     :param sessions: the :class:`TopicSpec` of ``<prefix>-sessions``, used
         only with connection state recovery; ``None`` for the default spec.
         Its configs are laid over a compacted topic's (``SESSIONS_CONFIGS``).
+    :param fleet: the :class:`TopicSpec` of ``<prefix>-fleet`` (fleet
+        queries, heartbeats and answers; at least 2 partitions, see
+        docs/fleet.md); ``None`` for the default spec. Its configs are laid
+        over ``FLEET_CONFIGS``.
     :param tenant_prefix: prepended verbatim, without a hyphen, to the whole
         name: a multi-tenant cluster's prefix (Heroku's ``KAFKA_PREFIX``).
     """
@@ -84,6 +94,7 @@ class KafkaTopicConfig:
     send_user: TopicSpec | None = None
     sessions: TopicSpec | None = None
     tenant_prefix: str = ""
+    fleet: TopicSpec | None = None
     names: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -91,7 +102,7 @@ class KafkaTopicConfig:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise TypeError(f"KafkaTopicConfig {name} must be a str, not {value!r}")
-        for base in (*BASE_NAMES, SESSIONS):
+        for base in (*BASE_NAMES, SESSIONS, FLEET):
             field_name = base.replace("-", "_")
             spec = getattr(self, field_name)
             if spec is not None and not isinstance(spec, TopicSpec):
@@ -106,10 +117,10 @@ class KafkaTopicConfig:
 
     def name(self, base: str) -> str:
         """The topic name of a base name such as ``"send-all"`` (or ``"sessions"``)."""
-        if base == SESSIONS:
+        if base in (SESSIONS, FLEET):
             prefix = self.prefix.strip() and self.prefix
-            return f"{self.tenant_prefix}{prefix}-{SESSIONS}" if prefix else (
-                self.tenant_prefix + SESSIONS
+            return f"{self.tenant_prefix}{prefix}-{base}" if prefix else (
+                self.tenant_prefix + base
             )
         return self.names[base]
 
@@ -118,6 +129,9 @@ class KafkaTopicConfig:
         if base == SESSIONS:
             spec = TopicSpec(spec.num_partitions, spec.replication_factor,
                              {**SESSIONS_CONFIGS, **(spec.configs or {})})
+        elif base == FLEET:
+            spec = TopicSpec(spec.num_partitions, spec.replication_factor,
+                             {**FLEET_CONFIGS, **(spec.configs or {})})
         return spec
 
 
@@ -197,7 +211,7 @@ def _await_leaders(admin: Any, names: list[str], timeout: float = 10.0) -> None:
 
 
 def _wanted(topic_config: KafkaTopicConfig, sessions: bool) -> dict[str, str]:
-    wanted = dict(topic_config.names)
+    wanted = {**topic_config.names, FLEET: topic_config.name(FLEET)}
     if sessions:
         wanted[SESSIONS] = topic_config.name(SESSIONS)
     return wanted

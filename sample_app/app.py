@@ -20,7 +20,13 @@ from pathlib import Path  # noqa: E402
 from flask import Flask, abort, render_template, request, send_file  # noqa: E402
 from flask_socketio import SocketIO, emit, join_room, leave_room  # noqa: E402
 
-from flask_signalr_kafka import AckTimeoutError, KafkaManager, KafkaTopicConfig, user  # noqa: E402
+from flask_signalr_kafka import (  # noqa: E402
+    AckTimeoutError,
+    FleetTimeoutError,
+    KafkaManager,
+    KafkaTopicConfig,
+    user,
+)
 from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
 
 # The backplane's own lines (drains, recoveries, skipped records); LOG_LEVEL
@@ -128,6 +134,33 @@ def on_pull(msg):
     emit("line", post("join", f"pulled {msg['sid']} into {msg['room']}", room=msg["room"]),
          to=msg["room"])
     return {"ok": True}
+
+
+# -- who is here: the fleet as a whole ----------------------------------------
+# Each dyno answers "dyno" with its server name and its label, so a list of
+# connections from every dyno can say where each one is.
+mgr.on_server_event("dyno", lambda: [mgr.server_name, DYNO])
+
+
+@socketio.on("who")
+def on_who(msg):
+    """Who is in the room, on every dyno, and how many dynos are alive."""
+    dynos, partial = {mgr.server_name: DYNO}, False
+    try:
+        found = mgr.fetch_sockets(msg["room"], timeout=3)
+    except FleetTimeoutError as exc:  # a dyno died mid-way: show what came
+        found, partial = exc.responses, True
+    try:
+        mgr.server_side_emit("dyno", callback=dynos.update, timeout=3)
+    except FleetTimeoutError as exc:
+        dynos.update(exc.responses)
+        partial = True
+    members = [{"sid": s.sid, "dyno": dynos.get(s.server_name, s.server_name[-6:]),
+                "name": next((r[len("user:"):] for r in s.rooms
+                              if isinstance(r, str) and r.startswith("user:")), "?")}
+               for s in found]
+    return {"room": msg["room"], "members": sorted(members, key=lambda m: m["name"]),
+            "dynos": mgr.server_count(), "partial": partial}
 
 
 if __name__ == "__main__":

@@ -17,7 +17,13 @@ import threading
 
 import socketio
 
-from flask_signalr_kafka import AckTimeoutError, AsyncKafkaManager, KafkaTopicConfig, user
+from flask_signalr_kafka import (
+    AckTimeoutError,
+    AsyncKafkaManager,
+    FleetTimeoutError,
+    KafkaTopicConfig,
+    user,
+)
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -97,6 +103,39 @@ async def _group(action, sid, msg, namespace):
 
 for ns in ("/", "/chat"):
     register(ns)
+
+
+# -- the fleet calls (tests/integration/test_asgi.py), as tests/server_app.py's
+async def _whoareyou(*args):
+    await asyncio.sleep(0)  # a coroutine handler runs on the loop
+    return {"label": LABEL, "args": list(args)}
+
+mgr.on_server_event("whoareyou", _whoareyou)
+
+
+@sio.on("fleet")
+async def on_fleet(sid, msg):
+    """{op: fetch_sockets | server_count | sockets_join | server_side_emit,
+    room, rooms, event, args}."""
+    op, room = msg["op"], msg.get("room")
+    try:
+        if op == "fetch_sockets":
+            found = await mgr.fetch_sockets(room, timeout=msg.get("timeout", 5.0))
+            return {"sockets": [{"sid": s.sid, "rooms": sorted(map(str, s.rooms)),
+                                 "server_name": s.server_name} for s in found]}
+        if op == "server_count":
+            return {"count": mgr.server_count()}
+        if op == "sockets_join":
+            await mgr.sockets_join(msg["rooms"], room)
+            return "ok"
+        if op == "server_side_emit":
+            got = []
+            await mgr.server_side_emit(msg["event"], *msg.get("args", []), callback=got.append,
+                                       timeout=msg.get("timeout", 5.0))
+            return {"responses": got[0]}
+    except FleetTimeoutError as exc:
+        return {"error": type(exc).__name__, "responses": len(exc.responses)}
+    return {"error": f"unknown op {op}"}
 
 
 async def http(scope, receive, send):

@@ -35,6 +35,7 @@ from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_ro
 from flask_signalr_kafka import (  # noqa: E402
     AckTimeoutError,
     ConnectionStateRecovery,
+    FleetTimeoutError,
     KafkaManager,
     KafkaTopicConfig,
     PayloadTooLargeError,
@@ -322,6 +323,69 @@ def _group(action, msg):
 
 for ns in ("/", "/chat"):
     register(ns)
+
+
+# -- the fleet tests' calls (tests/integration/test_fleet.py) --------------------
+server_events = []
+
+
+def _note(*args):
+    server_events.append(list(args))
+
+
+def _slow(seconds_by_label):
+    socketio.sleep(seconds_by_label.get(LABEL, 0))
+    return LABEL
+
+
+mgr.on_server_event("whoareyou", lambda *args: {"label": LABEL, "args": list(args)})
+mgr.on_server_event("note", _note)
+mgr.on_server_event("note", lambda *args: _note("/chat", *args), namespace="/chat")
+mgr.on_server_event("slow", _slow)
+
+
+@app.get("/server-events")
+def get_server_events():
+    return json.dumps(server_events), 200, {"Content-Type": "application/json"}
+
+
+def _remote(s):
+    return {"sid": s.sid, "namespace": s.namespace, "rooms": sorted(map(str, s.rooms)),
+            "server_name": s.server_name}
+
+
+@socketio.on("fleet")
+def on_fleet(msg):
+    """One fleet call as the test asks: {op, room or user, rooms, namespace,
+    timeout, event, args, callback}; a FleetTimeoutError answers {"error",
+    "responses", "missing", "elapsed"}."""
+    op, ns = msg["op"], msg.get("namespace", "/")
+    room = user(msg["user"]) if "user" in msg else msg.get("room")
+    started = time.monotonic()
+    try:
+        if op == "fetch_sockets":
+            found = mgr.fetch_sockets(room, namespace=ns, timeout=msg.get("timeout", 5.0))
+            return {"sockets": [_remote(s) for s in found], "elapsed": time.monotonic() - started}
+        if op == "server_count":
+            return {"count": mgr.server_count()}
+        if op in ("sockets_join", "sockets_leave"):
+            getattr(mgr, op)(msg["rooms"], room, namespace=ns)
+        elif op == "disconnect_sockets":
+            mgr.disconnect_sockets(room, namespace=ns)
+        elif op == "server_side_emit" and msg.get("callback"):
+            got = []
+            mgr.server_side_emit(msg["event"], *msg.get("args", []), namespace=ns,
+                                 callback=got.append, timeout=msg.get("timeout", 5.0))
+            return {"responses": got[0], "elapsed": time.monotonic() - started}
+        elif op == "server_side_emit":
+            mgr.server_side_emit(msg["event"], *msg.get("args", []), namespace=ns)
+        else:
+            return {"error": f"unknown op {op}"}
+    except FleetTimeoutError as exc:
+        responses = [_remote(r) if hasattr(r, "sid") else r for r in exc.responses]
+        return {"error": type(exc).__name__, "responses": responses,
+                "missing": sorted(exc.missing), "elapsed": time.monotonic() - started}
+    return "ok"
 
 if __name__ == "__main__":
     if os.environ.get("APP_SIGTERM") == "1":

@@ -43,10 +43,27 @@
     socket.on("connect_error", (err) => show("error", `cannot connect: ${err.message}`));
   });
 
+  // Who is in the room on every dyno (fetch_sockets), and the dynos alive.
+  function who() {
+    if (!socket || !socket.connected) return;
+    socket.emit("who", { room: room() }, (answer) => {
+      $("dynos").textContent = `${answer.dynos} dyno(s) alive · ${answer.members.length} ` +
+        `in ${answer.room}` + (answer.partial ? " (a dyno did not answer)" : "");
+      $("members").replaceChildren(...answer.members.map((m) => {
+        const li = document.createElement("li");
+        li.textContent = `${m.name} on dyno ${m.dyno}`;
+        li.title = m.sid;
+        return li;
+      }));
+    });
+  }
+  setInterval(who, 10000);
+
   const room = () => $("room").value.trim();
   const text = () => { const t = $("text").value; $("text").value = ""; return t; };
-  $("join").onclick = () => socket.emit("join", { room: room() });
-  $("leave").onclick = () => socket.emit("leave", { room: room() });
+  $("join").onclick = () => { socket.emit("join", { room: room() }); setTimeout(who, 300); };
+  $("leave").onclick = () => { socket.emit("leave", { room: room() }); setTimeout(who, 300); };
+  $("who").onclick = who;
   $("say").onclick = () => socket.emit("say", { room: room(), text: text() });
   $("shout").onclick = () => socket.emit("shout", { text: text() });
   $("whisper").onclick = () => socket.emit("whisper", { to: $("to").value.trim(), text: text() });

@@ -99,6 +99,17 @@ def test_two_dynos_chat_in_a_real_browser(dynos, browser, artifacts):
     log_has(bob_page, f"[lobby] {alice}: hello from web.1")
     assert "sent from dyno web.1" in bob_page.find_element("id", "log").text
 
+    # Who is here: the lobby's members on both dynos (fetch_sockets), and
+    # the dynos alive (server_count).
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    alice_page.find_element("id", "who").click()
+    WebDriverWait(alice_page, 15).until(
+        lambda d: f"{bob} on dyno web.2" in d.find_element("id", "members").text,
+        message="the page never listed bob on web.2")
+    assert f"{alice} on dyno web.1" in alice_page.find_element("id", "members").text
+    assert alice_page.find_element("id", "dynos").text.startswith("2 dyno(s) alive · 2 in lobby")
+
     # A private message reaches the user on the other dyno.
     fill(alice_page, "to", bob)
     fill(alice_page, "text", "psst, only you")

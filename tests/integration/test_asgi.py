@@ -132,6 +132,30 @@ def test_disconnect_and_close_room_act_on_every_server(fleet, connect):
     assert b.call("rooms") == []
 
 
+def test_fleet_queries_span_every_kind_of_server(fleet, connect):
+    """fetch_sockets, server_count, sockets_join and server_side_emit from an
+    async server reach the gevent and threading dynos, and back."""
+    x, g, t = connect(fleet.x), connect(fleet.g), connect(fleet.t)
+    room = unique("who")
+    for c in (x, g, t):
+        assert c.call("join", {"room": room}) == "ok"
+    for asker in (x, g):
+        found = asker.call("fleet", {"op": "fetch_sockets", "room": room})
+        assert sorted(s["sid"] for s in found["sockets"]) == sorted([x.sid, g.sid, t.sid])
+        assert all(room in s["rooms"] for s in found["sockets"])
+        assert asker.call("fleet", {"op": "server_count"}) == {"count": 4}
+    other = unique("joined")
+    assert g.call("fleet", {"op": "sockets_join", "room": room, "rooms": [other]}) == "ok"
+    wait_until(lambda: other in x.call("rooms") and other in t.call("rooms"), 10, 0.2,
+               "the async and threading servers' connections in the new room")
+    answers = x.call("fleet", {"op": "server_side_emit", "event": "whoareyou", "args": [1]})
+    assert sorted(a["label"] for a in answers["responses"]) == ["G", "T", "Y"]
+    answers = g.call("fleet", {"op": "server_side_emit", "event": "whoareyou", "args": [2],
+                               "callback": True})
+    assert sorted(a["label"] for a in answers["responses"]) == ["T", "X", "Y"]
+    assert all(a["args"] == [2] for a in answers["responses"])
+
+
 def test_malformed_record_is_logged_and_skipped(fleet, connect):
     x = connect(fleet.x)
     producer = KafkaProducer(bootstrap_servers=fleet.broker.bootstrap)

@@ -29,9 +29,9 @@ def doctor_json(bootstrap, prefix, *extra):
 
 
 def all_names(prefix):
-    """The six topics' names, and the sessions topic's, by base name."""
+    """The six topics' names, the sessions and fleet topics', by base name."""
     config = KafkaTopicConfig(prefix=prefix)
-    return {**config.names, "sessions": config.name("sessions")}
+    return {**config.names, "sessions": config.name("sessions"), "fleet": config.name("fleet")}
 
 
 def findings(report, level=None):
@@ -58,7 +58,10 @@ def test_healthy_topics_exit_0(broker):
     assert findings(report, "error") == set() and findings(report, "warning") == set()
     assert (code, report["status"]) == (0, "ok")
     if broker.engine == "kafka":
+        assert topics[names["fleet"]]["configs"]["retention.ms"] == "3600000"
         for name in created_names:
+            if name == names["fleet"]:
+                continue
             assert topics[name]["configs"] == {
                 "cleanup.policy": "delete", "min.insync.replicas": "1",
                 "retention.bytes": "-1", "retention.ms": "604800000",
@@ -76,13 +79,14 @@ def test_text_output_lists_brokers_and_topics(broker):
     assert result.returncode == 2, result.stderr
     assert f"{prefix}-send-conn" in result.stdout and "MISSING" in result.stdout
     assert "broker " in result.stdout and "protocol" in result.stdout
-    assert result.stdout.rstrip().splitlines()[-1].startswith("ERROR: 6 error(s)")
+    assert result.stdout.rstrip().splitlines()[-1].startswith("ERROR: 7 error(s)")
 
 
 def test_missing_topics_are_errors(broker):
     prefix = unique("doc")
     code, report = doctor_json(broker.bootstrap, prefix)
-    required = KafkaTopicConfig(prefix=prefix).names.values()
+    config = KafkaTopicConfig(prefix=prefix)
+    required = [*config.names.values(), config.name("fleet")]
     assert code == 2 and report["status"] == "error"
     assert findings(report, "error") == {("missing", name) for name in required}
 
@@ -106,7 +110,7 @@ def cluster3(engine, artifacts):
 
 def test_bad_topics_on_three_nodes(cluster3):
     prefix = unique("bad")
-    names = KafkaTopicConfig(prefix=prefix).names
+    names = all_names(prefix)
     spec = {"num_partitions": 10, "replication_factor": 3}
     bad = {
         # RF 1 on three brokers: a rolling restart takes partitions offline.
@@ -121,6 +125,8 @@ def test_bad_topics_on_three_nodes(cluster3):
                        "configs": {"min.insync.replicas": "2"}},
         # Fewer partitions than the others: safe, and the doctor says why.
         "send-user": {"num_partitions": 3, "replication_factor": 3},
+        # One partition: every dyno reads every fleet answer.
+        "fleet": {"num_partitions": 1, "replication_factor": 3},
     }
     with KafkaAdminClient(bootstrap_servers=cluster3.bootstrap) as admin:
         result = admin.create_topics({names[b]: s for b, s in bad.items()}, raise_errors=False)
@@ -136,6 +142,7 @@ def test_bad_topics_on_three_nodes(cluster3):
         ("min-isr", names["ack"]),  # the cluster's min.insync.replicas 2 > RF 1
         ("retention", names["send-conn"]),
         ("min-isr", names["send-group"]),
+        ("partitions", names["fleet"]),
     }
     assert ("partitions", None) in findings(report, "note")
     assert ("partitions", names["send-user"]) not in findings(report, "note")  # 3 >= 3 brokers
@@ -153,8 +160,9 @@ def test_bad_topics_on_three_nodes(cluster3):
 
 def test_only_warnings_exit_1(cluster3):
     prefix = unique("warn")
-    names = KafkaTopicConfig(prefix=prefix).names
-    topics = {n: {"num_partitions": 4, "replication_factor": 3} for n in names.values()}
+    names = all_names(prefix)
+    topics = {n: {"num_partitions": 4, "replication_factor": 3} for b, n in names.items()
+              if b != "sessions"}
     topics[names["send-group"]]["configs"] = {"retention.ms": "10000"}
     with KafkaAdminClient(bootstrap_servers=cluster3.bootstrap) as admin:
         admin.create_topics(topics)

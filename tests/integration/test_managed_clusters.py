@@ -137,7 +137,8 @@ def test_the_manager_works_on_topics_an_operator_created(acl_kafka, caplog):
     prefix = unique("chat")
     config = KafkaTopicConfig(prefix=prefix, tenant_prefix=PREFIX)
     operator = KafkaAdminClient(bootstrap_servers=acl_kafka.bootstrap)
-    operator.create_topics([NewTopic(name, 10, 1) for name in config.names.values()])
+    operator.create_topics([NewTopic(name, 10, 1) for name in
+                            [*config.names.values(), config.name(topics.FLEET)]])
     operator.close()
     manager = tenant_manager(acl_kafka, prefix, write_only=True)
     with caplog.at_level(logging.INFO, logger="flask_signalr_kafka"):

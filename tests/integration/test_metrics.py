@@ -124,7 +124,7 @@ def test_health_goes_503_when_a_consumer_stops(pair):
     body = health.json()
     assert body["ok"] and body["ready"] and body["consumers_alive"]
     assert body["last_produce_error"] is None
-    assert len(body["consumers"]) == 6
+    assert len(body["consumers"]) == 7  # the six topics and the fleet topic
 
     assert requests.post(fleet.b.url + "/stop-consumer/send-all", timeout=5).ok
     health = requests.get(fleet.b.url + "/healthz", timeout=5)

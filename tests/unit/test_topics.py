@@ -131,12 +131,15 @@ def test_creates_all_missing_topics_with_default_specs():
     admin = FakeAdmin(existing=["unrelated"])
     config = KafkaTopicConfig(prefix="chat")
     created = topics.ensure_topics(admin, config, SERVERS)
-    assert sorted(created) == sorted(f"chat-{b}" for b in BASES)
+    assert sorted(created) == sorted(f"chat-{b}" for b in [*BASES, "fleet"])
     assert len(admin.create_calls) == 1
     request, raise_errors, _ = admin.create_calls[0]
     assert raise_errors is False
     assert request == {
-        f"chat-{b}": {"num_partitions": 10, "replication_factor": -1, "configs": {}} for b in BASES
+        **{f"chat-{b}": {"num_partitions": 10, "replication_factor": -1, "configs": {}}
+           for b in BASES},
+        "chat-fleet": {"num_partitions": 10, "replication_factor": -1,
+                       "configs": topics.FLEET_CONFIGS},
     }
 
 
@@ -149,7 +152,8 @@ def test_creates_only_missing_topics_with_each_spec():
         send_user=TopicSpec(num_partitions=1),
         ack=TopicSpec(num_partitions=7),  # exists already: not created
     )
-    admin = FakeAdmin(existing=["app-ack", "app-group-mgmt", "app-send-conn", "ack"])
+    admin = FakeAdmin(existing=["app-ack", "app-group-mgmt", "app-send-conn", "ack",
+                                "app-fleet"])
     created = topics.ensure_topics(admin, config, SERVERS)
     assert sorted(created) == ["app-send-all", "app-send-group", "app-send-user"]
     request, _, _ = admin.create_calls[0]
@@ -165,7 +169,7 @@ def test_creates_only_missing_topics_with_each_spec():
 
 
 def test_nothing_missing_creates_nothing():
-    admin = FakeAdmin(existing=[f"p-{b}" for b in BASES])
+    admin = FakeAdmin(existing=[f"p-{b}" for b in [*BASES, "fleet"]])
     assert topics.ensure_topics(admin, KafkaTopicConfig(prefix="p"), SERVERS) == []
     assert admin.create_calls == []
 
@@ -174,7 +178,7 @@ def test_topic_already_exists_is_fine():
     # Another server created it between our list and our create.
     admin = FakeAdmin(codes={"send-all": 36, "ack": 36})
     created = topics.ensure_topics(admin, KafkaTopicConfig(), SERVERS)
-    assert sorted(created) == ["group-mgmt", "send-conn", "send-group", "send-user"]
+    assert sorted(created) == ["fleet", "group-mgmt", "send-conn", "send-group", "send-user"]
 
 
 def test_other_error_code_raises_naming_topic_and_servers():
@@ -197,7 +201,7 @@ def test_error_message_from_the_broker_is_used():
             }
 
     with pytest.raises(TopicCreationError, match="Authorization failed") as info:
-        topics.ensure_topics(Admin(existing=BASES[1:]), KafkaTopicConfig(), "h:1")
+        topics.ensure_topics(Admin(existing=[*BASES[1:], "fleet"]), KafkaTopicConfig(), "h:1")
     assert "'ack'" in str(info.value) and "h:1" in str(info.value)
 
 
@@ -226,3 +230,14 @@ def test_creation_waits_until_every_new_partition_has_a_leader():
     admin = LeaderLater()
     created = topics.ensure_topics(admin, KafkaTopicConfig(prefix="t"), "b:9092")
     assert created and admin.described == 3
+
+
+def test_fleet_topic_name_and_spec():
+    config = KafkaTopicConfig(prefix="chat", tenant_prefix="t.",
+                              fleet=TopicSpec(num_partitions=4, configs={"retention.ms": "60000"}))
+    assert config.name("fleet") == "t.chat-fleet"
+    assert KafkaTopicConfig().name("fleet") == "fleet"
+    assert config.spec("fleet") == TopicSpec(4, None, {**topics.FLEET_CONFIGS,
+                                                       "retention.ms": "60000"})
+    with pytest.raises(TypeError, match="fleet"):
+        KafkaTopicConfig(fleet=4)
