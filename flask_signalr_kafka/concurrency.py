@@ -11,6 +11,7 @@ in gevent mode alone.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -79,13 +80,16 @@ class Runtime:
                 "flask or kafka (or use async_mode='threading')"
             )
 
-    def worker(self) -> Worker:
+    def worker(self, serial: bool = True) -> Worker:
         """A place for one client's blocking C calls (librdkafka's polls,
         flushes, metadata requests): under gevent a real OS thread of its
         own, so that the hub goes on while it waits (confluent-kafka
         releases the GIL); elsewhere the calling thread. Its calls run one
-        at a time, in order: a close never overlaps a poll."""
-        return Worker(self.green and gevent_patched())
+        at a time, in order, under gevent; elsewhere only when ``serial``
+        (a consumer: its close must not overlap a poll; a producer, whose
+        every call is thread-safe, need not make a flush wait behind its
+        reporter's polls)."""
+        return Worker(self.green and gevent_patched(), serial)
 
     def stop(self, task: Any, timeout: float) -> None:
         """Wait up to ``timeout`` s for a task that was asked to stop; kill a
@@ -122,10 +126,14 @@ class Worker:
     or in the caller's thread.
 
     :param threaded: run in a gevent thread pool of one real thread.
+    :param serial: outside that pool, still one call at a time (a lock).
     """
 
-    def __init__(self, threaded: bool) -> None:
+    def __init__(self, threaded: bool, serial: bool = True) -> None:
         self._pool: Any = None
+        # In the callers' threads, one at a time too when ``serial``:
+        # librdkafka must not close a consumer another thread is polling.
+        self._lock = threading.Lock() if serial else contextlib.nullcontext()
         if threaded:
             from gevent.threadpool import ThreadPool
 
@@ -135,7 +143,8 @@ class Worker:
         """``fn(*args)``'s result (or its exception), the caller waiting
         without blocking the hub."""
         if self._pool is None:
-            return fn(*args)
+            with self._lock:
+                return fn(*args)
         # Raised here, not in the pool: gevent prints what a pool task raises.
         failed, value = self._pool.apply(_outcome, (fn, args))
         if failed:

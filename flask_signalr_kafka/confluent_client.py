@@ -136,7 +136,7 @@ class ConfluentProducer:
     def __init__(self, config: dict[str, Any], runtime: Runtime) -> None:
         self._producer = _made(confluent_kafka.Producer, config, "producer_config")
         self._runtime = runtime
-        self._worker = runtime.worker()
+        self._worker = runtime.worker(serial=False)
         self._reports: collections.deque = collections.deque()
         self._slot = random.randrange(1 << 30)
         self._counts: dict[str, int] = {}

@@ -166,6 +166,33 @@ def test_the_worker_runs_blocking_calls_in_a_real_thread_while_greenlets_go_on()
         Worker(threaded=False).call(lambda: 1 / 0)
 
 
+@pytest.mark.parametrize("serial", [True, False])
+def test_a_worker_in_the_callers_threads_runs_one_call_at_a_time_when_serial(serial):
+    """Threading and asyncio mode: a consumer's close waits for its poll."""
+    worker = Worker(threaded=False, serial=serial)
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def poll():
+        order.append("poll")
+        inside.set()
+        release.wait(5)
+        order.append("poll returned")
+
+    polling = threading.Thread(target=worker.call, args=(poll,))
+    polling.start()
+    assert inside.wait(5)
+    closing = threading.Thread(target=worker.call, args=(lambda: order.append("close"),))
+    closing.start()
+    closing.join(0.3)
+    assert closing.is_alive() is serial
+    release.set()
+    polling.join(5)
+    closing.join(5)
+    expected = ["poll", "poll returned", "close"] if serial else ["poll", "close",
+                                                                  "poll returned"]
+    assert order == expected
+
+
 def test_a_property_librdkafka_does_not_know_is_a_value_error():
     from flask_signalr_kafka.concurrency import Runtime
     from flask_signalr_kafka.confluent_client import CLIENT
