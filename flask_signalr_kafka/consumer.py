@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -77,7 +78,9 @@ class TopicConsumer:
         self._behind: set[TopicPartition] = set()
         #: The partition ids the topic had at the last assignment.
         self._known: set[int] = set()
-        self._refreshed: list[threading.Event] = []
+        # A deque: refresh() appends from other threads (threading mode)
+        # while the loop takes them, atomically one by one.
+        self._refreshed: deque[threading.Event] = deque()
         self.stats = ConsumerStats()
         self._started = False
         self._stopping = False
@@ -141,7 +144,7 @@ class TopicConsumer:
             while not self._stopping:
                 if self._refreshed:
                     # Between polls: the consumer is this greenlet's alone.
-                    done, self._refreshed = self._refreshed, []
+                    done = [self._refreshed.popleft() for _ in range(len(self._refreshed))]
                     partitions = self._assign(consumer)
                     for event in done:
                         event.set()
