@@ -29,8 +29,10 @@ def value(samples, name, **labels):
 
 @pytest.fixture
 def pair(new_fleet):
-    new_fleet.a = new_fleet.server("A", ACK_TIMEOUT=1)
-    new_fleet.b = new_fleet.server("B", ACK_TIMEOUT=1)
+    # The other fixtures' 3 s: with 1 s, the first remote join of a pair
+    # started a second before timed out once (confluent, loaded CI machine).
+    new_fleet.a = new_fleet.server("A", ACK_TIMEOUT=3)
+    new_fleet.b = new_fleet.server("B", ACK_TIMEOUT=3)
     return new_fleet
 
 
