@@ -18,6 +18,7 @@ Writes loadtests/results/profile-<date>.md and .json and prints the table.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -62,20 +63,14 @@ def _thread_kind(name: str) -> str:
 
 
 def package_of(frame: str) -> str:
-    """The package an innermost py-spy frame (``fn (path:line)``) is in."""
+    """The package an innermost py-spy frame (``fn (pkg/module.py:line)``,
+    paths relative to their import root) is in; a module of no package is
+    the standard library's."""
     found = re.search(r"\((.*?):\d+\)$", frame)
     path = found[1] if found else frame
-    for marker in ("site-packages/", "lib/python3"):
-        if marker in path:
-            rest = path.split(marker, 1)[1].lstrip("/")
-            if marker == "lib/python3":
-                return "stdlib"
-            return rest.split("/", 1)[0].removesuffix(".py")
-    if "flask_signalr_kafka" in path:
-        return "flask_signalr_kafka"
-    if "loadtests" in path or "testkit" in path:
+    if path.startswith("/"):  # a script run by path: ours
         return "bench server"
-    return "other"
+    return path.split("/", 1)[0].removesuffix(".py") if "/" in path else "stdlib"
 
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
@@ -86,14 +81,18 @@ def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen:
 
 
 def packages(raw: Path) -> dict[str, float]:
-    """Shares of the samples by the package of their innermost frame (idle
-    samples, a thread waiting, are left out by py-spy's default)."""
+    """Shares of the samples by the package of their innermost frame that is
+    not gevent's (a socket write is charged to the websocket code that made
+    it); stacks of gevent alone are its hub. py-spy leaves out the samples
+    of threads it sees idle."""
     counts: Counter = Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if not stack:
             continue
-        counts[package_of(stack.split(";")[-1])] += int(n)
+        found = [package_of(f) for f in stack.split(";")]
+        mine = [p for p in found if p not in ("gevent", "greenlet")]
+        counts[mine[-1] if mine else "gevent hub"] += int(n)
     total = sum(counts.values()) or 1
     return {k: round(v / total * 100, 1) for k, v in counts.most_common()}
 
@@ -149,7 +148,7 @@ def markdown(report: dict) -> str:
         f"{report['seconds']:g} s.",
         "",
         "| backend | dyno | CPU s per 1,000 deliveries, by thread | Python samples by package "
-        "(innermost frame), % |",
+        "(innermost frame not gevent's; gevent hub: gevent's alone), % |",
         "|---|---|---|---|",
     ]
     for backend, res in report["results"].items():
@@ -168,10 +167,23 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=400, help="emits/s to one sid")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--summarize", metavar="JSON",
+                        help="only rewrite this report's package shares from its run's "
+                             "samples (left in <out>/logs)")
     args = parser.parse_args()
     out_dir = Path(args.out)
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    if args.summarize:
+        path = Path(args.summarize)
+        report = json.loads(path.read_text())
+        for backend, res in report["results"].items():
+            for label, dyno in res["dynos"].items():
+                dyno["python_samples_by_package"] = packages(log_dir / f"spy-{backend}-{label}")
+        path.write_text(json.dumps(report, indent=1))
+        path.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
