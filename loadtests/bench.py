@@ -96,6 +96,17 @@ def settle(reader: Reader, expected: int, quiet: float = 1.5, limit: float = 120
         time.sleep(0.05)
 
 
+def warm_up(backend: str, a: Dyno, reader: Reader, clients: int) -> None:
+    """Until a broadcast from A reaches every reader (the stock managers
+    start listening only at their first client)."""
+    deadline = time.monotonic() + 60
+    while reader.received < clients:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{backend}: A's broadcasts never reached B")
+        a.burst("all", 1)
+        time.sleep(0.3)
+
+
 def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
     a = Dyno(backend, env, log_dir, "A")
     b = Dyno(backend, env, log_dir, "B")
@@ -103,14 +114,7 @@ def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
     # socket.io-client >= 4.6 does once it reconnected.
     reader = Reader("127.0.0.1", b.port, args.clients, announce=backend == "ours-recovery")
     try:
-        # Warm up: until a broadcast from A reaches every reader (the stock
-        # managers start listening only at their first client).
-        deadline = time.monotonic() + 60
-        while reader.received < args.clients:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{backend}: A's broadcasts never reached B")
-            a.burst("all", 1)
-            time.sleep(0.3)
+        warm_up(backend, a, reader, args.clients)
         sid = reader.connections[0].sid
         scenarios = {
             "broadcast": ("all", args.clients),

@@ -25,13 +25,12 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import Dyno, settle, start_redis
+from bench import Dyno, settle, start_redis, warm_up
 
 from flask_signalr_kafka.broker import start_broker
 from testkit.measure import write_report
@@ -101,12 +100,7 @@ def profile(backend: str, env: dict, args, log_dir: Path) -> dict:
     a, b = Dyno(backend, env, log_dir, "A"), Dyno(backend, env, log_dir, "B")
     reader = Reader("127.0.0.1", b.port, args.clients)
     try:
-        deadline = time.monotonic() + 60
-        while reader.received < args.clients:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{backend}: A's broadcasts never reached B")
-            a.burst("all", 1)
-            time.sleep(0.3)
+        warm_up(backend, a, reader, args.clients)
         sid = reader.connections[0].sid
         n = int(args.rate * args.seconds)
         reader.reset()
