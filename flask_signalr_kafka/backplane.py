@@ -36,7 +36,7 @@ from .records import (
     InvocationExt,
 )
 from .recovery import Recovery
-from .recovery import metric_families as recovery_metric_families
+from .recovery_metrics import metric_families as recovery_metric_families
 from .recovery_options import ConnectionStateRecovery, options_from
 from .topics import KafkaTopicConfig
 
@@ -232,6 +232,15 @@ class Backplane:
             return False
         self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
         return True
+
+    def _room_changed(self, sid: str, namespace: str, room: str | None, joined: bool) -> None:
+        """A connection's rooms changed (:class:`.rooms.RoomIndex`): its
+        session changes with them."""
+        if self._recovery is not None:
+            if joined:
+                self._recovery.joined(sid, namespace, room)
+            else:
+                self._recovery.touch(sid, namespace)
 
     def _is_local_anywhere(self, sid: str) -> bool:
         return any(self.is_local(sid, ns) for ns in list(self.rooms))
