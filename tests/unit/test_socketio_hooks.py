@@ -19,6 +19,8 @@ FOLLOWED = {
     base_manager.BaseManager.get_rooms: "56a1017f85af9f91",
     async_manager.AsyncManager.emit: "01ccd5b82b4f955e",
     socketio.AsyncServer._send_eio_packet: "64cf72a2ab7d75b1",
+    socketio.AsyncServer._handle_connect: "c97c480cf777de36",
+    socketio.AsyncServer._handle_disconnect: "c0b32ada5b371230",
 }
 
 
@@ -38,12 +40,16 @@ def test_the_copied_methods_are_unchanged():
 
 
 def test_the_private_attributes_used_exist():
-    server = socketio.Server()
+    for server in (socketio.Server(), socketio.AsyncServer()):
+        for name in ("_handle_connect", "_handle_disconnect", "_send_eio_packet", "_send_packet",
+                     "_trigger_event", "packet_class", "always_connect", "environ", "handlers",
+                     "namespace_handlers", "namespaces"):
+            assert hasattr(server, name), name
+        assert hasattr(server.eio, "ping_interval") and hasattr(server.eio, "ping_timeout")
+    # The async copies are awaited where python-socketio awaits the originals.
     for name in ("_handle_connect", "_handle_disconnect", "_send_eio_packet", "_send_packet",
-                 "_trigger_event", "packet_class", "always_connect", "environ", "handlers",
-                 "namespace_handlers", "namespaces"):
-        assert hasattr(server, name), name
-    assert hasattr(server.eio, "ping_interval") and hasattr(server.eio, "ping_timeout")
+                 "_trigger_event"):
+        assert inspect.iscoroutinefunction(getattr(socketio.AsyncServer, name)), name
 
 
 def test_emit_async_sends_what_async_manager_emit_sends():
