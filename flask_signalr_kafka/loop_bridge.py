@@ -4,7 +4,8 @@ Under an asyncio server the core runs on threads of its own
 (:meth:`.concurrency.Runtime.threads`), so the loop never waits for Kafka.
 What a consumer thread reads reaches the loop through a :class:`LoopInbox`
 (one per topic, drained in order by one task), and what runs on an Ack
-through :func:`run_in_loop`. Blocking calls go the other way, through
+through :func:`run_in_loop`; a thread that needs the loop to do something
+and waits for it uses :func:`call_on_loop`. Blocking calls go the other way, through
 :class:`Blocking`: a small thread pool of the manager's own, shut at close.
 """
 from __future__ import annotations
@@ -102,6 +103,24 @@ def run_in_loop(loop: asyncio.AbstractEventLoop, tasks: set, fn: Callable[..., A
 
     if not loop.is_closed():
         loop.call_soon_threadsafe(call)
+
+
+def call_on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any,
+                 timeout: float) -> Any:
+    """``fn(*args)`` (awaited if it returns an awaitable) on ``loop``, from a
+    thread that is not the loop's: its result.
+
+    :raises RuntimeError: no loop yet.
+    :raises TimeoutError: not done within ``timeout`` seconds (it goes on).
+    """
+    if loop is None:
+        raise RuntimeError("the manager's event loop is not running yet")
+
+    async def settle() -> Any:
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    return asyncio.run_coroutine_threadsafe(settle(), loop).result(timeout)
 
 
 class Blocking:
