@@ -494,11 +494,10 @@ class Recovery:
     def _close_sockets(self, held: list[tuple[str, str]], timeout: float) -> None:
         """Close the sockets side by side, 64 at a time (threads, in threading
         mode): each close waits until what was queued for it is written."""
-        eio = self.host.server.eio
         eio_sids = [e for key in held if (e := self.host.eio_sid_from_sid(*key)) is not None]
         deadline = time.monotonic() + timeout
         for start in range(0, len(eio_sids), 64):
-            tasks = [self.core.runtime.spawn(eio.disconnect, e)
+            tasks = [self.core.runtime.spawn(self.host.close_socket, e)
                      for e in eio_sids[start:start + 64]]
             for task in tasks:
                 task.join(max(0.0, deadline - time.monotonic()))
