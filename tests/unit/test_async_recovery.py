@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import socketio
 from socketio import async_manager, manager
 from test_recovery_state import recovery
+from test_socketio_hooks import recording_async_manager
 
 from flask_signalr_kafka import socketio_hooks
 from flask_signalr_kafka.loop_bridge import Blocking
@@ -53,15 +54,7 @@ def test_emit_steps_async_sends_what_the_sync_emit_sends():
 
     async def async_run():
         sent = []
-        server = socketio.AsyncServer()
-
-        async def send_eio_packet(eio_sid, pkt):
-            sent.append((eio_sid, pkt.encode()))
-
-        server._send_eio_packet = send_eio_packet
-        mgr = async_manager.AsyncManager()
-        mgr.set_server(server)
-        _joined(mgr)
+        mgr = recording_async_manager(sent)
         r = _recovery()
         await socketio_hooks.emit_steps_async(mgr, r, "ev", ("a", b"\x00bin"), "/", "room",
                                               ["s3"], [["send-group", "room", 0, 5]])

@@ -52,6 +52,23 @@ def test_the_private_attributes_used_exist():
         assert inspect.iscoroutinefunction(getattr(socketio.AsyncServer, name)), name
 
 
+def recording_async_manager(sent):
+    """An AsyncManager whose server appends what it writes to ``sent``;
+    s1, s2 and s3 are connected, in "room"."""
+    server = socketio.AsyncServer()
+
+    async def send_eio_packet(eio_sid, pkt):
+        sent.append((eio_sid, pkt.encode()))
+
+    server._send_eio_packet = send_eio_packet
+    mgr = async_manager.AsyncManager()
+    mgr.set_server(server)
+    for sid, eio in (("s1", "e1"), ("s2", "e2"), ("s3", "e3")):
+        mgr.basic_enter_room(sid, "/", None, eio_sid=eio)
+        mgr.basic_enter_room(sid, "/", "room", eio_sid=eio)
+    return mgr
+
+
 def test_emit_async_sends_what_async_manager_emit_sends():
     """The copy sends each recipient the packets python-socketio's own emit
     sends, skipping the same sids, in the same order."""
@@ -59,17 +76,7 @@ def test_emit_async_sends_what_async_manager_emit_sends():
 
     async def run(emit):
         sent = []
-        server = socketio.AsyncServer()
-
-        async def send_eio_packet(eio_sid, pkt):
-            sent.append((eio_sid, pkt.encode()))
-
-        server._send_eio_packet = send_eio_packet
-        mgr = async_manager.AsyncManager()
-        mgr.set_server(server)
-        for sid, eio in (("s1", "e1"), ("s2", "e2"), ("s3", "e3")):
-            mgr.basic_enter_room(sid, "/", None, eio_sid=eio)
-            mgr.basic_enter_room(sid, "/", "room", eio_sid=eio)
+        mgr = recording_async_manager(sent)
         await emit(mgr, "ev", ("a", {"b": [1]}, b"\x00bin"), "/", "room", ["s2"])
         await emit(mgr, "ev", None, "/", None, None)
         return sent
