@@ -38,7 +38,7 @@ from .async_recovery import LoopRecovery
 from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
 from .errors import AckTimeoutError
-from .loop_bridge import Blocking, LoopInbox, run_in_loop
+from .loop_bridge import Blocking, InFlight, LoopInbox, run_in_loop
 from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE, REMOVE, AckExt
 from .rooms import RoomIndex
 
@@ -76,6 +76,8 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._inboxes[topics.GROUP_MGMT] = LoopInbox(self._handle_command, topics.GROUP_MGMT)
         #: Recovery's split between threads and the loop (with recovery on).
         self._loop_recovery: LoopRecovery | None = None
+        #: Records of the send topics read but not yet delivered on the loop.
+        self._in_flight = InFlight()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -119,8 +121,10 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
                 return
             self._connect_core()
             if self.connection_state_recovery is not None:
-                self._loop_recovery = LoopRecovery(self, self.connection_state_recovery,
-                                                   lambda: self._loop, self._request_release)
+                self._loop_recovery = LoopRecovery(
+                    self, self.connection_state_recovery, lambda: self._loop,
+                    self._request_release,
+                    lambda: self._in_flight.behind(self.core.positions(_SENDS)))
                 self._recovery = self._loop_recovery.recovery
                 if self.server is not None:
                     self._loop_recovery.install(self.server)
@@ -349,13 +353,22 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     def _receive_invocation(self, base: str, record: Any) -> None:
         delivery = inbound.delivery_of(base, record, self.server_name)
         if delivery is not None:
-            self._inboxes[base].put((record, delivery, delivery.payload()))
+            item, key = (record, delivery, delivery.payload()), (base, record.partition)
+            self._in_flight.add(key, record.offset)
+            if not self._inboxes[base].put(item):
+                self._in_flight.undo(key)
 
     def _receive_command(self, record: Any) -> None:
         self._inboxes[topics.GROUP_MGMT].put(inbound.command_of(record))
 
     async def _deliver_record(self, base: str, item: tuple) -> None:
-        record, delivery, (event, args) = item
+        try:
+            await self._deliver_one(base, *item)
+        finally:
+            self._in_flight.done((base, item[0].partition))
+
+    async def _deliver_one(self, base: str, record: Any, delivery: Any, payload: tuple) -> None:
+        event, args = payload
         if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
             return  # another server's connection
         callback = None

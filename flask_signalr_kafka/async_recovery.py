@@ -14,7 +14,9 @@ What the loop and the threads share: the rooms are read from the threads
 ``Recovery.replaying`` (the events held back during a replay) is created,
 appended to and removed only on the loop (``begin`` in ``pre_connect``,
 ``replay_steps``, ``forget``); the rest of recovery's bookkeeping is dicts
-and sets changed one key at a time, as in threading mode.
+and sets changed one key at a time, as in threading mode. Recovery's
+positions are those of delivery on the loop, behind the consumers' by the
+records still queued for it (:class:`.loop_bridge.InFlight`).
 """
 from __future__ import annotations
 
@@ -46,6 +48,9 @@ class LoopRecovery:
     :param loop: a callable giving the manager's running loop.
     :param request_release: ``request_release(sid, namespace)`` publishes a
                             release command (from a thread).
+    :param delivered: where delivery on the loop stands on each send
+                      partition (the consumers' positions run ahead of it by
+                      the records still queued for the loop).
     :param workers: threads for the blocking steps: recoveries of a connect
                     storm wait on Kafka side by side, apart from the
                     manager's other blocking calls.
@@ -53,12 +58,13 @@ class LoopRecovery:
 
     def __init__(self, manager: Any, options: ConnectionStateRecovery,
                  loop: Callable[[], asyncio.AbstractEventLoop | None],
-                 request_release: Callable[[str, str], None], workers: int = 8) -> None:
+                 request_release: Callable[[str, str], None],
+                 delivered: Callable[[], dict[tuple[str, int], int]], workers: int = 8) -> None:
         self._manager = manager
         self._loop = loop
         self.request_release = request_release
         self.threads = Blocking(workers)
-        self.recovery = Recovery(manager.core, self, options)
+        self.recovery = Recovery(manager.core, self, options, delivered)
 
     def install(self, server: Any) -> None:
         """Route ``server``'s connect and disconnect through recovery."""

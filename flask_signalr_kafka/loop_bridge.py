@@ -85,6 +85,42 @@ class LoopInbox:
                 pass
 
 
+class InFlight:
+    """Records a consumer thread handed to the loop that the loop has not
+    finished delivering, by partition. A consumer's position counts a record
+    as soon as its thread has read it; where delivery stands is the first
+    record still in flight, if any (connection state recovery's positions).
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[Any, deque[int]] = {}
+
+    def add(self, key: Any, offset: int) -> None:
+        """The consumer thread of ``key`` (base, partition) hands ``offset`` over."""
+        self._offsets.setdefault(key, deque()).append(offset)
+
+    def undo(self, key: Any) -> None:
+        """The last offset added was not handed over after all."""
+        self._offsets[key].pop()
+
+    def done(self, key: Any) -> None:
+        """The loop delivered the oldest offset of ``key``."""
+        self._offsets[key].popleft()
+
+    def behind(self, positions: dict) -> dict:
+        """``positions`` (the consumers'), each lowered to its partition's
+        first offset still in flight."""
+        out = dict(positions)
+        for key, offsets in list(self._offsets.items()):
+            try:
+                first = offsets[0]
+            except IndexError:
+                continue
+            if first < out.get(key, first):
+                out[key] = first
+        return out
+
+
 def run_in_loop(loop: asyncio.AbstractEventLoop, tasks: set, fn: Callable[..., Any],
                 *args: Any) -> None:
     """Run ``fn(*args)`` on ``loop`` (from any thread); a coroutine it returns

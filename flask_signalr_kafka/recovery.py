@@ -23,13 +23,11 @@ from typing import Any, Protocol
 import msgspec
 
 from . import offsets
-from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .core import KafkaCore
 from .errors import MalformedRecord
-from .home_partitions import partitions_of
-from .offsets import Slot
 from .recovery_options import ConnectionStateRecovery
-from .replay import read_missed, step_of
+from .replay import read_missed, slots_of_room, slots_of_session, step_of
 from .sessions import (
     LIVE,
     SAVED,
@@ -96,11 +94,16 @@ class Recovery:
     :param core: the server's Kafka core (positions, publishing, claims).
     :param host: the Socket.IO side: its connections and server.
     :param options: the settings.
+    :param delivered: where delivery stands on each send partition, if it
+                      lags the core's positions (the default).
     """
 
-    def __init__(self, core: KafkaCore, host: ConnectionHost,
-                 options: ConnectionStateRecovery) -> None:
+    def __init__(self, core: KafkaCore, host: ConnectionHost, options: ConnectionStateRecovery,
+                 delivered: Callable[[], dict[tuple[str, int], int]] | None = None) -> None:
         self.core = core
+        #: Where delivery stands, when it lags the core's positions (asyncio:
+        #: records read but still queued for the loop are not delivered yet).
+        self._delivered = delivered
         self.host = host
         self.options = options
         self.owner = core.server_name
@@ -159,11 +162,12 @@ class Recovery:
         if room is None or room == sid or not self.log.has_ref:
             return
         positions = self.positions()
-        self.log.mark({s: positions[s] for s in self._slots_of_room(room) if s in positions})
+        self.log.mark({s: positions[s] for s in slots_of_room(self.core.partition_count, room)
+                       if s in positions})
 
     def positions(self) -> dict[tuple[str, int], int]:
         """This dyno's delivery position on every partition of the send topics."""
-        return self.core.positions(SEND_BASES)
+        return self._delivered() if self._delivered else self.core.positions(SEND_BASES)
 
     def await_readback(self, timeout: float) -> bool:
         """Flush this dyno's records and wait until its consumers have read
@@ -478,6 +482,10 @@ class Recovery:
         self.await_readback(3.0)
         self.stop()
         self.core.stop_consuming(SEND_BASES)
+        deadline = time.monotonic() + 2.0  # what was read is delivered first
+        while self.positions() != self.core.positions(SEND_BASES) and \
+                time.monotonic() < deadline:
+            self.core.runtime.sleep(0.005)
         held = list(self._pids)
         positions = self._position_list()
         now = time.time()
@@ -548,23 +556,7 @@ class Recovery:
 
     def _relevant(self, session: Session) -> set:
         """The (base, partition) slots that can hold a record for the session."""
-        count = self.core.partition_count(SEND_ALL)
-        slots = {(SEND_ALL, p) for p in range(count)}
-        slots.update(self._slots_of(SEND_CONN, session.sid))
-        for room in session.rooms:
-            slots.update(self._slots_of_room(room))
-        return slots
-
-    def _slots_of_room(self, room: str) -> set[Slot]:
-        uid = user_id_of(room)
-        slots = self._slots_of(SEND_GROUP, room)
-        return slots if uid is None else slots | self._slots_of(SEND_USER, uid)
-
-    def _slots_of(self, base: str, key: str) -> set[Slot]:
-        # murmur2 for Java and kafka-python producers, CRC-32 for
-        # librdkafka's (so .NET's) default partitioner.
-        n = self.core.partition_count(base)
-        return {(base, p) for p in partitions_of(key, n)} if n else set()
+        return slots_of_session(self.core.partition_count, session)
 
     def _check_backlog(self, session: Session) -> None:
         start = {(b, p): off for b, p, off in session.positions}

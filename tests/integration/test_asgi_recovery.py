@@ -116,3 +116,14 @@ def test_killed_uvicorn_servers_clients_resume_from_its_checkpoint(new_fleet, js
     _recovered_with_every_event(new_fleet, js, a, b, lambda cid: a.stop(signal.SIGKILL))
     stats = requests.get(b.url + "/stats", timeout=5).json()
     assert stats["recoveries_from_checkpoint"] == 1
+
+
+def test_close_with_recovery_leaves_no_thread_or_task(new_fleet):
+    """close() drains (the client's socket closed, its session saved), then
+    ends recovery's checkpoints, session reads and threads with the rest."""
+    (a,) = servers(new_fleet, "A", **UVICORN)
+    client = new_fleet.client(a)
+    assert client.call("whoami")["recovered"] is False
+    left = requests.post(a.url + "/close", timeout=60).json()
+    assert left == {"threads": [], "tasks": []}
+    assert client.disconnected.wait(10)

@@ -14,7 +14,7 @@ from test_recovery_state import recovery
 from test_socketio_hooks import recording_async_manager
 
 from flask_signalr_kafka import socketio_hooks
-from flask_signalr_kafka.loop_bridge import Blocking
+from flask_signalr_kafka.loop_bridge import Blocking, InFlight
 from flask_signalr_kafka.offsets import parse
 from flask_signalr_kafka.recovery import Restore
 from flask_signalr_kafka.sessions import SAVED, Session
@@ -167,3 +167,22 @@ def test_async_handshake_replays_before_connect_and_waits_for_kafka_off_the_loop
     (thread, saved), = [(t, s) for t, s in saves if s.state == SAVED]
     assert thread is not threading.main_thread()
     assert saved.sid == "old~sid" and saved.rooms == ["room1"]
+
+
+def test_delivery_stands_at_the_first_record_still_queued_for_the_loop():
+    """A consumer's position counts a record once its thread read it; under
+    asyncio the loop delivers it later: recovery's positions (a replay's
+    end, a session's save, a reference point) must not count it before."""
+    flight = InFlight()
+    consumed = {("send-all", 0): 10, ("send-group", 2): 7}
+    assert flight.behind(consumed) == consumed
+    flight.add(("send-all", 0), 8)
+    flight.add(("send-all", 0), 9)
+    flight.add(("send-group", 3), 4)  # a partition no longer read: ignored
+    assert flight.behind(consumed) == {("send-all", 0): 8, ("send-group", 2): 7}
+    flight.done(("send-all", 0))
+    assert flight.behind(consumed)[("send-all", 0)] == 9
+    flight.add(("send-all", 0), 10)
+    flight.undo(("send-all", 0))  # the loop was not there to take it
+    flight.done(("send-all", 0))
+    assert flight.behind(consumed) == consumed
