@@ -362,23 +362,21 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._inboxes[topics.GROUP_MGMT].put(inbound.command_of(record))
 
     async def _deliver_record(self, base: str, item: tuple) -> None:
+        record, delivery, (event, args) = item
         try:
-            await self._deliver_one(base, *item)
+            if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
+                return  # another server's connection
+            callback = None
+            if delivery.callback is not None:
+                callback = partial(self._answer_callback, *delivery.callback)
+            coords = [[base, delivery.key, record.partition, record.offset]] \
+                if self._recovery is not None else []
+            self.metrics.delivered[record.topic] += 1
+            await self._deliver(event, args, delivery.namespace, delivery.room,
+                                inbound.excluded(delivery, self.get_participants), callback,
+                                coords)
         finally:
-            self._in_flight.done((base, item[0].partition))
-
-    async def _deliver_one(self, base: str, record: Any, delivery: Any, payload: tuple) -> None:
-        event, args = payload
-        if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
-            return  # another server's connection
-        callback = None
-        if delivery.callback is not None:
-            callback = partial(self._answer_callback, *delivery.callback)
-        coords = [[base, delivery.key, record.partition, record.offset]] \
-            if self._recovery is not None else []
-        self.metrics.delivered[record.topic] += 1
-        await self._deliver(event, args, delivery.namespace, delivery.room,
-                            inbound.excluded(delivery, self.get_participants), callback, coords)
+            self._in_flight.done((base, record.partition))
 
     async def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
                        callback: Any, coords: list) -> None:

@@ -97,7 +97,10 @@ class InFlight:
 
     def add(self, key: Any, offset: int) -> None:
         """The consumer thread of ``key`` (base, partition) hands ``offset`` over."""
-        self._offsets.setdefault(key, deque()).append(offset)
+        offsets = self._offsets.get(key)
+        if offsets is None:
+            offsets = self._offsets.setdefault(key, deque())
+        offsets.append(offset)
 
     def undo(self, key: Any) -> None:
         """The last offset added was not handed over after all."""
