@@ -10,7 +10,9 @@ the client was recovered with its first sid and got every stream exactly
 once, in order.
 """
 import signal
+import threading
 import time
+from collections import Counter
 
 import pytest
 import requests
@@ -30,6 +32,8 @@ from testkit.node_clients import NodeClients
 pytestmark = pytest.mark.timeout(240)
 
 UVICORN = {"RUNNER": "uvicorn"}
+#: Events per burst (test_recovered_exactly_while_records_queue_for_the_loop).
+BURST = 100
 GEVENT: dict = {}
 
 
@@ -127,3 +131,42 @@ def test_close_with_recovery_leaves_no_thread_or_task(new_fleet):
     left = requests.post(a.url + "/close", timeout=60).json()
     assert left == {"threads": [], "tasks": []}
     assert client.disconnected.wait(10)
+
+
+def test_recovered_exactly_while_records_queue_for_the_loop(new_fleet, js):
+    """Bursts to the client's room while it comes back to a uvicorn server:
+    records that server's consumer has read but its loop has not delivered
+    yet are past the replay's end (they reach the connection live), so none
+    comes twice and none is lost."""
+    a, b = servers(new_fleet, "A", "B", **UVICORN)
+    (c,) = servers(new_fleet, "C")  # gevent: a burst is emitted without waiting
+    cid, _ = add_client(js, [a, b], announce=True)
+    sender, tags, done = new_fleet.client(c), [], threading.Event()
+
+    def bursts():
+        while not done.is_set():
+            tag = f"b{len(tags)}"
+            sender.call("burst", {"n": BURST, "tag": tag, "room": f"r-{cid}"})
+            tags.append(tag)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=bursts, daemon=True)
+    thread.start()
+    time.sleep(1)
+    js.drop("cut", ids=[cid])
+    wait_until(lambda: len(received(js, cid)[0]["connectLog"]) >= 2, 40, 0.2, "a reconnect")
+    time.sleep(2)
+    done.set()
+    thread.join(10)
+    expected = {(tag, i) for tag in tags for i in range(BURST)}
+
+    def counts():
+        client, _ = received(js, cid)
+        return client, Counter(tuple(args[0]) for _, event, args, _ in client["eventLog"]
+                               if event == "burst")
+
+    wait_until(lambda: set(counts()[1]) >= expected, 30, 0.5, "every burst delivered")
+    client, got = counts()
+    assert_recovered(client)
+    assert not [k for k, n in got.items() if n > 1], "delivered twice"
+    assert set(got) == expected
