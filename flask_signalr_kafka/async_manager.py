@@ -366,12 +366,7 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         try:
             if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
                 return  # another server's connection
-            callback = None
-            if delivery.callback is not None:
-                callback = partial(self._answer_callback, *delivery.callback)
-            coords = [[base, delivery.key, record.partition, record.offset]] \
-                if self._recovery is not None else []
-            self.metrics.delivered[record.topic] += 1
+            callback, coords = self._consumed(base, record, delivery)
             await self._deliver(event, args, delivery.namespace, delivery.room,
                                 inbound.excluded(delivery, self.get_participants), callback,
                                 coords)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from bidict import ValueDuplicationError
@@ -315,6 +316,18 @@ class Backplane:
         return out
 
     # -- records we read ---------------------------------------------------------
+
+    def _consumed(self, base: str, record: Any, delivery: Any) -> tuple[Any, list]:
+        """A consumed record about to be delivered here, counted: the callback
+        that sends a client's answer back (``None``: nobody asked), and the
+        record's coordinates for recovery's delivery step."""
+        callback = None
+        if delivery.callback is not None:
+            callback = partial(self._answer_callback, *delivery.callback)
+        coords = [[base, delivery.key, record.partition, record.offset]] \
+            if self._recovery is not None else []
+        self.metrics.delivered[record.topic] += 1
+        return callback, coords
 
     def _handle_ack(self, record: Any) -> None:
         """An Ack for this server: run what waits for it (in the consumer's

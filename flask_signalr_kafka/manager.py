@@ -277,12 +277,7 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
         if delivery is None or (delivery.to_conn
                                 and not self.is_local(delivery.room, delivery.namespace)):
             return  # emitted here (delivered then), or for another server's connection
-        callback = None
-        if delivery.callback is not None:
-            callback = partial(self._answer_callback, *delivery.callback)
-        coords = [[base, delivery.key, record.partition, record.offset]] \
-            if self._recovery is not None else []
-        self.metrics.delivered[record.topic] += 1
+        callback, coords = self._consumed(base, record, delivery)
         event, args = delivery.payload()
         self._deliver(event, args, delivery.namespace, delivery.room,
                       inbound.excluded(delivery, self.get_participants), callback, coords)
