@@ -15,6 +15,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .loop_bridge import call_on_loop
+
 #: Seconds a fleet thread waits for the loop to run a room read or change.
 LOOP_WAIT = 30.0
 
@@ -39,10 +41,7 @@ class LoopHost:
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)`` (awaited if it is a coroutine) on the loop, from a
         thread that is not the loop's; its result."""
-        loop = self._loop()
-        if loop is None:
-            raise RuntimeError("the manager's event loop is not running yet")
-        return asyncio.run_coroutine_threadsafe(_settle(fn, *args), loop).result(LOOP_WAIT)
+        return call_on_loop(self._loop(), fn, *args, timeout=LOOP_WAIT)
 
     def get_participants(self, namespace: str, room: Any) -> Iterable[tuple[str, Any]]:
         return self.run(lambda: list(self._manager.get_participants(namespace, room)))

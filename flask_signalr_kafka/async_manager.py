@@ -15,7 +15,9 @@ client, with figures):
   the producer's own thread; a topic's first send (which may wait for its
   metadata), and every send with ``await_produce``, runs in a thread;
 - the blocking calls (startup, ``wait_ready``, ``close``) run in threads
-  the manager owns and awaits.
+  the manager owns and awaits;
+- connection state recovery (:mod:`.async_recovery`) decides and saves in
+  threads of its own and writes to the sockets on the loop.
 """
 from __future__ import annotations
 
@@ -28,15 +30,16 @@ from typing import Any
 from kafka.errors import KafkaTimeoutError
 from socketio import AsyncManager
 
-from . import inbound, records, socketio_hooks, topics
+from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .arguments import sid_list
 from .async_fleet import AsyncFleetCalls, LoopHost
-from .backplane import ACK, DISCONNECT, Backplane
+from .async_recovery import LoopRecovery
+from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
 from .errors import AckTimeoutError
-from .loop_bridge import Blocking, LoopInbox, run_in_loop
-from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, REMOVE, AckExt
+from .loop_bridge import Blocking, InFlight, LoopInbox, run_in_loop
+from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE, REMOVE, AckExt
 from .rooms import RoomIndex
 
 _SENDS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
@@ -45,11 +48,12 @@ _SENDS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     """A python-socketio client manager for ``socketio.AsyncServer`` that
     uses Kafka as its backplane. Its arguments are
-    :class:`.backplane.Backplane`'s (those of :class:`.KafkaManager`);
-    ``connection_state_recovery`` is not available on it yet.
+    :class:`.backplane.Backplane`'s (those of :class:`.KafkaManager`),
+    ``connection_state_recovery`` included.
 
     Its blocking methods are coroutines: ``await mgr.wait_ready(timeout)``,
-    ``await mgr.close()``; a write-only emitter uses ``await mgr.emit(...)``.
+    ``await mgr.close()``, ``await mgr.drain()``; a write-only emitter uses
+    ``await mgr.emit(...)``.
     The core starts when the server is constructed (then, outside a running
     loop, a broker that cannot be reached raises at once) or, on a running
     loop, in a thread that the first coroutine to need it awaits.
@@ -59,10 +63,6 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if self.connection_state_recovery is not None:
-            raise ValueError("connection_state_recovery is not available on AsyncKafkaManager "
-                             "yet: turn it off, or serve with KafkaManager (gevent or "
-                             "threading) for recovery")
         self._runtime = Runtime.threads("asyncio")
         self._blocking = Blocking()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,6 +74,10 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._inboxes = {base: LoopInbox(partial(self._deliver_record, base), base)
                          for base in _SENDS}
         self._inboxes[topics.GROUP_MGMT] = LoopInbox(self._handle_command, topics.GROUP_MGMT)
+        #: Recovery's split between threads and the loop (with recovery on).
+        self._loop_recovery: LoopRecovery | None = None
+        #: Records of the send topics read but not yet delivered on the loop.
+        self._in_flight = InFlight()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -99,6 +103,9 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             self._loop = loop or asyncio.get_running_loop()
             for inbox in self._inboxes.values():
                 inbox.bind(self._loop)
+            if self.connection_state_recovery is not None:
+                # The web server's SIGTERM handler is in place by now.
+                shutdown.drain_first(self._loop, self.drain)
 
     async def _ensure_started(self) -> None:
         if self._started:
@@ -113,6 +120,14 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             if self._started:
                 return
             self._connect_core()
+            if self.connection_state_recovery is not None:
+                self._loop_recovery = LoopRecovery(
+                    self, self.connection_state_recovery, lambda: self._loop,
+                    self._request_release,
+                    lambda: self._in_flight.behind(self.core.positions(_SENDS)))
+                self._recovery = self._loop_recovery.recovery
+                if self.server is not None:
+                    self._loop_recovery.install(self.server)
             if not self.write_only:
                 self.core.consume({
                     topics.ACK: self._handle_ack,
@@ -120,6 +135,8 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
                     **{base: partial(self._receive_invocation, base) for base in _SENDS},
                 })
                 self.fleet.start()
+            if self._recovery is not None:
+                self._recovery.start()
             self._started = True
 
     def _fleet_host(self) -> LoopHost:
@@ -139,8 +156,9 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         return await self._blocking.call(self.core.wait_ready, remaining)
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Send what is queued, stop consuming, close every Kafka client, and
-        end every task and thread of this manager. A coroutine."""
+        """Send what is queued, hand the clients over (with recovery on:
+        :meth:`drain`), stop consuming, close every Kafka client, and end
+        every task and thread of this manager. A coroutine."""
         if self._closing:
             return
         self._closing = True
@@ -150,6 +168,10 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             except Exception:
                 pass  # nothing started: nothing to stop but what follows
         try:
+            try:
+                await self.drain(timeout)
+            except Exception:
+                self._log().exception("could not drain; the sessions are saved at close")
             await self._blocking.call(self._shut, timeout)
         finally:
             for inbox in self._inboxes.values():
@@ -157,6 +179,18 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             for task in list(self._tasks):
                 task.cancel()
             self._blocking.shutdown()
+            if self._loop_recovery is not None:
+                self._loop_recovery.shutdown()
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Hand every connection of this server to the rest of the fleet
+        (connection state recovery): save each session and close its
+        socket, so that its client reconnects elsewhere and is recovered.
+        SIGTERM calls it under uvicorn, before uvicorn cuts the sockets,
+        and :meth:`close` does; a no-op without recovery. A coroutine."""
+        if self._loop_recovery is None or self.core.closed or self.server is None:
+            return
+        await self._loop_recovery.drain(timeout)
 
     # -- connections ---------------------------------------------------------
 
@@ -165,9 +199,21 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         recognises as a connection id (see :mod:`.addressing`)."""
         self._bind()
         await self._ensure_started()
-        sid = self.core.new_sid(self.server.eio.generate_id)
+        recovery = self._recovery
+        restore = recovery and recovery.take_pending(eio_sid, namespace)
+        if restore:
+            sid = restore.session.sid
+            await self._loop_recovery.claim(sid)
+        else:
+            sid = self.core.new_sid(self.server.eio.generate_id)
         if not self._register_sid(sid, namespace, eio_sid):
             return None  # already connected
+        if restore:
+            # On the loop, with no await from here to the rooms: live events
+            # for it are held back from now on (Recovery.replaying).
+            recovery.begin(sid, namespace, restore.session)
+            for room in restore.session.rooms:
+                self.basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
         self.pending_connect.setdefault(namespace, []).append(sid)
         return sid
 
@@ -221,6 +267,11 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             raise AckTimeoutError(
                 f"{what} was not published within {self.ack_timeout:g} s: {exc}") from exc
 
+    def _request_release(self, sid: str, namespace: str) -> None:
+        """Ask the server that holds ``sid`` to let it go and save its
+        session (from recovery's threads: a publish may wait there)."""
+        self.core.publish(topics.GROUP_MGMT, sid, self._command(OP_RELEASE, "", sid, namespace))
+
     async def _publish_command(self, op: int, group: str, sid: str, namespace: str) -> None:
         self._bind()
         await self._ensure_started()
@@ -248,22 +299,39 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             await self._ensure_started()
         targets = list(dict.fromkeys(target)) if isinstance(target, (list, tuple)) else [target]
         skip_sid = sid_list(skip_sid)
-        published = [i for i, one in enumerate(targets) if not self.is_local(one, namespace)]
+        recovery = self._recovery
+        # With recovery on, a local connection's events go to Kafka too, to
+        # be replayed from there (see KafkaManager.emit).
+        published = [i for i, one in enumerate(targets) if not (
+            self.is_local(one, namespace) and (recovery is None or callback is not None))]
         frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
-        here = self.rooms.get(namespace, {})
-        if self.server is not None and any(t is None or t in here for t in targets):
-            # This server's clients at once, each once (see KafkaManager.emit);
-            # skipped when none is here: python-socketio would encode for nobody.
-            await self._deliver(event, data, namespace,
-                                targets if len(targets) > 1 else target, skip_sid, callback)
-        callback_id = 0
-        if callback is not None and published:
-            callback_id = self.core.acks.register(
-                lambda args: run_in_loop(self._loop, self._tasks, callback, *args),
-                self.callback_timeout)
-        for base, key, value in self._emit_records(frames, namespace, targets, published,
-                                                   skip_sid, callback_id):
-            await self._publish(base, key, value)
+        # Counted before the local delivery, whose step records it.
+        emit_seq = recovery.log.next_emit() if recovery is not None else 0
+        coords: list = []
+        try:
+            here = self.rooms.get(namespace, {})
+            if self.server is not None and any(t is None or t in here for t in targets):
+                # This server's clients at once, each once (see KafkaManager.emit);
+                # skipped when none is here: python-socketio would encode for nobody.
+                await self._deliver(event, data, namespace,
+                                    targets if len(targets) > 1 else target, skip_sid, callback,
+                                    coords)
+            callback_id = 0
+            if callback is not None and published:
+                callback_id = self.core.acks.register(
+                    lambda args: run_in_loop(self._loop, self._tasks, callback, *args),
+                    self.callback_timeout)
+            for base, key, value in self._emit_records(frames, namespace, targets, published,
+                                                       skip_sid, callback_id, emit_seq,
+                                                       local_to_conn=recovery is not None):
+                future = await self._publish(base, key, value)
+                if recovery is not None:
+                    recovery.log.track(future, coords, base, key)
+        finally:
+            if recovery is not None:
+                # A replay waits for the emits counted before its recovery
+                # began to reach the producer (a first send may be in a thread).
+                recovery.log.emit_done(emit_seq)
 
     async def _publish(self, base: str, key: str | None, value: bytes,
                        timeout: float | None = None) -> Any:
@@ -285,36 +353,46 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     def _receive_invocation(self, base: str, record: Any) -> None:
         delivery = inbound.delivery_of(base, record, self.server_name)
         if delivery is not None:
-            self._inboxes[base].put((record.topic, delivery, delivery.payload()))
+            item, key = (record, delivery, delivery.payload()), (base, record.partition)
+            self._in_flight.add(key, record.offset)
+            if not self._inboxes[base].put(item):
+                self._in_flight.undo(key)
 
     def _receive_command(self, record: Any) -> None:
         self._inboxes[topics.GROUP_MGMT].put(inbound.command_of(record))
 
     async def _deliver_record(self, base: str, item: tuple) -> None:
-        topic, delivery, (event, args) = item
-        if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
-            return  # another server's connection
-        callback = None
-        if delivery.callback is not None:
-            callback = partial(self._answer_callback, *delivery.callback)
-        self.metrics.delivered[topic] += 1
-        await self._deliver(event, args, delivery.namespace, delivery.room,
-                            inbound.excluded(delivery, self.get_participants), callback)
+        record, delivery, (event, args) = item
+        try:
+            if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
+                return  # another server's connection
+            callback, coords = self._consumed(base, record, delivery)
+            await self._deliver(event, args, delivery.namespace, delivery.room,
+                                inbound.excluded(delivery, self.get_participants), callback,
+                                coords)
+        finally:
+            self._in_flight.done((base, record.partition))
 
     async def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
-                       callback: Any) -> None:
+                       callback: Any, coords: list) -> None:
         """Send to this server's clients: python-socketio's own emit for a
-        callback, else its copy that spawns no task per recipient."""
-        if callback is None:
-            await socketio_hooks.emit_async(self, event, data, namespace, room, skip_sid)
-        else:
+        callback, else its copy that spawns no task per recipient (with
+        recovery on: one delivery step, with offsets)."""
+        if callback is not None:
             await AsyncManager.emit(self, event, data, namespace, room=room, skip_sid=skip_sid,
                                     callback=callback)
+        elif self._recovery is None:
+            await socketio_hooks.emit_async(self, event, data, namespace, room, skip_sid)
+        else:
+            await socketio_hooks.emit_steps_async(self, self._recovery, event, data, namespace,
+                                                  room, skip_sid, coords)
 
     async def _handle_command(self, command: Any) -> None:
         todo = self._apply_group_command(command)
         if todo == DISCONNECT:
             await self.server.disconnect(command.connection_id, namespace=command.namespace,
                                          ignore_queue=True)
+        elif todo == RELEASE and self._loop_recovery is not None:
+            await self._loop_recovery.release(command.connection_id, command.namespace)
         elif todo == ACK:
             await self._publish(topics.ACK, command.server_name, self._ack_of(command))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from bidict import ValueDuplicationError
@@ -36,7 +37,7 @@ from .records import (
     InvocationExt,
 )
 from .recovery import Recovery
-from .recovery import metric_families as recovery_metric_families
+from .recovery_metrics import metric_families as recovery_metric_families
 from .recovery_options import ConnectionStateRecovery, options_from
 from .topics import KafkaTopicConfig
 
@@ -233,6 +234,15 @@ class Backplane:
         self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
         return True
 
+    def _room_changed(self, sid: str, namespace: str, room: str | None, joined: bool) -> None:
+        """A connection's rooms changed (:class:`.rooms.RoomIndex`): its
+        session changes with them."""
+        if self._recovery is not None:
+            if joined:
+                self._recovery.joined(sid, namespace, room)
+            else:
+                self._recovery.touch(sid, namespace)
+
     def _is_local_anywhere(self, sid: str) -> bool:
         return any(self.is_local(sid, ns) for ns in list(self.rooms))
 
@@ -306,6 +316,18 @@ class Backplane:
         return out
 
     # -- records we read ---------------------------------------------------------
+
+    def _consumed(self, base: str, record: Any, delivery: Any) -> tuple[Any, list]:
+        """A consumed record about to be delivered here, counted: the callback
+        that sends a client's answer back (``None``: nobody asked), and the
+        record's coordinates for recovery's delivery step."""
+        callback = None
+        if delivery.callback is not None:
+            callback = partial(self._answer_callback, *delivery.callback)
+        coords = [[base, delivery.key, record.partition, record.offset]] \
+            if self._recovery is not None else []
+        self.metrics.delivered[record.topic] += 1
+        return callback, coords
 
     def _handle_ack(self, record: Any) -> None:
         """An Ack for this server: run what waits for it (in the consumer's

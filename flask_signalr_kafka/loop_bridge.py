@@ -4,7 +4,8 @@ Under an asyncio server the core runs on threads of its own
 (:meth:`.concurrency.Runtime.threads`), so the loop never waits for Kafka.
 What a consumer thread reads reaches the loop through a :class:`LoopInbox`
 (one per topic, drained in order by one task), and what runs on an Ack
-through :func:`run_in_loop`. Blocking calls go the other way, through
+through :func:`run_in_loop`; a thread that needs the loop to do something
+and waits for it uses :func:`call_on_loop`. Blocking calls go the other way, through
 :class:`Blocking`: a small thread pool of the manager's own, shut at close.
 """
 from __future__ import annotations
@@ -84,6 +85,45 @@ class LoopInbox:
                 pass
 
 
+class InFlight:
+    """Records a consumer thread handed to the loop that the loop has not
+    finished delivering, by partition. A consumer's position counts a record
+    as soon as its thread has read it; where delivery stands is the first
+    record still in flight, if any (connection state recovery's positions).
+    """
+
+    def __init__(self) -> None:
+        self._offsets: dict[Any, deque[int]] = {}
+
+    def add(self, key: Any, offset: int) -> None:
+        """The consumer thread of ``key`` (base, partition) hands ``offset`` over."""
+        offsets = self._offsets.get(key)
+        if offsets is None:
+            offsets = self._offsets.setdefault(key, deque())
+        offsets.append(offset)
+
+    def undo(self, key: Any) -> None:
+        """The last offset added was not handed over after all."""
+        self._offsets[key].pop()
+
+    def done(self, key: Any) -> None:
+        """The loop delivered the oldest offset of ``key``."""
+        self._offsets[key].popleft()
+
+    def behind(self, positions: dict) -> dict:
+        """``positions`` (the consumers'), each lowered to its partition's
+        first offset still in flight."""
+        out = dict(positions)
+        for key, offsets in list(self._offsets.items()):
+            try:
+                first = offsets[0]
+            except IndexError:
+                continue
+            if first < out.get(key, first):
+                out[key] = first
+        return out
+
+
 def run_in_loop(loop: asyncio.AbstractEventLoop, tasks: set, fn: Callable[..., Any],
                 *args: Any) -> None:
     """Run ``fn(*args)`` on ``loop`` (from any thread); a coroutine it returns
@@ -102,6 +142,24 @@ def run_in_loop(loop: asyncio.AbstractEventLoop, tasks: set, fn: Callable[..., A
 
     if not loop.is_closed():
         loop.call_soon_threadsafe(call)
+
+
+def call_on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any,
+                 timeout: float) -> Any:
+    """``fn(*args)`` (awaited if it returns an awaitable) on ``loop``, from a
+    thread that is not the loop's: its result.
+
+    :raises RuntimeError: no loop yet.
+    :raises TimeoutError: not done within ``timeout`` seconds (it goes on).
+    """
+    if loop is None:
+        raise RuntimeError("the manager's event loop is not running yet")
+
+    async def settle() -> Any:
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
+
+    return asyncio.run_coroutine_threadsafe(settle(), loop).result(timeout)
 
 
 class Blocking:

@@ -193,19 +193,16 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
         (its client came back here); the saved session is the answer."""
         self._publish_command(OP_RELEASE, "", sid, namespace, key=sid)
 
+    def close_socket(self, eio_sid: str) -> None:
+        """Close an Engine.IO socket of this server (recovery let it go)."""
+        self.server.eio.disconnect(eio_sid)
+
     def _publish_command(self, op: int, group: str, sid: str, namespace: str,
                          key: str | None = None) -> None:
         """Publish a close-room, disconnect or release command."""
         self._start()
         self.core.publish(topics.GROUP_MGMT, group if key is None else key,
                           self._command(op, group, sid, namespace))
-
-    def _room_changed(self, sid: str, namespace: str, room: str | None, joined: bool) -> None:
-        if self._recovery is not None:
-            if joined:
-                self._recovery.joined(sid, namespace, room)
-            else:
-                self._recovery.touch(sid, namespace)
 
     # -- emitting --------------------------------------------------------------
 
@@ -280,12 +277,7 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
         if delivery is None or (delivery.to_conn
                                 and not self.is_local(delivery.room, delivery.namespace)):
             return  # emitted here (delivered then), or for another server's connection
-        callback = None
-        if delivery.callback is not None:
-            callback = partial(self._answer_callback, *delivery.callback)
-        coords = [[base, delivery.key, record.partition, record.offset]] \
-            if self._recovery is not None else []
-        self.metrics.delivered[record.topic] += 1
+        callback, coords = self._consumed(base, record, delivery)
         event, args = delivery.payload()
         self._deliver(event, args, delivery.namespace, delivery.room,
                       inbound.excluded(delivery, self.get_participants), callback, coords)

@@ -16,20 +16,18 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
 from . import offsets
-from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, user_id_of
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .core import KafkaCore
 from .errors import MalformedRecord
-from .home_partitions import partitions_of
-from .offsets import Slot
 from .recovery_options import ConnectionStateRecovery
-from .replay import read_missed, step_of
+from .replay import read_missed, slots_of_room, slots_of_session, step_of
 from .sessions import (
     LIVE,
     SAVED,
@@ -41,7 +39,6 @@ from .sessions import (
     SessionStore,
     home_of_tag,
 )
-from .stats import COUNTER, GAUGE, Family
 from .steps import DROP_WINDOW, DeliveryLog, latest_each
 from .topics import SESSIONS
 
@@ -59,6 +56,9 @@ class ConnectionHost(Protocol):
 
     def request_release(self, sid: str, namespace: str) -> None: ...
 
+    def close_socket(self, eio_sid: str) -> None:
+        """Close an Engine.IO socket here; return once closed (may block)."""
+
 logger = logging.getLogger(__name__)
 
 SEND_BASES = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
@@ -69,48 +69,6 @@ RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
 _REF_EVERY = 1.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
-
-
-def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
-    """Recovery's figures for ``mgr.stats()`` and Prometheus."""
-
-    def counter(key: str) -> Callable[[], int]:
-        return lambda: (r := recovery_of()) and r.stats[key] or 0
-
-    def failed() -> dict:
-        r = recovery_of()
-        return {} if r is None else {
-            (k.split(":", 1)[1],): v for k, v in r.stats.items() if k.startswith("failed:")
-        }
-
-    def held() -> dict:
-        r = recovery_of()
-        if r is None:
-            return {("live",): 0, ("read",): 0}
-        return {("live",): len(r._pids), ("read",): r.store.reader.held()}
-
-    return [
-        Family("recoveries_attempted", COUNTER,
-               "Reconnects that asked for connection state recovery.", (), counter("attempted")),
-        Family("recoveries_succeeded", COUNTER, "Connections recovered.", (),
-               counter("succeeded")),
-        Family("recoveries_failed", COUNTER,
-               "Recoveries refused (the client got a new connection), by reason.",
-               ("reason",), failed),
-        Family("recoveries_from_checkpoint", COUNTER,
-               "Recoveries of clients whose dyno died (from its last checkpoint).", (),
-               counter("from-checkpoint")),
-        Family("recovery_replayed_events", COUNTER, "Missed events sent to recovered clients.",
-               (), counter("replayed")),
-        Family("sessions_saved", COUNTER, "Sessions this dyno saved at a drop or shutdown.", (),
-               counter("saved")),
-        Family("sessions_records_read", COUNTER,
-               "Records this dyno read from the sessions topic for reconnecting clients.",
-               (), lambda: (r := recovery_of()) and r.store.reader.records_read or 0),
-        Family("sessions_held", GAUGE,
-               "Sessions of this dyno's live connections, and those it read for "
-               "reconnecting clients.", ("state",), held),
-    ]
 
 
 class RecoveryFailed(Exception):
@@ -136,11 +94,16 @@ class Recovery:
     :param core: the server's Kafka core (positions, publishing, claims).
     :param host: the Socket.IO side: its connections and server.
     :param options: the settings.
+    :param delivered: where delivery stands on each send partition, if it
+                      lags the core's positions (the default).
     """
 
-    def __init__(self, core: KafkaCore, host: ConnectionHost,
-                 options: ConnectionStateRecovery) -> None:
+    def __init__(self, core: KafkaCore, host: ConnectionHost, options: ConnectionStateRecovery,
+                 delivered: Callable[[], dict[tuple[str, int], int]] | None = None) -> None:
         self.core = core
+        #: Where delivery stands, when it lags the core's positions (asyncio:
+        #: records read but still queued for the loop are not delivered yet).
+        self._delivered = delivered
         self.host = host
         self.options = options
         self.owner = core.server_name
@@ -199,11 +162,12 @@ class Recovery:
         if room is None or room == sid or not self.log.has_ref:
             return
         positions = self.positions()
-        self.log.mark({s: positions[s] for s in self._slots_of_room(room) if s in positions})
+        self.log.mark({s: positions[s] for s in slots_of_room(self.core.partition_count, room)
+                       if s in positions})
 
     def positions(self) -> dict[tuple[str, int], int]:
         """This dyno's delivery position on every partition of the send topics."""
-        return self.core.positions(SEND_BASES)
+        return self._delivered() if self._delivered else self.core.positions(SEND_BASES)
 
     def await_readback(self, timeout: float) -> bool:
         """Flush this dyno's records and wait until its consumers have read
@@ -415,9 +379,13 @@ class Recovery:
             self.store.taken_from(pid, previous)
             self._write_live(key)
 
-
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (sid, namespace) in self._recovered
+
+    @property
+    def live_sessions(self) -> int:
+        """How many connections of this dyno have a session."""
+        return len(self._pids)
 
     def new_pid(self) -> str:
         return self.store.new_pid()
@@ -432,6 +400,15 @@ class Recovery:
     def on_disconnect(self, sid: str, namespace: str, reason: str | None) -> None:
         """Before python-socketio forgets the connection: save its session
         if the client may come back, else delete it."""
+        left = self.forget(sid, namespace, reason)
+        if left is not None:
+            left()
+
+    def forget(self, sid: str, namespace: str,
+               reason: str | None) -> Callable[[], None] | None:
+        """:meth:`on_disconnect` in two halves: the connection is forgotten
+        now (never blocking); what is left (saving or deleting its session:
+        it waits for Kafka) is returned, to call where blocking is allowed."""
         key = (sid, namespace)
         pid = self._pids.pop(key, None)
         self._taken.pop(key, None)
@@ -441,18 +418,21 @@ class Recovery:
         self._recovered.discard(key)
         self._dirty.discard(key)
         if pid is None:
-            return
+            return None
         if key in self._released:
             self._released.discard(key)
-            return
-        if reason in RECOVERABLE:
-            eio = self.host.server.eio
-            window = (DROP_WINDOW if reason != "ping timeout"
-                      else eio.ping_interval + eio.ping_timeout + 2)
+            return None
+        if reason not in RECOVERABLE:
+            return lambda: self.store.delete(pid)
+        eio = self.host.server.eio
+        window = (DROP_WINDOW if reason != "ping timeout"
+                  else eio.ping_interval + eio.ping_timeout + 2)
+
+        def save() -> None:
             self._save(pid, sid, namespace, window)
             self.store.let_go(pid)
-        else:
-            self.store.delete(pid)
+
+        return save
 
     def release(self, sid: str, namespace: str) -> Session | None:
         """Let a connection go because its client is back elsewhere: save its
@@ -468,7 +448,7 @@ class Recovery:
         logger.info("released %s: its client is back on another connection", sid)
         eio_sid = self.host.eio_sid_from_sid(sid, namespace)
         if eio_sid is not None:
-            self.host.server.eio.disconnect(eio_sid)
+            self.host.close_socket(eio_sid)
         return saved
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
@@ -488,12 +468,24 @@ class Recovery:
         cleanly, so that its client reconnects to another dyno at once and
         is recovered there exactly: a clean close sends what was written
         before it, so the sessions need no window. Once is enough."""
+        held = self.hand_over()
+        if held is not None:
+            self._close_sockets(held, timeout)
+            logger.info("drained: %d connections saved and closed", len(held))
+
+    def hand_over(self) -> list[tuple[str, str]] | None:
+        """:meth:`drain` but closing the sockets (blocking): stop delivering,
+        save every session; the (sid, namespace) to close, ``None`` if done."""
         if self.draining:
-            return
+            return None
         self.draining = True
         self.await_readback(3.0)
         self.stop()
         self.core.stop_consuming(SEND_BASES)
+        deadline = time.monotonic() + 2.0  # what was read is delivered first
+        while self.positions() != self.core.positions(SEND_BASES) and \
+                time.monotonic() < deadline:
+            self.core.runtime.sleep(0.005)
         held = list(self._pids)
         positions = self._position_list()
         now = time.time()
@@ -505,17 +497,15 @@ class Recovery:
             self.stats["saved"] += 1
             self.store.let_go(pid)
         self._pids.clear()
-        self._close_sockets(held, timeout)
-        logger.info("drained: %d connections saved and closed", len(held))
+        return held
 
     def _close_sockets(self, held: list[tuple[str, str]], timeout: float) -> None:
         """Close the sockets side by side, 64 at a time (threads, in threading
         mode): each close waits until what was queued for it is written."""
-        eio = self.host.server.eio
         eio_sids = [e for key in held if (e := self.host.eio_sid_from_sid(*key)) is not None]
         deadline = time.monotonic() + timeout
         for start in range(0, len(eio_sids), 64):
-            tasks = [self.core.runtime.spawn(eio.disconnect, e)
+            tasks = [self.core.runtime.spawn(self.host.close_socket, e)
                      for e in eio_sids[start:start + 64]]
             for task in tasks:
                 task.join(max(0.0, deadline - time.monotonic()))
@@ -566,23 +556,7 @@ class Recovery:
 
     def _relevant(self, session: Session) -> set:
         """The (base, partition) slots that can hold a record for the session."""
-        count = self.core.partition_count(SEND_ALL)
-        slots = {(SEND_ALL, p) for p in range(count)}
-        slots.update(self._slots_of(SEND_CONN, session.sid))
-        for room in session.rooms:
-            slots.update(self._slots_of_room(room))
-        return slots
-
-    def _slots_of_room(self, room: str) -> set[Slot]:
-        uid = user_id_of(room)
-        slots = self._slots_of(SEND_GROUP, room)
-        return slots if uid is None else slots | self._slots_of(SEND_USER, uid)
-
-    def _slots_of(self, base: str, key: str) -> set[Slot]:
-        # murmur2 for Java and kafka-python producers, CRC-32 for
-        # librdkafka's (so .NET's) default partitioner.
-        n = self.core.partition_count(base)
-        return {(base, p) for p in partitions_of(key, n)} if n else set()
+        return slots_of_session(self.core.partition_count, session)
 
     def _check_backlog(self, session: Session) -> None:
         start = {(b, p): off for b, p, off in session.positions}
@@ -598,20 +572,36 @@ class Recovery:
         """Send a recovered connection what it missed, then what arrived
         meanwhile, then make it live here; ``send(eio_sid, namespace, event,
         args, offset)`` writes one event."""
-        session = restore.session
         try:
-            missed = self._read_missed(session, restore.offset)
+            missed = self.read_missed(restore)
         except Exception:
-            self.stats["failed:replay"] += 1
             self.replaying.pop(sid, None)
             raise
+        for event, args, offset in self.replay_steps(restore, sid, missed):
+            send(eio_sid, restore.session.namespace, event, args, offset)
+
+    def read_missed(self, restore: Restore) -> list:
+        """The reading half of :meth:`replay` (blocking: it reads Kafka):
+        the events the connection missed, for :meth:`replay_steps`."""
+        try:
+            return self._read_missed(restore.session, restore.offset)
+        except Exception:
+            self.stats["failed:replay"] += 1
+            raise
+
+    def replay_steps(self, restore: Restore, sid: str,
+                     missed: list) -> Iterator[tuple[str, list, str]]:
+        """The sending half of :meth:`replay` (never blocking): each ``(event,
+        args, offset)`` to write, the missed events then those held back
+        meanwhile; after the last the connection is live. Run it where live
+        deliveries run (the loop under asyncio): none slips in between."""
         logger.debug("replaying %d events to %s", len(missed), sid)
         for coords, event, args in missed:
-            send(eio_sid, session.namespace, event, args, self.log.step(coords, only=sid))
+            yield event, args, self.log.step(coords, only=sid)
         buffered = self.replaying.get(sid, [])
         while buffered:
             event, args, coords = buffered.pop(0)
-            send(eio_sid, session.namespace, event, args, self.log.step(coords, only=sid))
+            yield event, args, self.log.step(coords, only=sid)
         self.replaying.pop(sid, None)
         self.stats["succeeded"] += 1
         self.stats["replayed"] += len(missed)

@@ -13,12 +13,40 @@ from collections.abc import Callable
 from typing import Any
 
 from . import hub_protocol, offsets, records
-from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX
+from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, USER_PREFIX, user_id_of
 from .errors import MalformedRecord
+from .home_partitions import partitions_of
 from .kafka_client import Consumer, TopicPartition
+from .offsets import Slot
 from .sessions import Session
 
 logger = logging.getLogger(__name__)
+
+
+def slots_of_session(partition_count: Callable[[str], int], session: Session) -> set[Slot]:
+    """The (base, partition) slots that can hold a record for the session.
+
+    :param partition_count: the partitions of a send topic (the core's).
+    """
+    slots = {(SEND_ALL, p) for p in range(partition_count(SEND_ALL))}
+    slots.update(_slots_of(partition_count, SEND_CONN, session.sid))
+    for room in session.rooms:
+        slots.update(slots_of_room(partition_count, room))
+    return slots
+
+
+def slots_of_room(partition_count: Callable[[str], int], room: str) -> set[Slot]:
+    """The slots that can hold a record for ``room`` (a user's too)."""
+    uid = user_id_of(room)
+    slots = _slots_of(partition_count, SEND_GROUP, room)
+    return slots if uid is None else slots | _slots_of(partition_count, SEND_USER, uid)
+
+
+def _slots_of(partition_count: Callable[[str], int], base: str, key: str) -> set[Slot]:
+    # murmur2 for Java and kafka-python producers, CRC-32 for
+    # librdkafka's (so .NET's) default partitioner.
+    n = partition_count(base)
+    return {(base, p) for p in partitions_of(key, n)} if n else set()
 
 
 def read_missed(

@@ -42,7 +42,9 @@ class RoomIndex:
 
     def get_rooms(self, sid: str, namespace: str) -> list:
         """The rooms ``sid`` is in, as python-socketio's, without its scan."""
-        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
+        # Copied first, in one C call: recovery's threads read it too.
+        rooms = list(self._rooms_of.get((namespace, sid), ()))
+        return [room for room in rooms if room is not None]
 
     def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
         socketio_hooks.basic_disconnect(self, sid, namespace,

@@ -5,16 +5,20 @@ With connection state recovery, SIGTERM first *drains* the dyno: every
 connection's session is saved and its socket closed, so its client
 reconnects to another dyno at once and is recovered exactly, instead of
 waiting for the web server's graceful timeout to cut it (gunicorn waits 30 s
-for websockets, then kills them).
+for websockets, then kills them). Under uvicorn, which cuts every socket as
+soon as it stops, an asyncio manager's drain runs before uvicorn's handler
+(:func:`drain_first`).
 """
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
 import signal
 import threading
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .concurrency import Runtime
@@ -89,5 +93,44 @@ def _install_sigterm(runtime: Runtime) -> None:
     def chained(signum: int, frame: Any) -> None:
         runtime.spawn(drain_all)
         previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, chained)
+
+
+#: Seconds a SIGTERM waits for an asyncio manager's drain before the server
+#: it runs in goes on stopping.
+DRAIN_LIMIT = 30.0
+_draining_tasks: set[asyncio.Task] = set()
+
+
+def drain_first(loop: asyncio.AbstractEventLoop, drain: Callable[[], Awaitable[Any]]) -> None:
+    """Under an asyncio server that handles SIGTERM itself (uvicorn stops
+    accepting, then cuts every socket at once): at SIGTERM, ``await drain()``
+    on ``loop`` first, then let the server's handler run. Called on the loop
+    (the main thread), once the server's handler is in place; a process
+    where nobody handles SIGTERM dies of it as before."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return
+
+    async def drain_then_stop(signum: int, frame: Any) -> None:
+        try:
+            await asyncio.wait_for(drain(), DRAIN_LIMIT)
+        except Exception:
+            logger.exception("draining at SIGTERM failed")
+        finally:
+            previous(signum, frame)
+
+    def start(signum: int, frame: Any) -> None:
+        task = loop.create_task(drain_then_stop(signum, frame))
+        _draining_tasks.add(task)
+        task.add_done_callback(_draining_tasks.discard)
+
+    def chained(signum: int, frame: Any) -> None:
+        # A handler runs between two bytecodes of the loop's own thread: the
+        # task is created from the loop's next iteration.
+        loop.call_soon_threadsafe(start, signum, frame)
 
     signal.signal(signal.SIGTERM, chained)

@@ -14,6 +14,7 @@ python-socketio changes the code these copies follow.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
@@ -37,12 +38,16 @@ def check_versions() -> list[str]:
     ]
 
 
-def install(server: Any, recovery: Recovery) -> None:
-    """Route ``server``'s connect and disconnect handling through recovery."""
+def _warn_unchecked() -> None:
     unchecked = check_versions()
     if unchecked:
         logger.warning("connection state recovery was checked with python-socketio 5.18; "
                        "running with %s", ", ".join(unchecked))
+
+
+def install(server: Any, recovery: Recovery) -> None:
+    """Route ``server``'s connect and disconnect handling through recovery."""
+    _warn_unchecked()
     original_disconnect = server._handle_disconnect
 
     def handle_connect(eio_sid: str, namespace: str | None, data: Any) -> None:
@@ -78,6 +83,17 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
     """python-socketio's ``Manager.emit`` without a callback, as one
     delivery step: clients that announced recovery get its offset, those
     whose missed events are being replayed get it afterwards."""
+    server = manager.server
+    for eio_sid, pkts in _step_sends(manager, recovery, event, data, namespace, room, skip_sid,
+                                     coords):
+        for p in pkts:
+            server._send_eio_packet(eio_sid, p)
+
+
+def _step_sends(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str,
+                room: Any, skip_sid: Any, coords: list) -> Iterator[tuple[str, list]]:
+    """The ``(eio_sid, packets)`` of one delivery step (:func:`emit`); a
+    recipient whose replay is under way gets it held back instead."""
     if namespace not in manager.rooms:
         return
     data, skip_sid = _args(data), _sid_list(skip_sid)
@@ -101,8 +117,7 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
             if plain is None:
                 plain = _eio_packets(server, namespace, [event, *data])
             pkts = plain
-        for p in pkts:
-            server._send_eio_packet(eio_sid, p)
+        yield eio_sid, pkts
 
 
 def _args(data: Any) -> list:
@@ -261,3 +276,158 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
             recovery.store.delete(restore.pid)
     elif not server.always_connect:
         accept()
+
+
+# -- AsyncServer: the same hooks, awaited ---------------------------------------
+# What blocks (reading a session, the missed events; saving one) runs through
+# ``call`` (``await call(fn, *args)``: in a thread); writes, the rooms and
+# Recovery.replaying are only ever touched on the event loop.
+
+def install_async(server: Any, recovery: Recovery,
+                  call: Callable[..., Awaitable[Any]]) -> None:
+    """:func:`install` for an ``AsyncServer``.
+
+    :param call: ``await call(fn, *args)`` runs a blocking ``fn`` off the loop.
+    """
+    _warn_unchecked()
+    original_disconnect = server._handle_disconnect
+
+    async def handle_connect(eio_sid: str, namespace: str | None, data: Any) -> None:
+        await _handle_connect_async(server, recovery, call, eio_sid, namespace or "/", data)
+
+    async def handle_disconnect(eio_sid: str, namespace: str | None, reason: str | None = None):
+        namespace = namespace or "/"
+        sid = server.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is not None and server.manager.is_connected(sid, namespace):
+            await _forget(recovery, call, sid, namespace, reason)
+        return await original_disconnect(eio_sid, namespace, reason)
+
+    server._handle_connect = handle_connect
+    server._handle_disconnect = handle_disconnect
+
+
+async def _forget(recovery: Recovery, call: Callable[..., Awaitable[Any]], sid: str,
+                  namespace: str, reason: str | None) -> None:
+    """Recovery's on_disconnect: forgotten on the loop, the session saved (or
+    deleted) in a thread, before python-socketio forgets the rooms."""
+    left = recovery.forget(sid, namespace, reason)
+    if left is not None:
+        try:
+            await call(left)
+        except Exception:
+            logger.exception("could not save or delete the session of %s", sid)
+
+
+async def send_event_async(server: Any, eio_sid: str, namespace: str, event: str, args: list,
+                           offset: str) -> None:
+    """:func:`send_event` on an ``AsyncServer``."""
+    for p in _eio_packets(server, namespace, [event, *args, offset]):
+        await server._send_eio_packet(eio_sid, p)
+
+
+async def emit_steps_async(manager: Any, recovery: Recovery, event: str, data: Any,
+                           namespace: str, room: Any, skip_sid: Any, coords: list) -> None:
+    """:func:`emit` on an ``AsyncServer``: one delivery step, each send
+    awaited in turn (a send only queues the packet, see :func:`emit_async`)."""
+    server = manager.server
+    for eio_sid, pkts in _step_sends(manager, recovery, event, data, namespace, room, skip_sid,
+                                     coords):
+        for p in pkts:
+            await server._send_eio_packet(eio_sid, p)
+
+
+async def _handle_connect_async(server: Any, recovery: Recovery,
+                                call: Callable[..., Awaitable[Any]], eio_sid: str,
+                                namespace: str, data: Any) -> None:
+    """python-socketio 5.18.1's ``AsyncServer._handle_connect``, with
+    recovery as :func:`_handle_connect` does it."""
+    if recovery.draining:
+        await server.eio.disconnect(eio_sid)
+        return
+    pid, offset, announced, data = recovery.split_auth(data)
+    announced = announced or in_browser(server.environ.get(eio_sid))
+    logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
+    restore = None
+    sid = None
+    if namespace in server.handlers or namespace in server.namespace_handlers \
+            or server.namespaces == "*" or namespace in server.namespaces:
+        if pid is not None:
+            restore = await call(recovery.prepare, eio_sid, namespace, pid, offset)
+        sid = await server.manager.pre_connect(eio_sid, namespace)
+    if sid is None:
+        await server._send_packet(eio_sid, server.packet_class(
+            packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace))
+        return
+    if restore is not None and sid != restore.session.sid:
+        restore = None
+    if restore is None:
+        pid = recovery.new_pid()
+    reply = {"sid": sid, "pid": pid}
+
+    async def accept() -> bool:
+        # The sessions topic is written every checkpoint: a put there only
+        # queues the record, so it is made on the loop.
+        if restore is not None:
+            try:
+                missed = await call(recovery.read_missed, restore)
+                for event, args, at in recovery.replay_steps(restore, sid, missed):
+                    await send_event_async(server, eio_sid, namespace, event, args, at)
+            except Exception:
+                logger.exception("replay for %s failed; the client will retry", sid)
+                recovery.replaying.pop(sid, None)
+                await server.manager.disconnect(sid, namespace, ignore_queue=True)
+                recovery.store.put(pid, restore.session)
+                await server.eio.disconnect(eio_sid)
+                return False
+            if not _socket_open(server, eio_sid):
+                logger.info("%s left during its replay; its session is kept", sid)
+                await server.manager.disconnect(sid, namespace, ignore_queue=True)
+                recovery.store.put(pid, restore.session)
+                return False
+        await server._send_packet(eio_sid, server.packet_class(packet.CONNECT, reply,
+                                                               namespace=namespace))
+        await server.manager.connect(sid, namespace)
+        recovery.registered(sid, namespace, pid, announced or restore is not None)
+        return True
+
+    if server.always_connect and await accept() is False:
+        return
+    fail_reason = exceptions.ConnectionRefusedError().error_args
+    try:
+        if restore is not None and recovery.options.skip_connect_handler:
+            success = True
+        elif data:
+            success = await server._trigger_event(
+                "connect", namespace, sid, server.environ[eio_sid], data)
+        else:
+            try:
+                success = await server._trigger_event(
+                    "connect", namespace, sid, server.environ[eio_sid], None)
+            except TypeError as exc:
+                try:
+                    success = await server._trigger_event(
+                        "connect", namespace, sid, server.environ[eio_sid])
+                except TypeError:
+                    raise exc from None
+    except exceptions.ConnectionRefusedError as exc:
+        fail_reason = exc.error_args
+        success = False
+    except ConnectionRefusedError:
+        fail_reason = {"message": "Connection refused by server"}
+        success = False
+
+    if success is False:
+        recovery.replaying.pop(sid, None)
+        await _forget(recovery, call, sid, namespace, "connection refused")
+        if server.always_connect:
+            server.manager.pre_disconnect(sid, namespace)
+            await server._send_packet(eio_sid, server.packet_class(
+                packet.DISCONNECT, data=fail_reason, namespace=namespace))
+        else:
+            await server._send_packet(eio_sid, server.packet_class(
+                packet.CONNECT_ERROR, data=fail_reason, namespace=namespace))
+        await server.manager.disconnect(sid, namespace, ignore_queue=True)
+        if restore is not None:
+            recovery.store.delete(restore.pid)
+    elif not server.always_connect:
+        await accept()

@@ -30,6 +30,7 @@ SOCKETIO_JS = HERE.parent / "node_modules/socket.io-client/dist/socket.io.min.js
 mgr = AsyncKafkaManager.from_env(
     topic_config=KafkaTopicConfig(prefix=TOPIC_PREFIX),
     ack_timeout=10,
+    connection_state_recovery=True,  # as the gevent dynos: a client may come back here
     consumer_config={"fetch_max_wait_ms": 20}
     if os.environ.get("BROKER_ENGINE") == "tansu" else None,
 )
@@ -59,8 +60,8 @@ async def on_connect(sid, environ, auth):
         return False  # refuse: the page always sends a name
     await sio.save_session(sid, {"name": name})
     await sio.enter_room(sid, user(name))  # to=user(name) reaches this tab, on any dyno
-    await sio.emit("welcome", {"sid": sid, "name": name, "dyno": DYNO, "recovered": False},
-                   to=sid)
+    await sio.emit("welcome", {"sid": sid, "name": name, "dyno": DYNO,
+                               "recovered": mgr.is_recovered(sid)}, to=sid)
 
 
 @sio.on("join")

@@ -5,7 +5,9 @@ the same Socket.IO events (whoami, join, leave, emit, call, kick, close,
 rooms).
 
 Configured from the environment: BOOTSTRAP, PREFIX, and optional
-SERVER_LABEL, ACK_TIMEOUT, FETCH_MAX_WAIT_MS, LINGER_MS, HOME_PARTITIONS=0.
+SERVER_LABEL, ACK_TIMEOUT, FETCH_MAX_WAIT_MS, LINGER_MS, HOME_PARTITIONS=0,
+CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
+PING_TIMEOUT (seconds), as tests/server_app.py.
 HTTP: GET /ready, GET /stats, POST /close (closes the manager and reports
 the threads and tasks still running).
 """
@@ -20,6 +22,7 @@ import socketio
 from flask_signalr_kafka import (
     AckTimeoutError,
     AsyncKafkaManager,
+    ConnectionStateRecovery,
     FleetTimeoutError,
     KafkaTopicConfig,
     user,
@@ -37,8 +40,13 @@ mgr = AsyncKafkaManager(
                      if "FETCH_MAX_WAIT_MS" in os.environ else {}),
     producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
     home_partitions=os.environ.get("HOME_PARTITIONS", "1") != "0",
+    connection_state_recovery=ConnectionStateRecovery(
+        max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
+    ) if os.environ.get("CONNECTION_STATE_RECOVERY") == "1" else False,
 )
-sio = socketio.AsyncServer(async_mode="asgi", client_manager=mgr, cors_allowed_origins="*")
+sio = socketio.AsyncServer(async_mode="asgi", client_manager=mgr, cors_allowed_origins="*",
+                           ping_interval=float(os.environ.get("PING_INTERVAL", "25")),
+                           ping_timeout=float(os.environ.get("PING_TIMEOUT", "20")))
 LABEL = os.environ.get("SERVER_LABEL", mgr.server_name)
 
 
@@ -50,7 +58,7 @@ def register(namespace):
 
     @sio.on("whoami", namespace=namespace)
     async def on_whoami(sid, *_):
-        return {"sid": sid, "server": LABEL, "recovered": False}
+        return {"sid": sid, "server": LABEL, "recovered": mgr.is_recovered(sid, namespace)}
 
     @sio.on("join", namespace=namespace)
     async def on_join(sid, msg):

@@ -179,8 +179,11 @@ def test_async_manager_takes_the_same_arguments_without_network():
     assert mgr.server_name.count("_") >= 1 and mgr.host_id == mgr.server_name
     with pytest.raises(ValueError, match="ack_timeout"):
         AsyncKafkaManager("127.0.0.1:1", ack_timeout=0)
-    with pytest.raises(ValueError, match="connection_state_recovery is not available"):
-        AsyncKafkaManager("127.0.0.1:1", connection_state_recovery=True)
+    recovering = AsyncKafkaManager("127.0.0.1:1", connection_state_recovery=True)
+    assert recovering.connection_state_recovery is not None and not recovering.is_recovered("s")
+    assert "recoveries_attempted" in recovering.stats()
+    with pytest.raises(ValueError, match="turn it off for a write_only emitter"):
+        AsyncKafkaManager("127.0.0.1:1", connection_state_recovery=True, write_only=True)
 
 
 def test_write_only_async_manager_refuses_what_needs_consuming():

@@ -19,6 +19,8 @@ FOLLOWED = {
     base_manager.BaseManager.get_rooms: "56a1017f85af9f91",
     async_manager.AsyncManager.emit: "01ccd5b82b4f955e",
     socketio.AsyncServer._send_eio_packet: "64cf72a2ab7d75b1",
+    socketio.AsyncServer._handle_connect: "c97c480cf777de36",
+    socketio.AsyncServer._handle_disconnect: "c0b32ada5b371230",
 }
 
 
@@ -38,12 +40,33 @@ def test_the_copied_methods_are_unchanged():
 
 
 def test_the_private_attributes_used_exist():
-    server = socketio.Server()
+    for server in (socketio.Server(), socketio.AsyncServer()):
+        for name in ("_handle_connect", "_handle_disconnect", "_send_eio_packet", "_send_packet",
+                     "_trigger_event", "packet_class", "always_connect", "environ", "handlers",
+                     "namespace_handlers", "namespaces"):
+            assert hasattr(server, name), name
+        assert hasattr(server.eio, "ping_interval") and hasattr(server.eio, "ping_timeout")
+    # The async copies are awaited where python-socketio awaits the originals.
     for name in ("_handle_connect", "_handle_disconnect", "_send_eio_packet", "_send_packet",
-                 "_trigger_event", "packet_class", "always_connect", "environ", "handlers",
-                 "namespace_handlers", "namespaces"):
-        assert hasattr(server, name), name
-    assert hasattr(server.eio, "ping_interval") and hasattr(server.eio, "ping_timeout")
+                 "_trigger_event"):
+        assert inspect.iscoroutinefunction(getattr(socketio.AsyncServer, name)), name
+
+
+def recording_async_manager(sent):
+    """An AsyncManager whose server appends what it writes to ``sent``;
+    s1, s2 and s3 are connected, in "room"."""
+    server = socketio.AsyncServer()
+
+    async def send_eio_packet(eio_sid, pkt):
+        sent.append((eio_sid, pkt.encode()))
+
+    server._send_eio_packet = send_eio_packet
+    mgr = async_manager.AsyncManager()
+    mgr.set_server(server)
+    for sid, eio in (("s1", "e1"), ("s2", "e2"), ("s3", "e3")):
+        mgr.basic_enter_room(sid, "/", None, eio_sid=eio)
+        mgr.basic_enter_room(sid, "/", "room", eio_sid=eio)
+    return mgr
 
 
 def test_emit_async_sends_what_async_manager_emit_sends():
@@ -53,17 +76,7 @@ def test_emit_async_sends_what_async_manager_emit_sends():
 
     async def run(emit):
         sent = []
-        server = socketio.AsyncServer()
-
-        async def send_eio_packet(eio_sid, pkt):
-            sent.append((eio_sid, pkt.encode()))
-
-        server._send_eio_packet = send_eio_packet
-        mgr = async_manager.AsyncManager()
-        mgr.set_server(server)
-        for sid, eio in (("s1", "e1"), ("s2", "e2"), ("s3", "e3")):
-            mgr.basic_enter_room(sid, "/", None, eio_sid=eio)
-            mgr.basic_enter_room(sid, "/", "room", eio_sid=eio)
+        mgr = recording_async_manager(sent)
         await emit(mgr, "ev", ("a", {"b": [1]}, b"\x00bin"), "/", "room", ["s2"])
         await emit(mgr, "ev", None, "/", None, None)
         return sent
