@@ -32,7 +32,6 @@ from socketio import AsyncManager
 
 from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
-from .arguments import sid_list
 from .async_fleet import AsyncFleetCalls, LoopHost
 from .async_recovery import LoopRecovery
 from .backplane import ACK, DISCONNECT, RELEASE, Backplane
@@ -297,16 +296,9 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._bind()
         if not self._started:
             await self._ensure_started()
-        targets = list(dict.fromkeys(target)) if isinstance(target, (list, tuple)) else [target]
-        skip_sid = sid_list(skip_sid)
+        targets, skip_sid, published, frames, emit_seq = self._plan_emit(
+            event, data, namespace, target, skip_sid, callback)
         recovery = self._recovery
-        # With recovery on, a local connection's events go to Kafka too, to
-        # be replayed from there (see KafkaManager.emit).
-        published = [i for i, one in enumerate(targets) if not (
-            self.is_local(one, namespace) and (recovery is None or callback is not None))]
-        frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
-        # Counted before the local delivery, whose step records it.
-        emit_seq = recovery.log.next_emit() if recovery is not None else 0
         coords: list = []
         try:
             here = self.rooms.get(namespace, {})

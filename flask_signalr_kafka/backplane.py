@@ -20,7 +20,7 @@ from bidict import ValueDuplicationError
 from . import hub_protocol, inbound, payload_limits, records
 from .addressing import SEND_CONN
 from .addressing import route as route_of
-from .arguments import check_home, check_instance, check_protocols, positive
+from .arguments import check_home, check_instance, check_protocols, positive, sid_list
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
 from .env_config import manager_kwargs_from_env
@@ -278,6 +278,27 @@ class Backplane:
         connection with that id and ignore it."""
         return records.encode(
             GroupCommandExt(0, self.server_name, REMOVE, group, sid, namespace, op))
+
+    def _plan_emit(self, event: str, data: Any, namespace: str, target: Any, skip_sid: Any,
+                   callback: Any) -> tuple[list, list, list[int], dict, int]:
+        """What an emit sends: its targets (a list, each once), the sids it
+        skips, the indexes of the targets that go to Kafka, their checked
+        frames, and its number in recovery's count of emits (0 without
+        recovery; the caller ends it with ``emit_done``).
+
+        With recovery on, a local connection's events go to Kafka too (it
+        may drop before they reach it: they are replayed from there), unless
+        a callback waits for its answer here.
+        """
+        targets = list(dict.fromkeys(target)) if isinstance(target, (list, tuple)) else [target]
+        skip_sid = sid_list(skip_sid)
+        recovery = self._recovery
+        published = [i for i, one in enumerate(targets) if not (
+            self.is_local(one, namespace) and (recovery is None or callback is not None))]
+        frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
+        # Counted before the local delivery, whose step records it.
+        emit_seq = recovery.log.next_emit() if recovery is not None else 0
+        return targets, skip_sid, published, frames, emit_seq
 
     def _checked_frames(self, event: str, data: Any, namespace: str, targets: list,
                         published: list[int], skip_sid: list) -> dict:

@@ -19,7 +19,6 @@ from socketio import Manager
 
 from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
-from .arguments import sid_list
 from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
 from .errors import AckTimeoutError
@@ -223,18 +222,9 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
                              "write_only manager cannot use them")
         if not self._started:
             self._start()
-        targets = list(dict.fromkeys(target)) if isinstance(target, (list, tuple)) else [target]
-        skip_sid = sid_list(skip_sid)
+        targets, skip_sid, published, frames, emit_seq = self._plan_emit(
+            event, data, namespace, target, skip_sid, callback)
         recovery = self._recovery
-        # A local connection's events go to Kafka too with recovery on (it may
-        # drop before they reach it: they are replayed from there), unless a
-        # callback waits for its answer here.
-        published = [i for i, one in enumerate(targets) if not (
-            self.is_local(one, namespace) and (recovery is None or callback is not None))]
-        # Too large for Kafka: raise before anyone, local or remote, gets it.
-        frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
-        # Counted before the local delivery, whose step records it.
-        emit_seq = recovery.log.next_emit() if recovery is not None else 0
         coords: list = []
         try:
             if self.server is not None:
