@@ -127,17 +127,19 @@ def test_no_consumer_groups_are_left_behind(new_fleet):
     admin.close()
 
 
-def test_recovers_when_the_broker_loses_its_topics(engine, artifacts):
+@pytest.mark.parametrize("runner", ["socketio.run", "uvicorn"])
+def test_recovers_when_the_broker_loses_its_topics(engine, artifacts, runner):
     """The topics vanish under running servers (on Apache Kafka: deleted and
     so recreated; on Tansu: the in-memory broker restarted on the same
-    port); the servers must notice, recreate them and deliver again."""
+    port); the servers must notice, recreate them and deliver again. The
+    gevent manager, and AsyncKafkaManager under uvicorn."""
     from testkit.harness import Fleet
 
     port = free_port()
     broker = start_broker(engine, port=port, log_dir=artifacts)
     fleet = Fleet(broker, artifacts)
     try:
-        a, b = fleet.server("A"), fleet.server("B")
+        a, b = fleet.server("A", RUNNER=runner), fleet.server("B", RUNNER=runner)
         sender, receiver = fleet.client(a), fleet.client(b)
         first = unique("before")
         sender.call("emit", {"event": "e", "data": first})
