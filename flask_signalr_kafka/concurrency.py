@@ -85,10 +85,10 @@ class Runtime:
         flushes, metadata requests): under gevent a real OS thread of its
         own, so that the hub goes on while it waits (confluent-kafka
         releases the GIL); elsewhere the calling thread. Its calls run one
-        at a time, in order, under gevent; elsewhere only when ``serial``
-        (a consumer: its close must not overlap a poll; a producer, whose
-        every call is thread-safe, need not make a flush wait behind its
-        reporter's polls)."""
+        at a time, in order, when ``serial`` (a consumer's polls and close:
+        its close must not overlap a poll); otherwise they may overlap
+        (librdkafka's other calls are thread-safe: a flush or a metadata
+        request does not wait behind a poll)."""
         return Worker(self.green and gevent_patched(), serial)
 
     def stop(self, task: Any, timeout: float) -> None:
@@ -125,9 +125,14 @@ class Worker:
     """Runs blocking calls one after another in a real thread (under gevent),
     or in the caller's thread.
 
-    :param threaded: run in a gevent thread pool of one real thread.
-    :param serial: outside that pool, still one call at a time (a lock).
+    :param threaded: run in a gevent thread pool (of one real thread when
+        ``serial``).
+    :param serial: one call at a time, in order (a lock outside the pool).
     """
+
+    #: Real threads of a worker whose calls may overlap: a flush or a
+    #: metadata request need not wait for a poll of up to a second.
+    PARALLEL = 4
 
     def __init__(self, threaded: bool, serial: bool = True) -> None:
         self._pool: Any = None
@@ -137,7 +142,7 @@ class Worker:
         if threaded:
             from gevent.threadpool import ThreadPool
 
-            self._pool = ThreadPool(1)
+            self._pool = ThreadPool(1 if serial else self.PARALLEL)
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``'s result (or its exception), the caller waiting

@@ -6,7 +6,9 @@ librdkafka does its network I/O in threads of its own; what waits in Python
 call that releases the GIL. Each adapter makes those calls through its
 runtime's :class:`.Worker`: under gevent a real thread of its own, so the
 hub goes on while librdkafka waits; in threading mode the calling thread.
-Nothing polls in a loop without a timeout.
+Nothing polls in a loop without a timeout. A consumer's metadata and
+offsets requests go through :class:`Queries`, not its own connections,
+where they would wait behind its long-poll fetches.
 
 The producer's delivery reports are served by a task of its own: it waits
 in ``poll`` (in the worker) until reports come, and settles their futures
@@ -254,8 +256,9 @@ class ConfluentConsumer:
     def __init__(self, config: dict[str, Any], runtime: Runtime, earliest: bool = False) -> None:
         config = {**config, "auto.offset.reset": "earliest" if earliest else "latest"}
         self._runtime = runtime
-        self._worker = runtime.worker()
+        self._worker = runtime.worker()  # polls and close, one at a time
         self._consumer = _made(confluent_kafka.Consumer, config, "consumer_config")
+        self._queries = Queries.acquire(config, runtime)
         self._assigned: list[TopicPartition] = []
         self._active: dict[TopicPartition, int | None] = {}  # assigned in librdkafka, at
         self._positions: dict[TopicPartition, int] = {}
@@ -265,9 +268,14 @@ class ConfluentConsumer:
 
     # -- metadata and offsets (requests to the cluster) ---------------------------
 
+    def _request(self, method: str, *args: Any) -> Any:
+        if self._closed:
+            raise KafkaTimeoutError("the consumer is closed")
+        return self._queries.call(method, *args)
+
     def partitions_for_topic(self, topic: str) -> set[int]:
         try:
-            metadata = self._worker.call(self._consumer.list_topics, topic, _METADATA_TIMEOUT)
+            metadata = self._request("list_topics", topic, _METADATA_TIMEOUT)
         except KafkaException as exc:  # the interface's word for it is kafka-python's
             raise KafkaTimeoutError(f"no metadata of {topic}: {exc.args[0].str()}") from exc
         meta = metadata.topics.get(topic)
@@ -282,8 +290,8 @@ class ConfluentConsumer:
         deadline = time.monotonic() + _METADATA_TIMEOUT
         while True:
             try:
-                return self._worker.call(self._consumer.get_watermark_offsets,
-                                         _TP(tp.topic, tp.partition), _METADATA_TIMEOUT, False)
+                return self._request("get_watermark_offsets",
+                                     _TP(tp.topic, tp.partition), _METADATA_TIMEOUT, False)
             except KafkaException as exc:
                 if time.monotonic() > deadline:
                     raise KafkaTimeoutError(
@@ -408,6 +416,71 @@ class ConfluentConsumer:
         if self._closed:
             return
         self._closed = True
+        try:
+            self._worker.call(self._consumer.close)
+        finally:
+            self._worker.close()
+            self._queries.release()
+
+
+class Queries:
+    """An idle librdkafka consumer (nothing assigned, so nothing fetched)
+    that makes the metadata and offsets requests of the consumers sharing
+    its settings. A consumer's own connections carry its long-poll fetches,
+    and a broker answers a connection's requests one at a time: there, a
+    claim's offsets request waited up to ``fetch.wait.max.ms`` (3 s) behind
+    a fetch. Shared, and closed with its last user.
+
+    :param key: its settings, as :meth:`acquire` keys them.
+    :param config: librdkafka consumer properties.
+    :param runtime: where its calls wait (several at once).
+    """
+
+    #: The open ones, by key.
+    shared: dict[tuple, Queries] = {}
+    _lock = threading.Lock()
+    #: Properties that shape fetches only: consumers that differ in them share.
+    FETCH_ONLY = ("fetch.", "auto.offset.reset", "queued.")
+
+    def __init__(self, key: tuple, config: dict[str, Any], runtime: Runtime) -> None:
+        self._key = key
+        self._consumer = _made(confluent_kafka.Consumer, config, "consumer_config")
+        self._worker = runtime.worker(serial=False)
+        self._users = 0
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    @classmethod
+    def acquire(cls, config: dict[str, Any], runtime: Runtime) -> Queries:
+        key = (id(runtime), tuple(sorted((k, repr(v)) for k, v in config.items()
+                                         if not k.startswith(cls.FETCH_ONLY))))
+        with cls._lock:
+            queries = cls.shared.get(key)
+            if queries is None:
+                queries = cls.shared[key] = cls(key, config, runtime)
+            queries._users += 1
+        return queries
+
+    def call(self, method: str, *args: Any) -> Any:
+        """The idle consumer's ``method(*args)``, waited for in the runtime."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._worker.call(getattr(self._consumer, method), *args)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def release(self) -> None:
+        """One user fewer; the last closes it once its requests return."""
+        with self._lock:
+            self._users -= 1
+            if self._users:
+                return
+            del self.shared[self._key]
+        with self._idle:
+            self._idle.wait_for(lambda: not self._in_flight, _METADATA_TIMEOUT + 1)
         try:
             self._worker.call(self._consumer.close)
         finally:

@@ -167,6 +167,21 @@ def test_the_worker_runs_blocking_calls_in_a_real_thread_while_greenlets_go_on()
 
 
 @pytest.mark.parametrize("serial", [True, False])
+def test_a_worker_under_gevent_overlaps_its_calls_unless_serial(serial):
+    """A producer's flush must not wait behind its reporter's poll (up to
+    0.5 s); a consumer's close must wait for its poll."""
+    worker = Worker(threaded=True, serial=serial)
+    order = []
+    # time.sleep is not patched here: it blocks the pool's real thread.
+    polling = gevent.spawn(worker.call, lambda: (time.sleep(0.4), order.append("poll")))
+    gevent.sleep(0.05)
+    worker.call(lambda: order.append("flush"))
+    polling.join(5)
+    worker.close()
+    assert order == (["poll", "flush"] if serial else ["flush", "poll"])
+
+
+@pytest.mark.parametrize("serial", [True, False])
 def test_a_worker_in_the_callers_threads_runs_one_call_at_a_time_when_serial(serial):
     """Threading and asyncio mode: a consumer's close waits for its poll."""
     worker = Worker(threaded=False, serial=serial)
