@@ -37,10 +37,6 @@ def new_server_name() -> str:
     """``<hostname>_<32 lowercase hex>``: unique per process."""
     return f"{socket.gethostname()}_{uuid.uuid4().hex}"
 
-#: The fetch wait of a consumer whose partitions never change (all but
-#: send-conn's under home partitions, which a claim must reach at once): it
-#: spaces an idle dyno's requests, and delays a failover by as much.
-STATIC_FETCH_WAIT_MS = 3000
 #: Seconds a claimed sid may wait for its connection before it is dropped.
 CLAIM_GRACE = 60.0
 
@@ -133,11 +129,12 @@ class KafkaCore:
         for base, handler in handlers.items():
             config = self.consumer_config
             claims = base == SEND_CONN and self._home is not None
-            if not claims and not self._fetch_wait_given:
+            static_wait = self.client.static_fetch_wait_ms
+            if not claims and not self._fetch_wait_given and static_wait is not None:
                 # Its partitions never change, so its fetches may wait long
                 # for a record (they return as soon as one comes): an idle
                 # dyno sends a few requests a second instead of a dozen.
-                config = {**config, self.client.fetch_wait: STATIC_FETCH_WAIT_MS}
+                config = {**config, self.client.fetch_wait: static_wait}
             consumer = TopicConsumer(self.topic_config.name(base), handler, config, self.runtime,
                                      on_missing_topic=self.create_topics,
                                      partitions=wanted.get(base), client=self.client)

@@ -79,13 +79,16 @@ class KafkaClient(Protocol):
     """A Kafka client library.
 
     ``name`` is its ``client=`` value; ``fetch_wait`` the name of the
-    consumer's fetch wait setting in its dialect; ``timeout_errors`` and
+    consumer's fetch wait setting in its dialect; ``static_fetch_wait_ms``
+    that wait for the consumers whose partitions never change (``None``:
+    the same as the others'); ``timeout_errors`` and
     ``connection_errors`` what its calls raise when the cluster cannot be
     reached in time.
     """
 
     name: str
     fetch_wait: str
+    static_fetch_wait_ms: int | None
     timeout_errors: tuple[type[BaseException], ...]
     connection_errors: tuple[type[BaseException], ...]
 

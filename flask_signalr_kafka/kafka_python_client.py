@@ -18,10 +18,17 @@ from kafka.errors import (
 from .client_config import kafka_configs
 from .concurrency import Runtime
 
+#: The fetch wait of a consumer whose partitions never change (all but
+#: send-conn's under home partitions, which a claim must reach at once): it
+#: spaces an idle dyno's requests (Python's CPU), and delays a failover by
+#: as much.
+STATIC_FETCH_WAIT_MS = 3000
+
 
 class KafkaPythonClient:
     name = "kafka-python"
     fetch_wait = "fetch_max_wait_ms"
+    static_fetch_wait_ms = STATIC_FETCH_WAIT_MS
     timeout_errors = (KafkaTimeoutError,)
     connection_errors = (KafkaConnectionError,)
 
