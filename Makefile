@@ -110,21 +110,28 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) loadtests/restart_test.py --kill term,kill,drop,blackhole --recovery both \
 	  --dynos 4 --ping-timeout-ms 5000 $(RESTART_ARGS)
 
-# Lint, then every unit and integration test, each broker-backed one on
-# Apache Kafka and on Tansu (ENGINE=kafka or ENGINE=tansu for one), the
-# servers in gevent mode; then a slice on Apache Kafka with the servers in
-# threading mode (routing, acks, callbacks, recovery, lifecycle, metrics,
-# the fleet API).
+# Lint, then every unit and integration test on Apache Kafka with the
+# servers in gevent mode on kafka-python (ENGINE=both: on Tansu too, or
+# ENGINE=tansu), and a slice in each other combination: on Tansu; with the
+# servers in threading mode (routing, acks, callbacks, recovery, lifecycle,
+# metrics, the fleet API); on confluent-kafka (below).
 # The tests start the brokers and the server processes and stop them.
-ENGINE ?= both
+ENGINE ?= kafka
+#: Tansu, the pip-only broker: routing, lifecycle (its topic loss is a
+#: restart), recovery, the CLI and doctor, bad input, .NET interop, home
+#: partitions.
+TANSU_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
+  tests/integration/test_recovery.py tests/integration/test_cli.py \
+  tests/integration/test_doctor.py tests/integration/test_bad_input.py \
+  tests/integration/test_interop.py tests/integration/test_home_partitions.py
 THREADING_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
   tests/integration/test_metrics.py tests/integration/test_recovery.py
 THREADING_SELECT := not recovered_however or default
-# Then a slice with the servers on confluent-kafka (client="confluent",
-# gevent), on Apache Kafka: routing, lifecycle, metrics, recovery, payloads,
-# CLI and doctor, home partitions, .NET interop. The whole integration suite
-# passes that way too (pytest tests/integration --engine kafka --client
-# confluent), but takes longer than CI allows for it.
+# The servers on confluent-kafka (client="confluent", gevent), on Apache
+# Kafka: routing, lifecycle, metrics, recovery, payloads, CLI and doctor,
+# home partitions, .NET interop (`make test-confluent` alone; the whole
+# integration suite runs that way with pytest tests/integration --engine
+# kafka --client confluent).
 CONFLUENT_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
   tests/integration/test_metrics.py tests/integration/test_recovery.py \
   tests/integration/test_payload_size.py tests/integration/test_cli.py \
@@ -136,14 +143,13 @@ CONFLUENT_SELECT := not recovered_however or default
 FLEET_THREADING := fetch_sockets_gives or server_side_emit_reaches or started_server
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
 	$(PY) -m pytest tests --engine $(ENGINE)
+	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest $(TANSU_SLICE) --engine tansu)
 	$(PY) -m pytest $(THREADING_SLICE) --engine kafka --async-mode threading \
 	  -k "$(THREADING_SELECT)"
 	$(PY) -m pytest tests/integration/test_fleet.py --engine kafka --async-mode threading \
 	  -k "$(FLEET_THREADING)"
+	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent -k "$(CONFLUENT_SELECT)"
 
-# The confluent slice, kept out of `make test` until it passes reliably: in
-# a full run on 9bf014b its first remote join timed out (test_metrics, on a
-# broker started a second before); the cause is not known yet.
 test-confluent: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent -k "$(CONFLUENT_SELECT)"
 
