@@ -217,8 +217,9 @@ def to_kafka_python(config: dict[str, Any], name: str = "admin_config") -> dict[
             raise ValueError(
                 f"{name} property {prop!r} has no kafka-python counterpart: the admin client "
                 "(topic creation, doctor, top) is kafka-python's with either client, and "
-                "takes the connection and security properties of client_config."
-                "KAFKA_PYTHON_NAMES")
+                "takes only connection and security properties (bootstrap, SASL, SSL, "
+                "timeouts and backoffs: the table KAFKA_PYTHON_NAMES in "
+                "flask_signalr_kafka/client_config.py)")
         if setting == "ssl_check_hostname":
             value = str(value).lower() not in ("", "none")
         elif setting == "bootstrap_servers" and isinstance(value, str):
@@ -275,12 +276,15 @@ def librdkafka_configs(
     # As kafka-python's (client_config above): back within 1 s of a broker's
     # return, where librdkafka's default backs off up to 10 s.
     common["reconnect.backoff.max.ms"] = 1000
-    # Request timeouts stay librdkafka's (socket.timeout.ms 60 s): 5 s,
-    # measured, timed out produce requests to live leaders that were
-    # waiting for the dead broker to leave the ISR (the broker session
-    # timeout), and the retries lengthened a killed leader's silence from
-    # 15 to 21 s (docs/kafka-clients.md).
-    timeouts: dict[str, Any] = {}
+    # A request to a hung leader fails only at its timeout: librdkafka's 60 s
+    # made a 20 s freeze a 22 s silence, 15 s a 16.5 s one. Shorter ones
+    # time out produce requests to live leaders, which wait (acks=all) until
+    # the cluster fences the hung broker (broker.session.timeout.ms, 9 s by
+    # default): 7 s wrote records twice (a timed-out request is retried
+    # under a new producer epoch), 5 s lengthened a kill's silence from 15
+    # to 21 s. 15 s = Kafka's default session timeout + 6 s
+    # (docs/kafka-clients.md, "Request timeouts").
+    timeouts: dict[str, Any] = {"socket.timeout.ms": 15_000}
     producer = {
         **common,
         **timeouts,
