@@ -129,14 +129,15 @@ THREADING_SLICE := tests/integration/test_routing.py tests/integration/test_life
 THREADING_SELECT := not recovered_however or default
 # The servers on confluent-kafka (client="confluent", gevent), on Apache
 # Kafka: routing, lifecycle, metrics, recovery, payloads, CLI and doctor,
-# home partitions, .NET interop (`make test-confluent` alone; the whole
+# home partitions, .NET interop, a leader frozen on a three-node cluster
+# (`make test-confluent` alone; the whole
 # integration suite runs that way with pytest tests/integration --engine
 # kafka --client confluent).
 CONFLUENT_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
   tests/integration/test_metrics.py tests/integration/test_recovery.py \
   tests/integration/test_payload_size.py tests/integration/test_cli.py \
   tests/integration/test_doctor.py tests/integration/test_home_partitions.py \
-  tests/integration/test_interop.py
+  tests/integration/test_interop.py tests/integration/test_faults.py::test_broker_frozen
 CONFLUENT_SELECT := not recovered_however or default
 # The fleet API in threading mode: queries, server events, a server that
 # joins and one that leaves.
