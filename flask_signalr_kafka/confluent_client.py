@@ -428,8 +428,9 @@ class Queries:
     that makes the metadata and offsets requests of the consumers sharing
     its settings. A consumer's own connections carry its long-poll fetches,
     and a broker answers a connection's requests one at a time: there, a
-    claim's offsets request waited up to ``fetch.wait.max.ms`` (3 s) behind
-    a fetch. Shared, and closed with its last user.
+    claim's offsets request waited behind a fetch for up to
+    ``fetch.wait.max.ms`` (3 s when it was measured). Shared, and closed
+    with its last user.
 
     :param key: its settings, as :meth:`acquire` keys them.
     :param config: librdkafka consumer properties.
