@@ -12,6 +12,9 @@ import pytest
 
 from testkit.harness import unique, wait_until
 
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.confluent]
+
 #: Kafka's defaults: the producer's max_request_size (1 MiB) is the smaller.
 LIMIT = 1_048_576
 #: A string this long fits one record with room for the record's own items.
