@@ -153,6 +153,8 @@ class Backplane:
         self._started = False
         self._closer: Any = None
         self._closing = False
+        self._close_lock = threading.Lock()
+        self._closed = threading.Event()  # set once a close is done
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **kwargs: Any) -> Any:

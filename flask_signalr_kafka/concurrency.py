@@ -33,8 +33,11 @@ class Runtime:
 
     def __init__(self, mode: str, spawn: Callable[..., Any], sleep: Callable[[float], Any]):
         self.mode = mode
-        self.spawn = spawn
+        self._spawn = spawn
         self.sleep = sleep
+        #: The greenlets or threads of :meth:`spawn`'s tasks while they run:
+        #: a close must not wait from inside one (it stops and joins them).
+        self._running: set[Any] = set()
 
     @classmethod
     def of_server(cls, server: Any) -> Runtime:
@@ -62,6 +65,28 @@ class Runtime:
             return task
 
         return cls(mode, spawn, time.sleep)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Start ``fn(*args)`` concurrently; return the task (``join(timeout)``;
+        greenlets also ``kill()``)."""
+        def run(*args: Any) -> Any:
+            # Noted by the task itself: a thread may run before spawn returns.
+            me = self._current()
+            self._running.add(me)
+            try:
+                return fn(*args)
+            finally:
+                self._running.discard(me)
+
+        return self._spawn(run, *args)
+
+    def _current(self) -> Any:
+        """The running greenlet (green modes) or thread."""
+        if self.green:
+            import greenlet
+
+            return greenlet.getcurrent()
+        return threading.current_thread()
 
     @property
     def green(self) -> bool:
@@ -98,16 +123,29 @@ class Runtime:
         if hasattr(task, "kill"):
             task.kill(block=True, timeout=timeout)
 
-    def in_interrupted_task(self) -> bool:
-        """Whether the caller may be a signal handler that interrupted some
-        other task: under gevent a handler runs in whichever greenlet the
-        signal found (the event loop, a Kafka client's own I/O), where
-        waiting for that task blocks forever. The main greenlet can wait."""
-        if not self.green or not gevent_patched():
-            return False
-        import gevent
+    def cannot_wait(self) -> bool:
+        """Whether the caller must not wait for a close (flush, drain, stop
+        the consumers): it runs in what that work needs.
 
-        return gevent.getcurrent().parent is not None
+        - under gevent, the hub: its event loop, or a ``signal.signal``
+          handler that interrupted it (any wait there raises
+          ``BlockingSwitchOutError``);
+        - a task of :meth:`spawn`'s (a consumer, the checkpointer, a fleet
+          handler), which the close stops and joins;
+        - a Kafka client's own I/O thread (kafka-python's sender or I/O
+          loop; a greenlet under gevent), which a flush waits for.
+
+        Anything else may wait, a greenlet spawned by a SIGTERM handler
+        (``gevent.signal_handler(SIGTERM, lambda: gevent.spawn(shutdown))``,
+        gevent's documented pattern) included: the exit that follows the
+        close must come after its work.
+        """
+        if self.green and gevent_patched():
+            from gevent.hub import Hub
+
+            if isinstance(self._current(), Hub):
+                return True
+        return self._current() in self._running or _kafka_io(threading.current_thread())
 
     def on_signal(self, signum: int, handler: Callable[[], Any]) -> Callable[[], None]:
         """Run ``handler()`` where it may block when ``signum`` arrives;
@@ -167,6 +205,15 @@ def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
         return False, fn(*args)
     except Exception as exc:
         return True, exc
+
+
+def _kafka_io(thread: threading.Thread) -> bool:
+    """Whether ``thread`` is one kafka-python started for its own I/O (the
+    producer's sender, a client's I/O loop): a ``Thread`` subclass of its
+    own, or a plain one running a method of its."""
+    target = getattr(thread, "_target", None)
+    where = getattr(target, "__module__", None) or type(thread).__module__
+    return where.split(".")[0] == "kafka"
 
 
 def gevent_patched() -> bool:

@@ -57,34 +57,46 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
         return self.core.wait_ready(timeout)
 
     def close(self, timeout: float = 10.0, wait: bool | None = None) -> None:
-        """Send what is queued, stop consuming, and close every Kafka client.
+        """Send what is queued, hand the clients over (with connection state
+        recovery: :meth:`drain`), stop consuming, and close every Kafka
+        client; return once that is done, also when another caller started
+        it.
 
-        Safe in a signal handler: under gevent a handler runs in whichever
-        greenlet the signal interrupted (the event loop, or the Kafka
-        client's own I/O, which a flush waits for), so called from any
-        greenlet but the main one the work moves to a greenlet of its own and
-        close() returns at once; the process exit waits for it.
+        Call it from anywhere that may wait, a greenlet spawned by a SIGTERM
+        handler included, then exit. Where nothing may wait (under gevent
+        the hub, where a ``signal.signal`` handler usually runs; a task of
+        this manager's own; a Kafka client's I/O thread: see
+        :meth:`.concurrency.Runtime.cannot_wait`) the work moves to a task
+        of its own and close() returns at once; the process exit then waits
+        for it (``sys.exit``, not ``os._exit``).
 
+        :param timeout: seconds for each step (flush, drain, closing the
+                        clients).
         :param wait: ``True``: close here and now (the caller knows it may
-                     block); ``None``: as above.
+                     wait); ``False``: in a task of its own, returning at
+                     once; ``None``: here, unless the caller cannot wait.
         """
-        interrupted = not wait and self._runtime.in_interrupted_task()
-        if self._closer is None and interrupted:
-            self._closer = self._runtime.spawn(self._close, timeout)
-        elif self._closer is not None:
-            if not interrupted:
-                self._closer.join(timeout + 5)
-        else:
-            self._close(timeout)
+        if wait is False or (wait is None and self._runtime.cannot_wait()):
+            with self._close_lock:
+                if self._closer is None and not self._closing:
+                    self._closer = self._runtime.spawn(self._close, timeout)
+            return
+        self._close(timeout)
 
     def _close(self, timeout: float) -> None:
-        if self._closing:
+        with self._close_lock:
+            closing, self._closing = self._closing, True
+        if closing:
+            # Another caller closes: this one returns when it is done.
+            limit = 3 * timeout + 15
+            if not self._closed.wait(limit):
+                self._log().warning("close() still not done after %.0f s; going on", limit)
             return
-        self._closing = True
         try:
             self._shut(timeout)
         finally:
             shutdown.forget(self)
+            self._closed.set()
 
     def drain(self) -> None:
         """Hand every connection of this server to the rest of the fleet
