@@ -11,7 +11,8 @@ producer's results for the fault tests' "stream" event), ADMIN_UI=1 (the Socket.
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
 PING_TIMEOUT (seconds), HOME_PARTITIONS=0 (read every partition),
 APP_SIGTERM=1 (the app's own SIGTERM handler calls ``mgr.close()`` and exits,
-as a user's ``socketio.run`` app would).
+as a user's ``socketio.run`` app would), APP_SIGTERM=spawn (gevent's pattern:
+``gevent.signal_handler`` spawns a greenlet that closes, then ``os._exit(0)``).
 """
 import os
 
@@ -396,5 +397,16 @@ if __name__ == "__main__":
             sys.exit(0)
 
         signal.signal(signal.SIGTERM, on_sigterm)
+    elif os.environ.get("APP_SIGTERM") == "spawn":
+        # gevent's documented pattern: the handler spawns a greenlet that
+        # may block; it closes the manager, then ends the process at once.
+        import gevent
+
+        def shutdown():
+            mgr.close()
+            logging.getLogger("server_app").warning("closed at SIGTERM; exiting")
+            os._exit(0)
+
+        gevent.signal_handler(signal.SIGTERM, lambda: gevent.spawn(shutdown))
     socketio.run(app, host="127.0.0.1", port=int(os.environ["PORT"]), log_output=False,
                  allow_unsafe_werkzeug=True)
