@@ -55,7 +55,11 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     ``await mgr.emit(...)``.
     The core starts when the server is constructed (then, outside a running
     loop, a broker that cannot be reached raises at once) or, on a running
-    loop, in a thread that the first coroutine to need it awaits.
+    loop, in a thread that the first coroutine to need it awaits. A start
+    that failed there (the cluster down when the server starts) is logged,
+    and raised to the coroutines that awaited it; the next one to need the
+    core (a connect, an emit, ``wait_ready``) starts it again, so the
+    server comes up once the cluster does.
     """
 
     name = "kafka-async"
@@ -66,6 +70,8 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._blocking = Blocking()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: Future | None = None
+        self._connected = False  # the core's connect done: not again on a retry
+        self._closed_future: Future = Future()  # done once a close is
         #: Topics whose metadata the producer has: a send there never waits.
         self._warm: set[str] = set()
         #: Callback coroutines running (cancelled at close).
@@ -88,7 +94,7 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             self._start()  # no loop to block yet: fail here if Kafka is out of reach
         else:
             self._bind(loop)
-            self._starting = self._blocking.submit(self._start)
+            self._starting = self._submit_start()
 
     def initialize(self) -> None:
         """Called by the server on its loop before its first connection."""
@@ -109,16 +115,35 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     async def _ensure_started(self) -> None:
         if self._started:
             return
-        if self._starting is None:
-            self._starting = self._blocking.submit(self._start)
+        if self._starting is None or self._starting.done():
+            # Never started, or that start failed: try again (on the loop,
+            # so concurrent callers share one attempt).
+            self._starting = self._submit_start()
         await asyncio.wrap_future(self._starting)
+
+    def _submit_start(self) -> Future:
+        """Start the core in a thread; a failure is logged, and the next
+        :meth:`_ensure_started` tries again."""
+        starting = self._blocking.submit(self._start)
+
+        def failed(future: Future) -> None:
+            if not future.cancelled() and future.exception() is not None:
+                self._log().error("the Kafka backplane could not start: %s; the next connect "
+                                  "or emit tries again", future.exception())
+
+        starting.add_done_callback(failed)
+        return starting
 
     def _start(self) -> None:
         """Connect the core and consume (blocking: never on the loop)."""
         with self._start_lock:
             if self._started:
                 return
-            self._connect_core()
+            if self._closing:
+                raise RuntimeError("this AsyncKafkaManager was closed")
+            if not self._connected:
+                self._connect_core()
+                self._connected = True
             if self.connection_state_recovery is not None:
                 self._loop_recovery = LoopRecovery(
                     self, self.connection_state_recovery, lambda: self._loop,
@@ -157,8 +182,10 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     async def close(self, timeout: float = 10.0) -> None:
         """Send what is queued, hand the clients over (with recovery on:
         :meth:`drain`), stop consuming, close every Kafka client, and end
-        every task and thread of this manager. A coroutine."""
+        every task and thread of this manager; return once that is done,
+        also when another caller started it. A coroutine."""
         if self._closing:
+            await asyncio.wrap_future(self._closed_future)
             return
         self._closing = True
         if self._starting is not None:
@@ -180,6 +207,7 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
             self._blocking.shutdown()
             if self._loop_recovery is not None:
                 self._loop_recovery.shutdown()
+            self._closed_future.set_result(None)
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Hand every connection of this server to the rest of the fleet
