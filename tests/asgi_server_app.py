@@ -5,7 +5,7 @@ the same Socket.IO events (whoami, join, leave, emit, call, kick, close,
 rooms).
 
 Configured from the environment: BOOTSTRAP, PREFIX, and optional
-SERVER_LABEL, ACK_TIMEOUT, FETCH_MAX_WAIT_MS, LINGER_MS, HOME_PARTITIONS=0,
+SERVER_LABEL, ACK_TIMEOUT, CONNECT_TIMEOUT, FETCH_MAX_WAIT_MS, LINGER_MS, HOME_PARTITIONS=0,
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
 PING_TIMEOUT (seconds), as tests/server_app.py.
 HTTP: GET /ready, GET /stats, POST /close (closes the manager and reports
@@ -36,6 +36,7 @@ mgr = AsyncKafkaManager(
     bootstrap_servers=os.environ["BOOTSTRAP"].split(","),
     topic_config=KafkaTopicConfig(prefix=os.environ.get("PREFIX", "")),
     ack_timeout=float(os.environ.get("ACK_TIMEOUT", "30")),
+    connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
     consumer_config=({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
                      if "FETCH_MAX_WAIT_MS" in os.environ else {}),
     producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
