@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -127,9 +128,11 @@ class Runtime:
         """Whether the caller must not wait for a close (flush, drain, stop
         the consumers): it runs in what that work needs.
 
-        - under gevent, the hub: its event loop, or a ``signal.signal``
-          handler that interrupted it (any wait there raises
-          ``BlockingSwitchOutError``);
+        - under gevent, the hub (its event loop, where a ``signal.signal``
+          handler usually runs: any wait there raises
+          ``BlockingSwitchOutError``), or a ``signal.signal`` handler that
+          interrupted another greenlet than the main one (engine.io's
+          writer of a socket the drain closes, say);
         - a task of :meth:`spawn`'s (a consumer, the checkpointer, a fleet
           handler), which the close stops and joins;
         - a Kafka client's own I/O thread (kafka-python's sender or I/O
@@ -143,7 +146,10 @@ class Runtime:
         if self.green and gevent_patched():
             from gevent.hub import Hub
 
-            if isinstance(self._current(), Hub):
+            current = self._current()
+            if isinstance(current, Hub):
+                return True
+            if current.parent is not None and _in_signal_handler():
                 return True
         return self._current() in self._running or _kafka_io(threading.current_thread())
 
@@ -205,6 +211,26 @@ def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
         return False, fn(*args)
     except Exception as exc:
         return True, exc
+
+
+def _in_signal_handler() -> bool:
+    """Whether a Python signal handler (``signal.signal``'s) is on the
+    caller's stack: it runs inside whatever code the signal interrupted."""
+    codes = set()
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _kafka_io(thread: threading.Thread) -> bool:

@@ -36,6 +36,11 @@ class Stoppable(Protocol):
     def drain(self) -> None: ...
 
 
+#: Seconds the package's own SIGTERM handler waits, once every manager is
+#: closed, before the process dies of SIGTERM: another handler of the same
+#: signal (an app's) finishes what follows its own close() meanwhile.
+OTHERS_GRACE = 1.0
+
 _live_managers: weakref.WeakSet[Stoppable] = weakref.WeakSet()
 _installed = False
 
@@ -80,6 +85,10 @@ def _install_sigterm(runtime: Runtime) -> None:
         def on_sigterm() -> None:
             cancel()
             close_all()
+            # An app's own gevent.signal_handler runs beside this one, unseen
+            # by signal.getsignal: what it does after its close() (which
+            # returned with ours) runs first.
+            runtime.sleep(OTHERS_GRACE)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 

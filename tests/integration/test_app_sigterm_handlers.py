@@ -8,8 +8,9 @@ the gevent hub: close() moves its work to a greenlet and ``sys.exit``'s
 atexit waits for it) and gevent's documented pattern, a greenlet spawned by
 ``gevent.signal_handler`` that calls close() and then ``os._exit(0)``, which
 waits for nothing (close() must return only when its work is done). The
-package's own handler (a greenlet of its own) runs beside the app's: either
-may end the process, but neither before the drain is done.
+package's own handler (a greenlet of its own) runs beside the app's and
+waits for the same close; it lets the app's handler finish before it ends
+the process.
 """
 import signal
 import time
@@ -58,3 +59,7 @@ def test_app_sigterm_handler_drains_to_another_dyno(new_fleet, js, handler):
     assert_exact(client, got, sent)
     stats = requests.get(b.url + "/stats", timeout=5).json()
     assert stats["recoveries_from_checkpoint"] == 0, stats
+    if handler == "spawn":
+        # The package's own handler, beside the app's, let the app finish.
+        assert "closed at SIGTERM; exiting" in log
+        assert a.process.returncode == 0

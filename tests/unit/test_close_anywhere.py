@@ -59,6 +59,20 @@ GEVENT_CASES = textwrap.dedent("""
 
     out["other thread"] = other_thread(rt.cannot_wait)
 
+    # A signal.signal handler runs inside whatever the signal interrupted:
+    # it may wait in the main greenlet only.
+    def in_handler(run):
+        got = []
+        previous = signal.signal(signal.SIGUSR1, lambda *_: got.append(
+            (rt.cannot_wait(), gevent.getcurrent() is main)))
+        run(lambda: os.kill(os.getpid(), signal.SIGUSR1))
+        signal.signal(signal.SIGUSR1, previous)
+        return got
+
+    main = gevent.getcurrent()
+    out["handler in main"] = in_handler(lambda fire: fire())
+    out["handler in a greenlet"] = in_handler(lambda fire: gevent.spawn(fire).join())
+
     def manager():
         mgr = KafkaManager(bootstrap_servers="127.0.0.1:9", connect_timeout=1)
         mgr._runtime = rt
@@ -108,6 +122,7 @@ def test_where_close_waits_under_gevent():
     assert got == {
         "main": False, "spawned": False, "own task": True, "hub": True, "kafka io": True,
         "other thread": False,
+        "handler in main": [[False, True]], "handler in a greenlet": [[True, False]],
         "spawned close done on return": 1,
         "second close done on return": 1,
         "hub close done on return": 0,
