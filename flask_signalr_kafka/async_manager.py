@@ -71,7 +71,7 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting: Future | None = None
         self._connected = False  # the core's connect done: not again on a retry
-        self._closed_future: Future = Future()  # done once a close is
+        self._closed_future: Future = Future()  # done once a close is done
         #: Topics whose metadata the producer has: a send there never waits.
         self._warm: set[str] = set()
         #: Callback coroutines running (cancelled at close).
