@@ -29,6 +29,7 @@ def uvicorn(app, *options):
             *options, "--log-level", "warning", "--no-access-log"]
 
 
+@pytest.mark.confluent  # cheap: no broker to start
 @pytest.mark.parametrize("mode", ["gevent", "threading", "uvicorn"])
 def test_dyno_fails_fast_naming_the_servers(artifacts, mode):
     address = f"127.0.0.1:{free_port()}"
