@@ -85,10 +85,11 @@ def _install_sigterm(runtime: Runtime) -> None:
         def on_sigterm() -> None:
             cancel()
             close_all()
-            # An app's own gevent.signal_handler runs beside this one, unseen
-            # by signal.getsignal: what it does after its close() (which
-            # returned with ours) runs first.
-            runtime.sleep(OTHERS_GRACE)
+            if runtime.green:
+                # An app's own gevent.signal_handler runs beside this one,
+                # unseen by signal.getsignal: what it does after its close()
+                # (which returned with ours) runs first.
+                runtime.sleep(OTHERS_GRACE)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 
