@@ -384,7 +384,7 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
     async def _deliver_record(self, base: str, item: tuple) -> None:
         record, delivery, (event, args) = item
         try:
-            if delivery.to_conn and not self.is_local(delivery.room, delivery.namespace):
+            if delivery.held_elsewhere(self.is_local):
                 return  # another server's connection
             callback, coords = self._consumed(base, record, delivery)
             await self._deliver(event, args, delivery.namespace, delivery.room,

@@ -43,6 +43,11 @@ class Delivery:
     callback: tuple[str, int] | None
     key: str | None
 
+    def held_elsewhere(self, is_local: Callable[[str, str], bool]) -> bool:
+        """A send-conn record for a connection this server does not hold
+        (``is_local(sid, namespace)``): another server delivers it."""
+        return self.to_conn and (self.room is None or not is_local(self.room, self.namespace))
+
     def payload(self) -> tuple[str, tuple]:
         """The event and its arguments (decoded only by the server that
         delivers it)."""

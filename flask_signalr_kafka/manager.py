@@ -276,8 +276,7 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
 
     def _handle_invocation(self, base: str, record) -> None:
         delivery = inbound.delivery_of(base, record, self.server_name)
-        if delivery is None or (delivery.to_conn
-                                and not self.is_local(delivery.room, delivery.namespace)):
+        if delivery is None or delivery.held_elsewhere(self.is_local):
             return  # emitted here (delivered then), or for another server's connection
         callback, coords = self._consumed(base, record, delivery)
         event, args = delivery.payload()
