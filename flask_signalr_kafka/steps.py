@@ -162,6 +162,17 @@ class DeliveryLog:
 
         future.add_callback(landed)
 
+    def _recent(self, cutoff: float, limit: int | None = None) -> list:
+        """The ring's steps at or after ``cutoff`` (at most ``limit``, the
+        newest), oldest first; the caller holds the lock."""
+        recent = []
+        for entry in reversed(self._ring):
+            if entry[1] < cutoff or (limit is not None and len(recent) >= limit):
+                break
+            recent.append(entry)
+        recent.reverse()
+        return recent
+
     def windows(self, rooms_of: dict[str, list[str]],
                  seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
         """For each connection of ``rooms_of`` (sid -> rooms): the records
@@ -169,8 +180,13 @@ class DeliveryLog:
         sent, and whether that is all of them. One pass over the ring for
         every connection (a shutdown saves them all)."""
         cutoff = time.monotonic() - seconds
-        ring = self._ring
-        exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+        # The steps of the last ``seconds``, taken under the lock: consumers
+        # (threads) and the loop append as this runs, and a deque changed
+        # during its iteration raises (out of the disconnect hook: a ghost).
+        with self._lock:
+            recent = self._recent(cutoff)
+            ring = self._ring
+            exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
         members: dict[tuple[str, str], list[str]] = {}
         for sid, rooms in rooms_of.items():
             members.setdefault((SEND_CONN, sid), []).append(sid)
@@ -181,12 +197,7 @@ class DeliveryLog:
         everyone: list[WindowEntry] = []
         own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
         unacked: set[str] = set()
-        recent = []
-        for entry in reversed(ring):
-            if entry[1] < cutoff:
-                break
-            recent.append(entry)
-        for step, _, coords, _, only in reversed(recent):
+        for step, _, coords, _, only in recent:
             for base, key, partition, offset in coords:
                 if only is not None:
                     sids = [only] if only in own else []
@@ -211,14 +222,14 @@ class DeliveryLog:
         """How far this dyno delivered now (``positions``: its consumers'),
         with the tail of what it sent; ``pause`` waits for the broker's acks
         of its own records."""
-        emit_seq, step = self._emit_seq, self._step
         cutoff = time.monotonic() - DROP_WINDOW
-        recent = []
-        for entry in reversed(self._ring):
-            if entry[1] < cutoff or len(recent) >= TAIL_STEPS:
-                break
-            recent.append(entry)
-        recent.reverse()
+        with self._lock:  # a consistent cut, and no deque changed while read
+            emit_seq, step = self._emit_seq, self._step
+            recent = self._recent(cutoff, TAIL_STEPS + 1)
+            # The emit counter just before the tail, if the ring still has it.
+            before = recent.pop(0) if len(recent) > TAIL_STEPS else None
+            if before is None and len(recent) < len(self._ring):
+                before = self._ring[len(self._ring) - len(recent) - 1]
         # Its own records' places come with the broker's acks.
         deadline = time.monotonic() + 1.0
         while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
@@ -230,8 +241,8 @@ class DeliveryLog:
         # step it had is replayed all of it, and nothing older can be missing.
         whole = bool(recent) and (len(recent) < TAIL_STEPS or recent[0][1] <= cutoff)
         # The emit counter just before the tail, then wherever it moved in it.
-        tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
-                             recent[0][3] if recent else emit_seq)
+        tail_emit_seq = (before[3] if before is not None
+                         else recent[0][3] if recent else emit_seq)
         tail: list[WindowEntry] = []
         private: list[PrivateEntry] = []
         emit_steps: list[tuple[int, int]] = []
