@@ -373,11 +373,10 @@ class Recovery:
         if announced:
             self.announced.add(sid)
         previous = self._taken.pop(key, None)
-        if previous is None:
-            self._dirty.add(key)
-        else:  # where it was is deleted: it must be here at once
+        if previous is not None:  # where it was is deleted: it must be here at once
             self.store.taken_from(pid, previous)
-            self._write_live(key)
+        # At once, not with the next checkpoint: the client holds its pid now.
+        self._write_live(key)
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (sid, namespace) in self._recovered
@@ -516,12 +515,45 @@ class Recovery:
     def _position_list(self) -> list[Position]:
         return [(base, p, off) for (base, p), off in sorted(self.positions().items())]
 
-    def _write_live(self, key: tuple[str, str]) -> None:
+    def _write_live(self, key: tuple[str, str]) -> bool:
+        """Write the live session of a connection here. A write Kafka did not
+        take (a leader not yet acting as one on a new topic or after an
+        election, a full buffer) is written again with the next checkpoint,
+        until one is: without it a crash of this dyno loses the session."""
         pid = self._pids.get(key)
-        if pid is not None:
-            sid, namespace = key
-            self.store.put(pid, Session(LIVE, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.log.tag, time.time()))
+        if pid is None:
+            return True
+        sid, namespace = key
+        try:
+            future = self.store.put(pid, Session(LIVE, sid, namespace,
+                                                 self._rooms(sid, namespace),
+                                                 self.owner, self.log.tag, time.time()))
+        except Exception:
+            logger.warning("could not write the session of %s; retrying with the next "
+                           "checkpoint", sid, exc_info=True)
+            self._rewrite(key)
+            return False
+        if future is not None:
+            future.add_errback(lambda _error: self._rewrite(key))
+        return True
+
+    def _rewrite(self, key: tuple[str, str]) -> None:
+        if key in self._pids:
+            self.stats["session-rewrites"] += 1
+            self._dirty.add(key)
+
+    def _write_dirty(self) -> None:
+        """Write the live sessions whose rooms changed (one batch for a
+        connect storm). Taken one at a time: handlers and the producer's
+        callbacks add to the set meanwhile, and a failed write keeps the
+        rest."""
+        for _ in range(len(self._dirty)):
+            try:
+                key = self._dirty.pop()
+            except KeyError:
+                return
+            if not self._write_live(key):
+                return  # the producer refuses now: the next round tries again
 
     def _run_checkpoints(self) -> None:
         next_prune = time.monotonic() + 30
@@ -532,9 +564,7 @@ class Recovery:
         while not self._stopping:
             self.core.runtime.sleep(self.options.checkpoint_interval)
             try:
-                dirty, self._dirty = self._dirty, set()
-                for key in dirty:
-                    self._write_live(key)
+                self._write_dirty()
                 log = self.log
                 moved = (log.last_step, log.emit_seq) != (last_step, last_emit)
                 if moved or time.monotonic() - last_at >= heartbeat:

@@ -399,16 +399,18 @@ class SessionStore:
 
     # -- writing ------------------------------------------------------------
 
-    def put(self, pid: str, session: Session) -> None:
+    def put(self, pid: str, session: Session) -> Any:
         """Write the session of one of this dyno's connections at home, and
-        once a pointer there in its pid's partition."""
+        once a pointer there in its pid's partition; return the session
+        record's future."""
         key = _session_key(pid)
-        self._publish(key, encode(session), self.home)
+        future = self._publish(key, encode(session), self.home)
         origin = self.partition(pid)
         if origin is not None and origin != self.home and pid not in self._pointed:
             self._pointed.add(pid)
             pointer = Session(MOVED, "", "", [], self.owner, "", time.time())
             self._publish(key, encode(pointer), origin)
+        return future
 
     def delete(self, pid: str) -> None:
         """The connection is gone on purpose: nothing of it stays."""
