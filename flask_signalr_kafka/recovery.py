@@ -27,7 +27,7 @@ from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .core import KafkaCore
 from .errors import MalformedRecord
 from .recovery_options import ConnectionStateRecovery
-from .replay import read_missed, slots_of_room, slots_of_session, step_of
+from .replay import ConsumerPool, read_missed, slots_of_room, slots_of_session, step_of
 from .sessions import (
     LIVE,
     SAVED,
@@ -148,6 +148,7 @@ class Recovery:
     def close(self) -> None:
         self.stop()
         self.store.reader.close()
+        self._replay_pool().close()
 
     def _publish_session(self, key: str, value: bytes | None, partition: int) -> Any:
         return self.core.publish(SESSIONS, key, value, partition=partition)
@@ -664,6 +665,14 @@ class Recovery:
                      session.sid, len(window), ranges, own)
         if not ranges and not window and not own:
             return []
-        return read_missed(self.core.new_consumer, self.core.topic_config.name,
+        pool = self._replay_pool()
+        return read_missed(pool.get, self.core.topic_config.name,
                            session, window, ranges, (self.owner, own_seq, own),
-                           self.core.runtime.sleep)
+                           self.core.runtime.sleep, release=pool.put)
+
+    def _replay_pool(self) -> ConsumerPool:
+        """The replay consumers, made on the first replay (most dynos of a
+        fleet rarely replay)."""
+        # setdefault: two first replays at once share one pool.
+        return self.__dict__.setdefault("_replay_consumers",
+                                        ConsumerPool(self.core.new_consumer))
