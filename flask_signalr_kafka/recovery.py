@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -67,6 +68,14 @@ RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
 #: Seconds between a busy dyno's reference points: full offsets name the
 #: slots delivered past the last one, so this bounds their length.
 _REF_EVERY = 1.0
+#: Seconds a live dyno's checkpoint round may take beyond its interval: the
+#: wait for its own records' acks (up to 1 s) and a slow write.
+SLOW_ROUND = 1.5
+#: Seconds two dynos' wall clocks may differ (a checkpoint's age is read
+#: from its writer's clock only the first time it is seen).
+CLOCK_SKEW = 1.0
+#: Seconds between two prunings of the sessions partitions read here.
+_PRUNE_EVERY = 30.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
 
@@ -286,8 +295,23 @@ class Recovery:
         return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
 
     def _alive(self, owner: str) -> bool:
+        """Whether ``owner`` still writes checkpoints. Timed on this dyno's
+        own clock, from when its checkpoint was last seen to change: the
+        owner's clock may differ from ours, and a live owner's round may be
+        slow (acks, a connect storm). Its wall-clock age counts only for a
+        checkpoint seen for the first time, less :data:`CLOCK_SKEW`."""
         checkpoint = self.store.checkpoint(owner, since=time.monotonic() - SHARED_READ)
-        return checkpoint is not None and time.time() - checkpoint.at < self._liveness()
+        if checkpoint is None:
+            return False
+        now = time.monotonic()
+        seen = self.__dict__.setdefault("_checkpoints_seen", {})
+        last = seen.get(owner)
+        if last is None or last[0] != (checkpoint.at, checkpoint.step):
+            if len(seen) > 10_000:
+                seen.clear()  # owners of long ago
+            age = 0.0 if last is not None else max(0.0, time.time() - checkpoint.at - CLOCK_SKEW)
+            last = seen[owner] = ((checkpoint.at, checkpoint.step), now - age)
+        return now - last[1] < self._liveness()
 
     def _from_checkpoint(self, session: Session, checkpoint: Checkpoint,
                          last: int | None) -> Session:
@@ -341,8 +365,10 @@ class Recovery:
         )
 
     def _liveness(self) -> float:
-        """Seconds without a checkpoint after which a dyno counts as dead."""
-        return 3 * self.options.checkpoint_interval + 1
+        """Seconds without a new checkpoint after which a dyno counts as
+        dead: three of its intervals, a second, and a slow round's
+        (:data:`SLOW_ROUND`)."""
+        return 3 * self.options.checkpoint_interval + 1 + SLOW_ROUND
 
     def _catch_up(self, session: Session) -> None:
         """Before the connection joins its rooms here: this dyno's positions
@@ -557,9 +583,11 @@ class Recovery:
                 return  # the producer refuses now: the next round tries again
 
     def _run_checkpoints(self) -> None:
-        next_prune = time.monotonic() + 30
-        # An idle dyno writes only often enough to count as alive.
-        heartbeat = self._liveness() / 3
+        next_prune = time.monotonic() + _PRUNE_EVERY
+        pruning = threading.Event()  # set while a pruning runs
+        # An idle dyno writes only often enough to count as alive (a third of
+        # the time without slow rounds: a slow round makes up the rest).
+        heartbeat = (self._liveness() - SLOW_ROUND) / 3
         last_step = last_emit = -1
         last_at = last_ref = 0.0
         while not self._stopping:
@@ -576,12 +604,27 @@ class Recovery:
                 if (moved or not log.has_ref) and time.monotonic() - last_ref >= _REF_EVERY:
                     log.write_ref(self.owner, self._position_list(), self.store.put_ref)
                     last_ref = time.monotonic()
-                if time.monotonic() > next_prune:
-                    next_prune = time.monotonic() + 30
-                    for partition in range(self.store.partition_count):
-                        self.store.prune(partition, self._liveness())
+                if time.monotonic() > next_prune and not pruning.is_set():
+                    # Apart: pruning reads partitions (seconds at worst), and
+                    # checkpoints late by that long would count this dyno dead.
+                    next_prune = time.monotonic() + _PRUNE_EVERY
+                    pruning.set()
+                    self.core.runtime.spawn(self._prune, pruning)
             except Exception:
                 logger.exception("connection state recovery checkpoint failed")
+
+    def _prune(self, running: threading.Event) -> None:
+        """Delete what can no longer be restored from the sessions partitions
+        read here; clears ``running`` when done."""
+        try:
+            for partition in range(self.store.partition_count):
+                if self._stopping:
+                    return
+                self.store.prune(partition, self._liveness())
+        except Exception:
+            logger.exception("connection state recovery pruning failed")
+        finally:
+            running.clear()
 
     # -- replay ------------------------------------------------------------
 
