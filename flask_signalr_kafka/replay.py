@@ -240,9 +240,12 @@ def read_ranges(consumer: Consumer, ranges: dict,
             for record in batch:
                 if start <= record.offset < end:
                     found[tp].append((base, record))
+            # Not paused once done (its further records are dropped): a
+            # pause outlives the read in both clients (librdkafka keeps it
+            # through an unassign; kafka-python stalled a later seek), and a
+            # reused consumer would never fetch that partition again.
             if batch and batch[-1].offset >= end - 1:
                 pending.discard(tp)
-                consumer.pause(tp)
         for tp in list(pending):
             position = consumer.position(tp)
             if position >= by_tp[tp][2]:
