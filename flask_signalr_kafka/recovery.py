@@ -69,11 +69,12 @@ RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
 #: slots delivered past the last one, so this bounds their length.
 _REF_EVERY = 1.0
 #: Seconds a live dyno's checkpoint round may take beyond its interval: the
-#: wait for its own records' acks (up to 1 s) and a slow write.
-SLOW_ROUND = 1.5
+#: wait for its own records' acks (up to 1 s). More would delay every
+#: takeover of a killed dyno's clients, and so lengthen their replays.
+SLOW_ROUND = 1.0
 #: Seconds two dynos' wall clocks may differ (a checkpoint's age is read
 #: from its writer's clock only the first time it is seen).
-CLOCK_SKEW = 1.0
+CLOCK_SKEW = 0.5
 #: Seconds between two prunings of the sessions partitions read here.
 _PRUNE_EVERY = 30.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
