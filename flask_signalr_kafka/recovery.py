@@ -340,8 +340,10 @@ class Recovery:
                 [e for e in checkpoint.tail if (e[1], e[2]) in slots]
                 + [(st, b, p, o) for st, sid, b, p, o in checkpoint.private
                    if sid == session.sid]) if e[0] > last]
-            # Steps between the client's and the tail's may have been for it.
-            exact = whole and last >= checkpoint.tail_from - 1
+            # Steps between the client's and the tail's may have been for it,
+            # and so may its private steps left out of the tail.
+            cut = dict(checkpoint.private_cut).get(session.sid, -1)
+            exact = whole and last >= checkpoint.tail_from - 1 and last >= cut
         return msgspec.structs.replace(
             session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
             emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,

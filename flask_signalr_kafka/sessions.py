@@ -112,6 +112,9 @@ class Checkpoint(msgspec.Struct, array_like=True):
     :param tail_whole: the tail spans the drop window (it was not cut short
                        by its length limit), so a client that cannot say
                        which step it had is given all of it.
+    :param private_cut: ``(sid, step)``: that connection's private steps up
+                        to ``step`` were left out of ``private`` (its own
+                        limit); one that may have missed them is not exact.
     """
 
     owner: str
@@ -126,6 +129,7 @@ class Checkpoint(msgspec.Struct, array_like=True):
     emit_steps: list[tuple[int, int]] = msgspec.field(default_factory=list)
     private: list[PrivateEntry] = msgspec.field(default_factory=list)
     tail_whole: bool = True
+    private_cut: list[tuple[str, int]] = msgspec.field(default_factory=list)
 
 
 class RefPoint(msgspec.Struct, array_like=True):
