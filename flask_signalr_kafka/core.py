@@ -87,8 +87,10 @@ class KafkaCore:
         self._home: HomePartitions | None = None
         self._holds: Callable[[str], bool] = lambda sid: False
         self._local_sids: Callable[[], set[str]] = set
-        #: sid -> when this server claimed its send-conn partitions.
+        #: sid -> when this server claimed its send-conn partitions; claims
+        #: and releases come from many threads (under ``_claims_lock``).
         self._claimed_at: dict[str, float] = {}
+        self._claims_lock = threading.Lock()
         self._readiness: list[threading.Event] = []
         self.closed = False
 
@@ -228,14 +230,16 @@ class KafkaCore:
         :raises TimeoutError: not positioned within ``timeout`` seconds.
         """
         now = time.monotonic()
-        if sid in self._claimed_at:
-            return
+        with self._claims_lock:
+            if sid in self._claimed_at:
+                return
+            self._claimed_at[sid] = now
+            old = [s for s, at in self._claimed_at.items() if now - at > CLAIM_GRACE]
         # A claim whose connection never arrived (its recovery failed after
         # the claim) is dropped after a while.
-        for stale in [s for s, at in self._claimed_at.items()
-                      if now - at > CLAIM_GRACE and not self._holds(s)]:
-            self.release(stale)
-        self._claimed_at[sid] = now
+        for stale in old:
+            if not self._holds(stale):
+                self.release(stale)
         home = self._home
         if home is None or not home.claim(sid):
             return  # every partition is read, or it hashes home
@@ -248,7 +252,8 @@ class KafkaCore:
 
     def release(self, sid: str) -> None:
         """Stop reading the partitions of ``sid`` (its connection left)."""
-        self._claimed_at.pop(sid, None)
+        with self._claims_lock:
+            self._claimed_at.pop(sid, None)
         if self._home is not None and self._home.release(sid):
             consumer = self._consumers.get(SEND_CONN)
             if consumer is not None:

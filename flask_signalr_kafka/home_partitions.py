@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -133,19 +134,24 @@ class HomePartitions:
         self._local_sids = local_sids
         self.n = 0
         self.home: frozenset[int] = frozenset()
-        #: sid -> the partitions it needs beyond the home set.
+        #: sid -> the partitions it needs beyond the home set. Handlers claim
+        #: and release while the consumer reads it: changed and read under
+        #: the lock (an iteration it changes raises).
         self.claims: dict[str, frozenset[int]] = {}
+        self._lock = threading.Lock()
         self._resize(conn_partitions)
 
     def _resize(self, n: int) -> None:
         if n == self.n:
             return
-        self.n = n
-        self.home = home_set(self._slot_seed, n, self.count)
-        sids = set(self.claims) | set(self._local_sids())
-        self.claims = {}
-        for sid in sids:
-            self.claim(sid)
+        local = set(self._local_sids())  # the manager's: not under our lock
+        with self._lock:
+            self.n = n
+            self.home = home_set(self._slot_seed, n, self.count)
+            sids = set(self.claims) | local
+            self.claims = {}
+            for sid in sids:
+                self._claim(sid)
 
     def allocate_sid(self) -> str:
         """A new connection id that lands home under both partitioners."""
@@ -153,6 +159,10 @@ class HomePartitions:
 
     def claim(self, sid: str) -> frozenset[int]:
         """Read ``sid``'s partitions too; return those outside the home set."""
+        with self._lock:
+            return self._claim(sid)
+
+    def _claim(self, sid: str) -> frozenset[int]:
         extra = partitions_of(sid, self.n) - self.home
         if extra:
             self.claims[sid] = extra
@@ -160,16 +170,18 @@ class HomePartitions:
 
     def release(self, sid: str) -> bool:
         """Stop reading for ``sid``; whether that may drop a partition."""
-        return self.claims.pop(sid, None) is not None
+        with self._lock:
+            return self.claims.pop(sid, None) is not None
 
     def conn_wanted(self, ids: Iterable[int]) -> set[int]:
         """The send-conn partitions to read, of the topic's ``ids`` (a
         :class:`~.consumer.TopicConsumer` filter)."""
         ids = set(ids)
         self._resize(len(ids))
-        wanted = set(self.home)
-        for extra in self.claims.values():
-            wanted |= extra
+        with self._lock:
+            wanted = set(self.home)
+            for extra in self.claims.values():
+                wanted |= extra
         return wanted & ids
 
     def ack_wanted(self, ids: Iterable[int]) -> set[int]:

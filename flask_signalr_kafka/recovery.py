@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .core import KafkaCore
 from .errors import MalformedRecord
 from .recovery_options import ConnectionStateRecovery
-from .replay import read_missed, slots_of_room, slots_of_session, step_of
+from .replay import ConsumerPool, read_missed, slots_of_room, slots_of_session, step_of
 from .sessions import (
     LIVE,
     SAVED,
@@ -67,6 +68,15 @@ RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
 #: Seconds between a busy dyno's reference points: full offsets name the
 #: slots delivered past the last one, so this bounds their length.
 _REF_EVERY = 1.0
+#: Seconds a live dyno's checkpoint round may take beyond its interval: the
+#: wait for its own records' acks (up to 1 s). More would delay every
+#: takeover of a killed dyno's clients, and so lengthen their replays.
+SLOW_ROUND = 1.0
+#: Seconds two dynos' wall clocks may differ (a checkpoint's age is read
+#: from its writer's clock only the first time it is seen).
+CLOCK_SKEW = 0.5
+#: Seconds between two prunings of the sessions partitions read here.
+_PRUNE_EVERY = 30.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
 
@@ -148,6 +158,7 @@ class Recovery:
     def close(self) -> None:
         self.stop()
         self.store.reader.close()
+        self._replay_pool().close()
 
     def _publish_session(self, key: str, value: bytes | None, partition: int) -> Any:
         return self.core.publish(SESSIONS, key, value, partition=partition)
@@ -285,8 +296,23 @@ class Recovery:
         return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
 
     def _alive(self, owner: str) -> bool:
+        """Whether ``owner`` still writes checkpoints. Timed on this dyno's
+        own clock, from when its checkpoint was last seen to change: the
+        owner's clock may differ from ours, and a live owner's round may be
+        slow (acks, a connect storm). Its wall-clock age counts only for a
+        checkpoint seen for the first time, less :data:`CLOCK_SKEW`."""
         checkpoint = self.store.checkpoint(owner, since=time.monotonic() - SHARED_READ)
-        return checkpoint is not None and time.time() - checkpoint.at < self._liveness()
+        if checkpoint is None:
+            return False
+        now = time.monotonic()
+        seen = self.__dict__.setdefault("_checkpoints_seen", {})
+        last = seen.get(owner)
+        if last is None or last[0] != (checkpoint.at, checkpoint.step):
+            if len(seen) > 10_000:
+                seen.clear()  # owners of long ago
+            age = 0.0 if last is not None else max(0.0, time.time() - checkpoint.at - CLOCK_SKEW)
+            last = seen[owner] = ((checkpoint.at, checkpoint.step), now - age)
+        return now - last[1] < self._liveness()
 
     def _from_checkpoint(self, session: Session, checkpoint: Checkpoint,
                          last: int | None) -> Session:
@@ -314,8 +340,10 @@ class Recovery:
                 [e for e in checkpoint.tail if (e[1], e[2]) in slots]
                 + [(st, b, p, o) for st, sid, b, p, o in checkpoint.private
                    if sid == session.sid]) if e[0] > last]
-            # Steps between the client's and the tail's may have been for it.
-            exact = whole and last >= checkpoint.tail_from - 1
+            # Steps between the client's and the tail's may have been for it,
+            # and so may its private steps left out of the tail.
+            cut = dict(checkpoint.private_cut).get(session.sid, -1)
+            exact = whole and last >= checkpoint.tail_from - 1 and last >= cut
         return msgspec.structs.replace(
             session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
             emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,
@@ -340,8 +368,10 @@ class Recovery:
         )
 
     def _liveness(self) -> float:
-        """Seconds without a checkpoint after which a dyno counts as dead."""
-        return 3 * self.options.checkpoint_interval + 1
+        """Seconds without a new checkpoint after which a dyno counts as
+        dead: three of its intervals, a second, and a slow round's
+        (:data:`SLOW_ROUND`)."""
+        return 3 * self.options.checkpoint_interval + 1 + SLOW_ROUND
 
     def _catch_up(self, session: Session) -> None:
         """Before the connection joins its rooms here: this dyno's positions
@@ -373,11 +403,10 @@ class Recovery:
         if announced:
             self.announced.add(sid)
         previous = self._taken.pop(key, None)
-        if previous is None:
-            self._dirty.add(key)
-        else:  # where it was is deleted: it must be here at once
+        if previous is not None:  # where it was is deleted: it must be here at once
             self.store.taken_from(pid, previous)
-            self._write_live(key)
+        # At once, not with the next checkpoint: the client holds its pid now.
+        self._write_live(key)
 
     def is_recovered(self, sid: str, namespace: str) -> bool:
         return (sid, namespace) in self._recovered
@@ -516,25 +545,58 @@ class Recovery:
     def _position_list(self) -> list[Position]:
         return [(base, p, off) for (base, p), off in sorted(self.positions().items())]
 
-    def _write_live(self, key: tuple[str, str]) -> None:
+    def _write_live(self, key: tuple[str, str]) -> bool:
+        """Write the live session of a connection here. A write Kafka did not
+        take (a leader not yet acting as one on a new topic or after an
+        election, a full buffer) is written again with the next checkpoint,
+        until one is: without it a crash of this dyno loses the session."""
         pid = self._pids.get(key)
-        if pid is not None:
-            sid, namespace = key
-            self.store.put(pid, Session(LIVE, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.log.tag, time.time()))
+        if pid is None:
+            return True
+        sid, namespace = key
+        try:
+            future = self.store.put(pid, Session(LIVE, sid, namespace,
+                                                 self._rooms(sid, namespace),
+                                                 self.owner, self.log.tag, time.time()))
+        except Exception:
+            logger.warning("could not write the session of %s; retrying with the next "
+                           "checkpoint", sid, exc_info=True)
+            self._rewrite(key)
+            return False
+        if future is not None:
+            future.add_errback(lambda _error: self._rewrite(key))
+        return True
+
+    def _rewrite(self, key: tuple[str, str]) -> None:
+        if key in self._pids:
+            self.stats["session-rewrites"] += 1
+            self._dirty.add(key)
+
+    def _write_dirty(self) -> None:
+        """Write the live sessions whose rooms changed (one batch for a
+        connect storm). Taken one at a time: handlers and the producer's
+        callbacks add to the set meanwhile, and a failed write keeps the
+        rest."""
+        for _ in range(len(self._dirty)):
+            try:
+                key = self._dirty.pop()
+            except KeyError:
+                return
+            if not self._write_live(key):
+                return  # the producer refuses now: the next round tries again
 
     def _run_checkpoints(self) -> None:
-        next_prune = time.monotonic() + 30
-        # An idle dyno writes only often enough to count as alive.
-        heartbeat = self._liveness() / 3
+        next_prune = time.monotonic() + _PRUNE_EVERY
+        pruning = threading.Event()  # set while a pruning runs
+        # An idle dyno writes only often enough to count as alive (a third of
+        # the time without slow rounds: a slow round makes up the rest).
+        heartbeat = (self._liveness() - SLOW_ROUND) / 3
         last_step = last_emit = -1
         last_at = last_ref = 0.0
         while not self._stopping:
             self.core.runtime.sleep(self.options.checkpoint_interval)
             try:
-                dirty, self._dirty = self._dirty, set()
-                for key in dirty:
-                    self._write_live(key)
+                self._write_dirty()
                 log = self.log
                 moved = (log.last_step, log.emit_seq) != (last_step, last_emit)
                 if moved or time.monotonic() - last_at >= heartbeat:
@@ -545,12 +607,27 @@ class Recovery:
                 if (moved or not log.has_ref) and time.monotonic() - last_ref >= _REF_EVERY:
                     log.write_ref(self.owner, self._position_list(), self.store.put_ref)
                     last_ref = time.monotonic()
-                if time.monotonic() > next_prune:
-                    next_prune = time.monotonic() + 30
-                    for partition in range(self.store.partition_count):
-                        self.store.prune(partition, self._liveness())
+                if time.monotonic() > next_prune and not pruning.is_set():
+                    # Apart: pruning reads partitions (seconds at worst), and
+                    # checkpoints late by that long would count this dyno dead.
+                    next_prune = time.monotonic() + _PRUNE_EVERY
+                    pruning.set()
+                    self.core.runtime.spawn(self._prune, pruning)
             except Exception:
                 logger.exception("connection state recovery checkpoint failed")
+
+    def _prune(self, running: threading.Event) -> None:
+        """Delete what can no longer be restored from the sessions partitions
+        read here; clears ``running`` when done."""
+        try:
+            for partition in range(self.store.partition_count):
+                if self._stopping:
+                    return
+                self.store.prune(partition, self._liveness())
+        except Exception:
+            logger.exception("connection state recovery pruning failed")
+        finally:
+            running.clear()
 
     # -- replay ------------------------------------------------------------
 
@@ -634,6 +711,14 @@ class Recovery:
                      session.sid, len(window), ranges, own)
         if not ranges and not window and not own:
             return []
-        return read_missed(self.core.new_consumer, self.core.topic_config.name,
+        pool = self._replay_pool()
+        return read_missed(pool.get, self.core.topic_config.name,
                            session, window, ranges, (self.owner, own_seq, own),
-                           self.core.runtime.sleep)
+                           self.core.runtime.sleep, release=pool.put)
+
+    def _replay_pool(self) -> ConsumerPool:
+        """The replay consumers, made on the first replay (most dynos of a
+        fleet rarely replay)."""
+        # setdefault: two first replays at once share one pool.
+        return self.__dict__.setdefault("_replay_consumers",
+                                        ConsumerPool(self.core.new_consumer))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,49 @@ from .offsets import Slot
 from .sessions import Session
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a replay read may go without reading a record (or its position
+#: moving) before it fails: a slow read that progresses goes on (a recovery
+#: storm shares the broker), a stuck one ends.
+IDLE_TIMEOUT = 30.0
+
+
+class ConsumerPool:
+    """Replay consumers kept between reads: a recovery storm reuses a few
+    instead of connecting a new consumer per attempt.
+
+    :param new_consumer: makes a consumer without a group.
+    :param keep: how many idle consumers are kept.
+    """
+
+    def __init__(self, new_consumer: Callable[[], Consumer], keep: int = 4) -> None:
+        self._new_consumer = new_consumer
+        self.keep = keep
+        self._idle: list[Consumer] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self) -> Consumer:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self._new_consumer()
+
+    def put(self, consumer: Consumer) -> None:
+        """Give back a consumer whose read ended well (one that failed may be
+        in any state: the caller closes it)."""
+        with self._lock:
+            if not self._closed and len(self._idle) < self.keep:
+                self._idle.append(consumer)
+                return
+        consumer.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for consumer in idle:
+            consumer.close()
 
 
 def slots_of_session(partition_count: Callable[[str], int], session: Session) -> set[Slot]:
@@ -57,6 +101,7 @@ def read_missed(
     ranges: dict[tuple[str, int], tuple[int, int]],
     own: tuple[str, int, dict[tuple[str, int], tuple[int, int]]] | None = None,
     pause: Callable[[float], Any] = time.sleep,
+    release: Callable[[Consumer], Any] | None = None,
 ) -> list:
     """``[(coords, event, args)]``: the window's records (in the order they
     were first sent), then every record of ``ranges`` (``{(base, partition):
@@ -66,8 +111,11 @@ def read_missed(
     :param new_consumer: a consumer without a group (the core's ``new_consumer``).
     :param topic: the topic name of a base name.
     :param pause: the runtime's sleep: a long catch-up lets the others run.
+    :param release: takes the consumer back after a read that ended well
+                    (:meth:`ConsumerPool.put`); closed otherwise.
     """
     consumer = new_consumer()
+    done = False
     try:
         out = []
         # The window's records, read in one pass per partition, replayed
@@ -102,9 +150,13 @@ def read_missed(
                 if event is not None:
                     out.append(([[base, record_key(record), record.partition, record.offset]],
                                 *event))
+        done = True
         return out
     finally:
-        consumer.close()
+        if done and release is not None:
+            release(consumer)
+        else:
+            consumer.close()
 
 
 def event_for(record: Any, base: str, session: Session, skip_own: bool,
@@ -157,7 +209,10 @@ def step_of(offset: str | None, tag: str) -> int | None:
 def read_ranges(consumer: Consumer, ranges: dict,
                 pause: Callable[[float], Any] = time.sleep) -> list:
     """Every record in ``{(base, tp): (start, end)}``, merged across
-    partitions by timestamp (each partition stays in its own order)."""
+    partitions by timestamp (each partition stays in its own order).
+
+    :raises TimeoutError: nothing was read for :data:`IDLE_TIMEOUT` seconds.
+    """
     if not ranges:
         return []
     by_tp = {tp: (base, start, end) for (base, tp), (start, end) in ranges.items()}
@@ -167,22 +222,40 @@ def read_ranges(consumer: Consumer, ranges: dict,
         consumer.seek(tp, start)
     pending = set(by_tp)
     found: dict[TopicPartition, list] = {tp: [] for tp in by_tp}
-    deadline = time.monotonic() + 30
+    # The deadline counts from the last progress, not from the start: under
+    # a recovery storm a long read that advances must not be thrown away.
+    deadline = time.monotonic() + IDLE_TIMEOUT
+    at: dict[TopicPartition, int] = {}
     while pending:
         logger.debug("replay read: waiting for %s", sorted(map(str, pending)))
         if time.monotonic() > deadline:
-            raise TimeoutError(f"replay read did not reach the end of {sorted(map(str, pending))}")
+            raise TimeoutError(f"replay read did not reach the end of {sorted(map(str, pending))}"
+                               f": nothing read for {IDLE_TIMEOUT:g} s")
+        progressed = False
         for tp, batch in consumer.poll(timeout_ms=200).items():
-            base, _, end = by_tp[tp]
+            if tp not in by_tp:
+                continue  # a reused consumer's earlier read, still buffered
+            base, start, end = by_tp[tp]
+            progressed = progressed or bool(batch)
             for record in batch:
-                if record.offset < end:
+                if start <= record.offset < end:
                     found[tp].append((base, record))
+            # Not paused once done (its further records are dropped): a
+            # pause outlives the read in both clients (librdkafka keeps it
+            # through an unassign; kafka-python stalled a later seek), and a
+            # reused consumer would never fetch that partition again.
             if batch and batch[-1].offset >= end - 1:
                 pending.discard(tp)
-                consumer.pause(tp)
         for tp in list(pending):
-            if consumer.position(tp) >= by_tp[tp][2]:
+            position = consumer.position(tp)
+            if position >= by_tp[tp][2]:
                 pending.discard(tp)
+            elif position is not None and position > at.get(tp, -1):
+                # Compacted or aborted offsets move the position too.
+                progressed = progressed or tp in at
+                at[tp] = position
+        if progressed:
+            deadline = time.monotonic() + IDLE_TIMEOUT
         pause(0)
     # heapq.merge keeps each partition's own order even where producers'
     # clocks make its timestamps go backwards.

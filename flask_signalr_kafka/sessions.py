@@ -112,6 +112,9 @@ class Checkpoint(msgspec.Struct, array_like=True):
     :param tail_whole: the tail spans the drop window (it was not cut short
                        by its length limit), so a client that cannot say
                        which step it had is given all of it.
+    :param private_cut: ``(sid, step)``: that connection's private steps up
+                        to ``step`` were left out of ``private`` (its own
+                        limit); one that may have missed them is not exact.
     """
 
     owner: str
@@ -126,6 +129,7 @@ class Checkpoint(msgspec.Struct, array_like=True):
     emit_steps: list[tuple[int, int]] = msgspec.field(default_factory=list)
     private: list[PrivateEntry] = msgspec.field(default_factory=list)
     tail_whole: bool = True
+    private_cut: list[tuple[str, int]] = msgspec.field(default_factory=list)
 
 
 class RefPoint(msgspec.Struct, array_like=True):
@@ -399,16 +403,18 @@ class SessionStore:
 
     # -- writing ------------------------------------------------------------
 
-    def put(self, pid: str, session: Session) -> None:
+    def put(self, pid: str, session: Session) -> Any:
         """Write the session of one of this dyno's connections at home, and
-        once a pointer there in its pid's partition."""
+        once a pointer there in its pid's partition; return the session
+        record's future."""
         key = _session_key(pid)
-        self._publish(key, encode(session), self.home)
+        future = self._publish(key, encode(session), self.home)
         origin = self.partition(pid)
         if origin is not None and origin != self.home and pid not in self._pointed:
             self._pointed.add(pid)
             pointer = Session(MOVED, "", "", [], self.owner, "", time.time())
             self._publish(key, encode(pointer), origin)
+        return future
 
     def delete(self, pid: str) -> None:
         """The connection is gone on purpose: nothing of it stays."""

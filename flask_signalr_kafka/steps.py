@@ -26,9 +26,14 @@ from .sessions import Checkpoint, Position, PrivateEntry, RefPoint, WindowEntry
 #: Seconds of sent records a session keeps when its socket may have died
 #: with some of them unread.
 DROP_WINDOW = 5.0
-#: The most steps a checkpoint's tail keeps (a client lagging further behind
-#: its dying dyno is not recovered rather than lose events).
+#: The most steps to every client (not one connection alone) a checkpoint's
+#: tail keeps (a client lagging further behind its dying dyno is not
+#: recovered rather than lose events).
 TAIL_STEPS = 5000
+#: The most steps to one connection alone (replays) a checkpoint's tail
+#: keeps, apart: a recovery storm's replays must not push the other
+#: clients' steps out of the tail.
+PRIVATE_STEPS = 5000
 
 
 class DeliveryLog:
@@ -162,6 +167,17 @@ class DeliveryLog:
 
         future.add_callback(landed)
 
+    def _recent(self, cutoff: float) -> list:
+        """The ring's steps at or after ``cutoff``, oldest first; the caller
+        holds the lock."""
+        recent = []
+        for entry in reversed(self._ring):
+            if entry[1] < cutoff:
+                break
+            recent.append(entry)
+        recent.reverse()
+        return recent
+
     def windows(self, rooms_of: dict[str, list[str]],
                  seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
         """For each connection of ``rooms_of`` (sid -> rooms): the records
@@ -169,8 +185,13 @@ class DeliveryLog:
         sent, and whether that is all of them. One pass over the ring for
         every connection (a shutdown saves them all)."""
         cutoff = time.monotonic() - seconds
-        ring = self._ring
-        exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+        # The steps of the last ``seconds``, taken under the lock: consumers
+        # (threads) and the loop append as this runs, and a deque changed
+        # during its iteration raises (out of the disconnect hook: a ghost).
+        with self._lock:
+            recent = self._recent(cutoff)
+            ring = self._ring
+            exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
         members: dict[tuple[str, str], list[str]] = {}
         for sid, rooms in rooms_of.items():
             members.setdefault((SEND_CONN, sid), []).append(sid)
@@ -181,12 +202,7 @@ class DeliveryLog:
         everyone: list[WindowEntry] = []
         own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
         unacked: set[str] = set()
-        recent = []
-        for entry in reversed(ring):
-            if entry[1] < cutoff:
-                break
-            recent.append(entry)
-        for step, _, coords, _, only in reversed(recent):
+        for step, _, coords, _, only in recent:
             for base, key, partition, offset in coords:
                 if only is not None:
                     sids = [only] if only in own else []
@@ -211,14 +227,10 @@ class DeliveryLog:
         """How far this dyno delivered now (``positions``: its consumers'),
         with the tail of what it sent; ``pause`` waits for the broker's acks
         of its own records."""
-        emit_seq, step = self._emit_seq, self._step
         cutoff = time.monotonic() - DROP_WINDOW
-        recent = []
-        for entry in reversed(self._ring):
-            if entry[1] < cutoff or len(recent) >= TAIL_STEPS:
-                break
-            recent.append(entry)
-        recent.reverse()
+        with self._lock:  # a consistent cut, and no deque changed while read
+            emit_seq, step = self._emit_seq, self._step
+            recent, before, shared, cut = self._tail(cutoff)
         # Its own records' places come with the broker's acks.
         deadline = time.monotonic() + 1.0
         while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
@@ -228,10 +240,10 @@ class DeliveryLog:
         tail_from = recent[0][0] if recent else step + 1
         # A whole tail spans the drop window: a client that cannot say which
         # step it had is replayed all of it, and nothing older can be missing.
-        whole = bool(recent) and (len(recent) < TAIL_STEPS or recent[0][1] <= cutoff)
+        whole = bool(recent) and (shared < TAIL_STEPS or recent[0][1] <= cutoff)
         # The emit counter just before the tail, then wherever it moved in it.
-        tail_emit_seq = next((e[3] for e in reversed(self._ring) if e[0] < tail_from),
-                             recent[0][3] if recent else emit_seq)
+        tail_emit_seq = (before[3] if before is not None
+                         else recent[0][3] if recent else emit_seq)
         tail: list[WindowEntry] = []
         private: list[PrivateEntry] = []
         emit_steps: list[tuple[int, int]] = []
@@ -246,11 +258,36 @@ class DeliveryLog:
             if only is None:
                 tail.extend((entry_step, base, partition, offset)
                             for base, _, partition, offset in acked)
-            else:
+            elif only not in cut or entry_step > cut[only]:
                 private.extend((entry_step, only, base, partition, offset)
                                for base, _, partition, offset in acked)
         return Checkpoint(owner, self.tag, time.time(), positions, emit_seq, step,
-                          tail_from, tail_emit_seq, tail, emit_steps, private, whole or not recent)
+                          tail_from, tail_emit_seq, tail, emit_steps, private, whole or not recent,
+                          sorted(cut.items()))
+
+    def _tail(self, cutoff: float) -> tuple[list, Any, int, dict[str, int]]:
+        """A checkpoint's steps (the caller holds the lock): those of the drop
+        window, oldest first, up to :data:`TAIL_STEPS` to every client and
+        :data:`PRIVATE_STEPS` to one connection alone; the step just before
+        them (or ``None``); how many of them went to every client; and, per
+        connection whose private steps were left out, the newest left out."""
+        recent: list = []
+        shared = private = 0
+        cut: dict[str, int] = {}
+        before = None
+        for entry in reversed(self._ring):
+            if entry[1] < cutoff or (entry[4] is None and shared >= TAIL_STEPS):
+                before = entry
+                break
+            if entry[4] is None:
+                shared += 1
+            elif private < PRIVATE_STEPS:
+                private += 1
+            elif entry[4] not in cut:
+                cut[entry[4]] = entry[0]  # the newest, as the walk goes back
+            recent.append(entry)
+        recent.reverse()
+        return recent, before, shared, cut
 
 
 def latest_each(entries: Iterable[WindowEntry]) -> list[WindowEntry]:
