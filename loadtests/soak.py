@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--client", default=os.environ.get("KAFKA_CLIENT", "kafka-python"),
                    choices=("kafka-python", "confluent"),
                    help="the Kafka client of the Flask dynos (uvicorn's stays kafka-python)")
+    p.add_argument("--cover", action="store_true",
+                   help="go on past --duration until a fault of each kind came")
     p.add_argument("--bootstrap", help="use this broker instead of starting Apache Kafka")
     args = p.parse_args(argv)
     if args.seed is not None and args.runs > 1:
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
                         interval=args.interval, rate=args.rate, dyno_rate=args.dyno_rate,
                         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
                         max_disconnection=args.max_disconnection, log_dir=log_dir,
-                        kafka_client=args.client, say=lambda s: print(s, flush=True))
+                        kafka_client=args.client, cover=args.cover,
+                        say=lambda s: print(s, flush=True))
             except ValueError as exc:
                 p.error(str(exc))
             print(report_text(r), flush=True)

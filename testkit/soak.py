@@ -194,14 +194,14 @@ class Soak:
     def __init__(self, bootstrap: str, *, seed: int, duration: float, clients: int,
                  kinds, faults, interval: float, rate: float, dyno_rate: float,
                  ping_interval: float, ping_timeout: float, max_disconnection: float,
-                 log_dir: Path, kafka_client: str, settle: float, say):
+                 log_dir: Path, kafka_client: str, settle: float, cover: bool, say):
         self.bootstrap, self.seed, self.duration = bootstrap, seed, duration
         self.n_clients, self.kinds = clients, list(kinds)
         self.faults_enabled = [f for f in faults if f != "gunicorn-term" or "gunicorn" in kinds]
         self.interval, self.rate, self.dyno_rate = interval, rate, dyno_rate
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.settle, self.say = settle, say
+        self.settle, self.say, self.cover = settle, say, cover
         self.rng = random.Random(seed)
         self.prefix = unique("soak")
         self.env = {"CONNECTION_STATE_RECOVERY": "1", "MAX_DISCONNECTION": str(max_disconnection),
@@ -295,14 +295,17 @@ class Soak:
             pool = ([d for d in self.dynos if d.kind == "gunicorn"] if kind == "gunicorn-term"
                     else [d for d in self.dynos if d.kind != "gunicorn"] if kind == "term"
                     else self.dynos)
-            dyno = rng.choice(pool)
+            # one with clients, if any: a fault that touches nobody tests nothing
+            busy = set(self.where().values())
+            dyno = rng.choice([d for d in pool if d.label in busy] or pool)
             self.stop_dyno(dyno, signal.SIGKILL if kind == "kill" else signal.SIGTERM, fault)
             return [fault]
         if kind in ("drop", "blackhole"):
             where = self.where()
             # a dyno with clients (sorted: the same draw for the same fleet)
             busy = sorted({d for d in where.values() if d is not None})
-            dyno = next(d for d in self.dynos if d.label == rng.choice(busy or ["d0"]))
+            label = rng.choice(busy or [self.dynos[0].label])
+            dyno = next(d for d in self.dynos if d.label == label)
             ids = sorted(c for c, d in where.items() if d == dyno.label)
             fault.dyno, fault.touched = dyno.label, ids
             fault.t = time.time()
@@ -333,8 +336,9 @@ class Soak:
                 self.stop_dyno(dyno, signal.SIGTERM, sub)
                 done.append(sub)
                 self.faults.append(sub)
-                self.mark(f"fault #{sub.n} rolling (group #{n}) {sub.dyno}: {sub.detail}; "
-                          f"{len(sub.touched)} clients touched")
+                self.mark(f"fault #{sub.n} rolling (group #{n}) {sub.dyno} at "
+                          f"{sub.t - self.started:.1f}s: {sub.detail}; {len(sub.touched)} "
+                          "clients touched")
             return []
         raise ValueError(f"unknown fault {kind}")
 
@@ -391,14 +395,17 @@ class Soak:
                       f"~{self.interval:g} s for {self.duration:g} s")
             while True:
                 wait = self.rng.uniform(0.5, 1.5) * self.interval
-                if time.monotonic() + wait > end - 2:
+                done = len({f.group or f.n for f in self.faults})
+                # cover: the first faults, one of each kind, all come
+                if time.monotonic() + wait > end - 2 and not (self.cover and done < len(self.deck)):
                     break
                 time.sleep(wait)
-                kind = self.next_fault_kind(len({f.group or f.n for f in self.faults}))
+                kind = self.next_fault_kind(done)
                 for f in self.inject(kind):
                     self.faults.append(f)
-                    self.mark(f"fault #{f.n} {f.kind} {f.dyno or ''}: {f.detail}; "
-                              f"{len(f.touched)} clients touched")
+                    self.mark(f"fault #{f.n} {f.kind} {f.dyno or ''} at "
+                              f"{f.t - self.started:.1f}s: {f.detail}; {len(f.touched)} "
+                              "clients touched")
             time.sleep(max(0.0, end - time.monotonic()))
             for p in self.pumps:
                 p.running = False
@@ -703,9 +710,11 @@ def run(bootstrap: str, *, seed: int | None = None, duration: float = 180.0,
         clients: int = 20, kinds=KINDS, faults=FAULTS, interval: float = 8.0,
         rate: float = 1.0, dyno_rate: float = 2.0, ping_interval: float = 5.0,
         ping_timeout: float = 5.0, max_disconnection: float = 120.0, log_dir: Path,
-        kafka_client: str = "kafka-python", settle: float = 5.0, say=print) -> dict:
+        kafka_client: str = "kafka-python", settle: float = 5.0, cover: bool = False,
+        say=print) -> dict:
     """Run the soak once on the broker at ``bootstrap`` (module docstring);
-    ``seed`` None picks one. Everything started is stopped."""
+    ``seed`` None picks one; ``cover``: go on past ``duration`` until a
+    fault of each kind came. Everything started is stopped."""
     if seed is None:
         seed = random.SystemRandom().randrange(1, 10**6)
     bad = [k for k in kinds if k not in KINDS] + [f for f in faults if f not in FAULTS]
@@ -715,7 +724,7 @@ def run(bootstrap: str, *, seed: int | None = None, duration: float = 180.0,
                 faults=faults, interval=interval, rate=rate, dyno_rate=dyno_rate,
                 ping_interval=ping_interval, ping_timeout=ping_timeout,
                 max_disconnection=max_disconnection, log_dir=log_dir,
-                kafka_client=kafka_client, settle=settle, say=say).run()
+                kafka_client=kafka_client, settle=settle, cover=cover, say=say).run()
 
 
 # -- the report -------------------------------------------------------------------
