@@ -43,6 +43,7 @@ the rooms joined again) are not expected: the failure is the reconnect.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import signal
@@ -274,7 +275,15 @@ class Soak:
         self.set_down()
         fault.t = time.time()
         began = time.monotonic()
+        # a crash takes the whole dyno: gunicorn's worker too, not only its
+        # master (an orphaned worker would serve on, then leave)
+        children = _children(dyno.proc.process.pid) if sig == signal.SIGKILL else []
         dyno.proc.stop(sig)
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         exited = time.monotonic() - began
         code = dyno.proc.process.returncode
         how = TERM_BY[dyno.kind] if sig == signal.SIGTERM else "SIGKILL"
@@ -463,6 +472,19 @@ class Soak:
             "server_logs": scan_logs([d.proc.log_path for d in self.dynos]),
             "log_dir": str(self.log_dir),
         }
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def uncertain(sent: dict, kills: dict, terms: dict) -> None:
