@@ -449,9 +449,9 @@ class Soak:
         terms = defaultdict(list)
         for f in self.faults:
             if f.kind == "kill":
-                kills[f.dyno].append(f.t)
+                kills[f.dyno].append((f.t, f.t_end))
             elif f.kind in ("term", "gunicorn-term", "rolling"):
-                terms[f.dyno].append(f.t)
+                terms[f.dyno].append((f.t, f.t_end))
         uncertain(self.sent, kills, terms)
         rows = [client_ledger(c, by_id[c["id"]], self.sent, self.faults, labels, self.started)
                 for c in self.plan]
@@ -489,15 +489,16 @@ def _children(pid: int) -> list[int]:
 
 def uncertain(sent: dict, kills: dict, terms: dict) -> None:
     """A dyno's emit is expected only if acknowledged before the dyno was
-    told to stop, and not in the last seconds before a SIGKILL."""
+    told to stop, and not in the last seconds before a SIGKILL (``kills``
+    and ``terms``: each dyno's (stopped, serving again) times)."""
     for s in sent.values():
         if s.origin == "emitter" or not s.certain:
             continue
-        for t in terms.get(s.origin, ()):
-            if s.acked_at >= t - 0.05 and s.t < t + 60:
+        for t, back in terms.get(s.origin, ()):
+            if t - 0.05 <= s.acked_at <= (back or t + 60):
                 s.certain = False
-        for t in kills.get(s.origin, ()):
-            if t - KILL_UNCERTAIN <= s.acked_at <= t + 60 and s.t <= t:
+        for t, back in kills.get(s.origin, ()):
+            if t - KILL_UNCERTAIN <= s.acked_at <= (back or t + 60):
                 s.certain = False
 
 
