@@ -211,7 +211,7 @@ class Soak:
         self.options = dict(kinds=self.kinds, faults=self.faults_enabled, interval=interval,
                             rate=rate, dyno_rate=dyno_rate, ping_interval=ping_interval,
                             ping_timeout=ping_timeout, max_disconnection=max_disconnection,
-                            kafka_client=kafka_client)
+                            kafka_client=kafka_client, cover=cover)
         self.dynos: list[Dyno] = []
         self.down: set[str] = set()
         self.faults: list[Fault] = []
@@ -787,9 +787,12 @@ def report_text(r: dict) -> str:
             lines += [f"    {line}" for line in row["failures"][:6]]
             if len(row["failures"]) > 6:
                 lines.append(f"    ... {len(row['failures']) - 6} more")
+    all_faults = set(o["faults"]) >= set(FAULTS) - {"gunicorn-term"}
     lines.append(f"replay: make soak SOAK_ARGS=\"--seed {r['seed']} --duration {r['duration']:g} "
                  f"--clients {r['clients']} --kinds {','.join(o['kinds'])} --interval "
-                 f"{o['interval']:g}\"")
+                 f"{o['interval']:g}{' --cover' if o.get('cover') else ''}"
+                 f"{'' if all_faults else ' --faults ' + ','.join(o['faults'])}"
+                 f"{' --client confluent' if o['kafka_client'] == 'confluent' else ''}\"")
     return "\n".join(lines)
 
 
