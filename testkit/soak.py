@@ -542,6 +542,7 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
     gaps: list[tuple[float, float]] = []
     outcome: Counter = Counter()
     reconnect_faults: Counter = Counter()
+    failed_at: list[tuple[float, int]] = []  # recovered, wrongly: (when, which reconnect)
     for k, cn in enumerate(connects[1:], 1):
         t = cn["t"] / 1000
         before = [i for i, (td, _) in enumerate(drops) if td <= t + 0.05]
@@ -557,6 +558,7 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
             if cn["recovered"]:
                 outcome["kick_recovered"] += 1
                 failures.append(f"{at}: recovered after a kick")
+                failed_at.append((t, k))
                 continue
             outcome["kick_new"] += 1
         elif cn["recovered"] and cn["sid"] == seg_sid:
@@ -565,6 +567,7 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
         elif cn["recovered"]:
             outcome["other_sid"] += 1
             failures.append(f"{at}: recovered with sid {cn['sid']}, not {seg_sid}")
+            failed_at.append((t, k))
         else:
             outcome["not_recovered"] += 1
             failures.append(f"{at}: not recovered")
@@ -638,7 +641,15 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
     lost_keys = sorted(expected - set(arrivals), key=lambda k: sent[k].t)
     lost_by_kind = Counter(sent[k].kind for k in lost_keys)
     lost_by_fault = Counter()
+    after_failed = 0
     for key in lost_keys:
+        # a client wrongly recovered (after a kick, or as another sid) may
+        # lack its rooms from then on: its losses are that failure's
+        wrong = [k for t, k in failed_at if t <= sent[key].t + 1.0]
+        if wrong:
+            after_failed += 1
+            lost_by_fault[f"after failed reconnect {wrong[-1]}"] += 1
+            continue
         f = _attribute(sent[key].t + 5.0, touches)
         lost_by_fault[f"#{f.n} {f.kind}" if f else "no fault"] += 1
     if lost_keys:
@@ -650,7 +661,8 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
     return {
         "id": cid, "announcing": announcing, "user": c["user"], "room": c["room"],
         "expected": len(expected), "received": sum(len(v) for v in arrivals.values()),
-        "lost": len(lost_keys), "dup": dup, "first_drop_repeats": repeats, "ooo": ooo,
+        "lost": len(lost_keys), "lost_after_failed_reconnect": after_failed, "dup": dup,
+        "first_drop_repeats": repeats, "ooo": ooo,
         "stray": stray, "unknown": unknown,
         "drops": len(drops), "reasons": dict(reasons), "reconnects": len(connects) - 1,
         "recovered": outcome["recovered"], "not_recovered": outcome["not_recovered"],
@@ -684,7 +696,8 @@ TARGETS = {
 
 def totals(rows: list[dict]) -> dict:
     out = {k: sum(r[k] for r in rows) for k in (
-        "expected", "received", "lost", "first_drop_repeats", "ooo", "stray", "unknown",
+        "expected", "received", "lost", "lost_after_failed_reconnect", "first_drop_repeats",
+        "ooo", "stray", "unknown",
         "drops", "reconnects", "recovered", "not_recovered", "other_sid", "kick_new",
         "kick_recovered", "loops", "unexplained", "connect_errors")}
     out["dup_announcing"] = sum(r["dup"] for r in rows if r["announcing"])
@@ -764,7 +777,8 @@ def report_text(r: dict) -> str:
         f"faults: {r['fault_counts']} ({len(r['faults'])} dyno stops or cuts in all)",
         f"events: {r['emitted']} sent ({r['emitted_certain']} counted), {t['expected']} "
         f"expected deliveries, {t['received']} received; lost {t['lost']} (announcing "
-        f"{t['lost_announcing']}, plain {t['lost_plain']}; by kind {t['lost_by_kind']}); "
+        f"{t['lost_announcing']}, plain {t['lost_plain']}; by kind {t['lost_by_kind']}; "
+        f"{t['lost_after_failed_reconnect']} after a reconnect wrongly recovered); "
         f"repeated to announcing {t['dup_announcing']}; plain repeats beyond the first drop "
         f"{t['dup_plain']}; plain first-drop repeats (allowed) {t['first_drop_repeats']}; "
         f"out of order {t['ooo']}; stray {t['stray']}; unknown {t['unknown']}",

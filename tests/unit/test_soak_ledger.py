@@ -87,6 +87,7 @@ def test_a_kicked_client_must_not_be_recovered_and_its_gap_is_not_expected():
     assert row["kick_recovered"] == 1
     # no gap for a recovered one: 4-6 of the broadcasts, 4-9 of its sid
     assert row["lost"] == 3 + 6
+    assert row["lost_after_failed_reconnect"] == 9  # the failed reconnect's doing
     assert "recovered after a kick" in row["failures"][0]
 
 
