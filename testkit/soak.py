@@ -203,7 +203,10 @@ class Soak:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.settle, self.say, self.cover = settle, say, cover
+        # two streams: the schedule (kinds, waits) replays exactly; the
+        # targets draw one number each, whatever the fleet looks like
         self.rng = random.Random(seed)
+        self.target_rng = random.Random(seed + 1_000_003)
         self.prefix = unique("soak")
         self.env = {"CONNECTION_STATE_RECOVERY": "1", "MAX_DISCONNECTION": str(max_disconnection),
                     "PING_INTERVAL": str(ping_interval), "PING_TIMEOUT": str(ping_timeout),
@@ -257,6 +260,9 @@ class Soak:
         self.driver.upstreams(self.down)
 
     # -- faults -----------------------------------------------------------------
+    def pick(self, choices: list):
+        return choices[int(self.target_rng.random() * len(choices))]
+
     def next_fault_kind(self, n: int) -> str:
         if n < len(self.deck):
             return self.deck[n]
@@ -299,21 +305,21 @@ class Soak:
     def inject(self, kind: str) -> list[Fault]:
         n = len(self.faults) + 1
         fault = Fault(n, kind, time.time())
-        rng = self.rng
+        pick = self.pick
         if kind in ("term", "gunicorn-term", "kill"):
             pool = ([d for d in self.dynos if d.kind == "gunicorn"] if kind == "gunicorn-term"
                     else [d for d in self.dynos if d.kind != "gunicorn"] if kind == "term"
                     else self.dynos)
             # one with clients, if any: a fault that touches nobody tests nothing
             busy = set(self.where().values())
-            dyno = rng.choice([d for d in pool if d.label in busy] or pool)
+            dyno = pick([d for d in pool if d.label in busy] or pool)
             self.stop_dyno(dyno, signal.SIGKILL if kind == "kill" else signal.SIGTERM, fault)
             return [fault]
         if kind in ("drop", "blackhole"):
             where = self.where()
             # a dyno with clients (sorted: the same draw for the same fleet)
             busy = sorted({d for d in where.values() if d is not None})
-            label = rng.choice(busy or [self.dynos[0].label])
+            label = pick(busy or [self.dynos[0].label])
             dyno = next(d for d in self.dynos if d.label == label)
             ids = sorted(c for c, d in where.items() if d == dyno.label)
             fault.dyno, fault.touched = dyno.label, ids
@@ -328,7 +334,7 @@ class Soak:
             if not live:
                 fault.detail = "nobody connected"
                 return [fault]
-            victim = rng.choice(live)
+            victim = pick(live)
             sid = status[victim]["sid"]
             fault.touched = [victim]
             fault.dyno = {d.url: d.label for d in self.dynos}.get(status[victim]["upstream"])
