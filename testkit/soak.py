@@ -548,7 +548,7 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
     gaps: list[tuple[float, float]] = []
     outcome: Counter = Counter()
     reconnect_faults: Counter = Counter()
-    failed_at: list[tuple[float, int]] = []  # recovered, wrongly: (when, which reconnect)
+    failed_at: list[tuple[float, int]] = []  # recovered, wrongly: (its drop, which reconnect)
     for k, cn in enumerate(connects[1:], 1):
         t = cn["t"] / 1000
         before = [i for i, (td, _) in enumerate(drops) if td <= t + 0.05]
@@ -564,7 +564,7 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
             if cn["recovered"]:
                 outcome["kick_recovered"] += 1
                 failures.append(f"{at}: recovered after a kick")
-                failed_at.append((t, k))
+                failed_at.append((td, k))
                 continue
             outcome["kick_new"] += 1
         elif cn["recovered"] and cn["sid"] == seg_sid:
@@ -573,7 +573,7 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
         elif cn["recovered"]:
             outcome["other_sid"] += 1
             failures.append(f"{at}: recovered with sid {cn['sid']}, not {seg_sid}")
-            failed_at.append((t, k))
+            failed_at.append((td, k))
         else:
             outcome["not_recovered"] += 1
             failures.append(f"{at}: not recovered")
