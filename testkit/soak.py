@@ -203,6 +203,7 @@ class Soak:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.settle, self.say, self.cover = settle, say, cover
+        self.ping_wait = ping_interval + ping_timeout
         # two streams: the schedule (kinds, waits) replays exactly; the
         # targets draw one number each, whatever the fleet looks like
         self.rng = random.Random(seed)
@@ -421,7 +422,11 @@ class Soak:
                     self.mark(f"fault #{f.n} {f.kind} {f.dyno or ''} at "
                               f"{f.t - self.started:.1f}s: {f.detail}; {len(f.touched)} "
                               "clients touched")
-            time.sleep(max(0.0, end - time.monotonic()))
+            # the last fault's clients back (a blackhole is noticed after the
+            # ping interval and timeout) while the emits go on
+            tail = self.ping_wait + 5.0
+            last = max((f.t_end or f.t for f in self.faults), default=0.0)
+            time.sleep(max(0.0, end - time.monotonic(), last + tail - time.time()))
             for p in self.pumps:
                 p.running = False
             for p in self.pumps:
@@ -430,8 +435,8 @@ class Soak:
             self.mark(f"emits stopped: emitter {sum(self.emitter.emitted.values())} "
                       f"({self.emitter.failures.count} produce warnings), dynos "
                       f"{dict(sum((p.answers for p in self.pumps), Counter()))}")
-            settle_clients(self.driver, self.plan + self.pumps, self.settle, self.mark,
-                           limit=90)
+            settle_clients(_Forwarding(self.driver), self.plan + self.pumps, self.settle,
+                           self.mark, limit=90)
             report = self.driver.report()
         finally:
             self._following = False
@@ -478,6 +483,19 @@ class Soak:
             "server_logs": scan_logs([d.proc.log_path for d in self.dynos]),
             "log_dir": str(self.log_dir),
         }
+
+
+class _Forwarding:
+    """The driver as :func:`testkit.restart.settle_clients` sees it: a
+    client is connected only if its balancer forwards (a blackholed one
+    thinks it is connected until its ping timeout)."""
+
+    def __init__(self, driver: NodeClients):
+        self.driver = driver
+
+    def status(self) -> list[dict]:
+        return [{**s, "connected": s["connected"] and s["upstream"] is not None}
+                for s in self.driver.status()]
 
 
 def _children(pid: int) -> list[int]:
