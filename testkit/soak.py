@@ -331,7 +331,9 @@ class Soak:
             return [fault]
         if kind == "kick":
             status = {s["id"]: s for s in self.driver.status()}
-            live = [c for c in self.plan_ids() if status[c]["connected"]]
+            # one the server can reach (a blackholed one only thinks it is connected)
+            live = [c for c in self.plan_ids()
+                    if status[c]["connected"] and status[c]["upstream"] is not None]
             if not live:
                 fault.detail = "nobody connected"
                 return [fault]
