@@ -562,7 +562,9 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
     loops = sum(n - 1 for n in per_fault.values() if n > 1)
     for n, count in per_fault.items():
         if count > 1:
-            failures.append(f"dropped {count} times for fault #{n} (a loop)")
+            when = ", ".join(f"{t - t0:.1f}s {r}" for (t, r), f in zip(drops, drop_fault, strict=True)
+                             if f is not None and f.n == n)
+            failures.append(f"dropped {count} times for fault #{n} (a loop): {when}")
     # reconnects: recovered with the sid, except after a kick
     segments = [(connects[0]["t"] / 1000, connects[0]["sid"])] if connects else []
     gaps: list[tuple[float, float]] = []
@@ -654,7 +656,9 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
             dup += extra
             dup_lines += 1
             if dup_lines <= 3:
-                failures.append(f"{key[0]} #{key[1]} delivered {len(times)} times")
+                failures.append(f"{key[0]} #{key[1]} (sent at {sent[key].t - t0:.1f}s) "
+                                f"delivered {len(times)} times, at "
+                                + ", ".join(f"{t - t0:.1f}s" for t in times))
     ooo = 0
     for st, ns in order.items():
         top = -1
@@ -700,6 +704,10 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
         "connected_at_end": rep["connected"], "connect_errors": rep.get("errorCount", 0),
         "upstreams": [labels.get(x["upstream"], x["upstream"]) for x in connects],
         "failures": failures,
+        # the connection's life: [s, "drop", reason] and [s, dyno, recovered, sid]
+        "history": sorted([[round(t - t0, 2), "drop", r] for t, r in drops]
+                          + [[round(x["t"] / 1000 - t0, 2), labels.get(x["upstream"]),
+                              x["recovered"], x["sid"]] for x in connects], key=lambda e: e[0]),
     }
 
 
