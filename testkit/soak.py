@@ -562,7 +562,8 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
     loops = sum(n - 1 for n in per_fault.values() if n > 1)
     for n, count in per_fault.items():
         if count > 1:
-            when = ", ".join(f"{t - t0:.1f}s {r}" for (t, r), f in zip(drops, drop_fault, strict=True)
+            when = ", ".join(f"{t - t0:.1f}s {r}"
+                             for (t, r), f in zip(drops, drop_fault, strict=True)
                              if f is not None and f.n == n)
             failures.append(f"dropped {count} times for fault #{n} (a loop): {when}")
     # reconnects: recovered with the sid, except after a kick
