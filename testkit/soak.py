@@ -533,7 +533,9 @@ def _attribute(t: float, touches: list[Fault]) -> Fault | None:
     """The latest fault touching the client before ``t``, if recent."""
     best = None
     for f in touches:
-        if f.t - 1.0 <= t and t - f.t <= ATTRIBUTE_WITHIN:
+        # f.t is taken just before the fault is made, on the clock the
+        # driver's times are on: a drop before it is another's
+        if f.t - 0.05 <= t and t - f.t <= ATTRIBUTE_WITHIN:
             best = f
     return best
 
@@ -648,9 +650,11 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
         extra = len(times) - 1
         if extra <= 0:
             continue
+        # what it had before its first drop, again at its first reconnect
+        # (replayed events may come just before the client's "connect")
         allowed = (not announcing and first_drop is not None and first_back is not None
                    and times[0] < first_drop
-                   and all(first_back <= t <= first_back + REPEAT_WITHIN for t in times[1:]))
+                   and all(first_drop <= t <= first_back + REPEAT_WITHIN for t in times[1:]))
         if allowed:
             repeats += extra
         else:

@@ -126,3 +126,29 @@ def test_events_to_another_client_or_never_sent_break_the_counting():
                    (2.2, "all", 7, None)])
     row = ledger(ANNOUNCING, rep, sent)
     assert (row["stray"], row["unknown"], row["lost"]) == (1, 1, 0)
+
+
+def test_a_drop_just_before_a_fault_is_not_that_faults():
+    """A blackholed client's ping timeout 0.8 s before a kill of the dyno it
+    then reconnects to: one drop for each fault, no loop."""
+    sent = sent_all(2)
+    faults = [Fault(1, "blackhole", T0 + 2.0, "d3", ["c0"]),
+              Fault(2, "kill", T0 + 9.5, "d0", ["c0"])]
+    rep = history([(0, "A", False, None), (9.0, "A", True, None), (12.0, "A", True, None)],
+                  [(8.7, "ping timeout"), (9.5, "transport close")],
+                  [(1.1, "all", 0, None), (2.1, "all", 1, None)])
+    row = ledger(ANNOUNCING, rep, sent, faults)
+    assert (row["loops"], row["unexplained"], row["failures"]) == (0, 0, [])
+
+
+def test_a_plain_client_may_not_get_twice_what_was_sent_while_it_was_away():
+    sent = sent_all(10)
+    fault = Fault(1, "drop", T0 + 4.5, "d0", ["c1"])
+    arrivals = [(1.1 + n, "all", n, None) for n in range(4)]
+    arrivals += [(5.45, "all", 3, None)]  # replayed just before its "connect": allowed
+    arrivals += [(5.6, "all", 4, None), (5.6, "all", 4, None)]  # sent while away, twice
+    arrivals += [(1.1 + n, "all", n, None) for n in range(5, 10)]
+    rep = history([(0, "A", False, None), (5.5, "A", True, None)],
+                  [(4.6, "transport close")], sorted(arrivals))
+    row = ledger(PLAIN, rep, sent, [fault])
+    assert (row["first_drop_repeats"], row["dup"]) == (1, 1)
