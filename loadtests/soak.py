@@ -18,11 +18,12 @@ status is 1 when a run failed a target.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
-from testkit.soak import FAULTS, KINDS, report_text, run, write
+from testkit.soak import FAULTS, KINDS, recount, report_text, run, write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,8 +54,18 @@ def main(argv=None) -> int:
                    help="the Kafka client of the Flask dynos (uvicorn's stays kafka-python)")
     p.add_argument("--cover", action="store_true",
                    help="go on past --duration until a fault of each kind came")
+    p.add_argument("--recount", metavar="RAW_JSON",
+                   help="only count again a run's <prefix>-raw.json (in its log dir) with this "
+                        "ledger, and print its totals and failing clients")
     p.add_argument("--bootstrap", help="use this broker instead of starting Apache Kafka")
     args = p.parse_args(argv)
+    if args.recount:
+        r = recount(args.recount)
+        print(json.dumps({k: v for k, v in r["totals"].items()}, indent=1))
+        for row in r["per_client"]:
+            for line in row["failures"]:
+                print(f"{row['id']}: {line}")
+        return 0 if r["totals"]["passed"] else 1
     if args.seed is not None and args.runs > 1:
         p.error("--seed replays one run: give --runs 1")
     log_dir = RESULTS / "logs"

@@ -458,16 +458,14 @@ class Soak:
     def result(self, report: list[dict]) -> dict:
         by_id = {c["id"]: c for c in report}
         labels = {d.url: d.label for d in self.dynos}
-        kills = defaultdict(list)
-        terms = defaultdict(list)
-        for f in self.faults:
-            if f.kind == "kill":
-                kills[f.dyno].append((f.t, f.t_end))
-            elif f.kind in ("term", "gunicorn-term", "rolling"):
-                terms[f.dyno].append((f.t, f.t_end))
-        uncertain(self.sent, kills, terms)
-        rows = [client_ledger(c, by_id[c["id"]], self.sent, self.faults, labels, self.started)
-                for c in self.plan]
+        raw = self.log_dir / f"{self.prefix}-raw.json"
+        # what the ledger reads, to count again (recount()) after a change to it
+        raw.write_text(json.dumps({
+            "plan": self.plan, "clients": [by_id[c["id"]] for c in self.plan],
+            "sent": [[st, n, *s.__dict__.values()] for (st, n), s in self.sent.items()],
+            "faults": [f.__dict__ for f in self.faults], "labels": labels,
+            "started": self.started}))
+        rows = ledger_all(self.plan, by_id, self.sent, self.faults, labels, self.started)
         fault_counts = Counter(f.kind for f in self.faults if f.group is None)
         rolling = len({f.group for f in self.faults if f.group})
         if rolling:
@@ -483,8 +481,32 @@ class Soak:
             "faults": [f.__dict__ for f in self.faults], "fault_counts": dict(fault_counts),
             "timeline": self.timeline, "totals": totals(rows), "per_client": rows,
             "server_logs": scan_logs([d.proc.log_path for d in self.dynos]),
-            "log_dir": str(self.log_dir),
+            "log_dir": str(self.log_dir), "raw": str(raw),
         }
+
+
+def ledger_all(plan, by_id, sent, faults, labels, started) -> list[dict]:
+    """Every client's ledger (dyno emits made uncertain by the faults first)."""
+    kills = defaultdict(list)
+    terms = defaultdict(list)
+    for f in faults:
+        if f.kind == "kill":
+            kills[f.dyno].append((f.t, f.t_end))
+        elif f.kind in ("term", "gunicorn-term", "rolling"):
+            terms[f.dyno].append((f.t, f.t_end))
+    uncertain(sent, kills, terms)
+    return [client_ledger(c, by_id[c["id"]], sent, faults, labels, started) for c in plan]
+
+
+def recount(raw_path) -> dict:
+    """The ledger again over a run's ``<prefix>-raw.json``: its totals and
+    rows (a change to the ledger checked on a run that showed a failure)."""
+    raw = json.loads(Path(raw_path).read_text())
+    sent = {(st, n): Sent(*rest) for st, n, *rest in raw["sent"]}
+    faults = [Fault(**f) for f in raw["faults"]]
+    by_id = {c["id"]: c for c in raw["clients"]}
+    rows = ledger_all(raw["plan"], by_id, sent, faults, raw["labels"], raw["started"])
+    return {"totals": totals(rows), "per_client": rows}
 
 
 class _Forwarding:
