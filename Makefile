@@ -110,6 +110,17 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) loadtests/restart_test.py --kill term,kill,drop,blackhole --recovery both \
 	  --dynos 4 --ping-timeout-ms 5000 $(RESTART_ARGS)
 
+# The soak (docs/soak.md): a dyno of each kind (gevent, threading, uvicorn,
+# gunicorn), 20 socket.io-client clients each behind its own balancer, emits
+# of the four kinds, a random fault every ~8 s for 3 minutes, and a ledger of
+# every client; prints its seed and report, writes loadtests/results/soak-*.
+# SOAK_ARGS adds flags (e.g. SOAK_ARGS="--seed 4242" replays a run's faults,
+# "--runs 3", "--client confluent", "--duration 60").
+SOAK_ARGS ?=
+.PHONY: soak
+soak: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
+	$(PY) loadtests/soak.py $(SOAK_ARGS)
+
 # Lint, types, the docs site and the package, then every unit and
 # integration test in the default combination: Apache Kafka, the servers in
 # gevent mode (and the ASGI ones under uvicorn) on kafka-python (ENGINE=both:

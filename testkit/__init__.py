@@ -12,6 +12,8 @@ so ``import testkit`` works from pytest, ``python loadtests/x.py``,
   (tests/js/csr_clients.mjs).
 - ``testkit.restart``: the rolling-restart proof's engine (``run``,
   ``count_client``, ``markdown``, ``print_run``).
+- ``testkit.soak``: the soak's engine (``run``, ``client_ledger``,
+  ``report_text``; docs/soak.md).
 - ``testkit.ws_reader``: lean raw websocket Socket.IO clients (``Connection``,
   ``Reader``) for the benchmarks.
 - ``testkit.measure``: CPU seconds and RSS of a process, percentiles, and the

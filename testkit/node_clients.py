@@ -90,6 +90,15 @@ class NodeClients:
     def drop(self, mode: str = "cut", **target) -> dict:
         return self.request({"cmd": "drop", "mode": mode, **target})
 
+    def upstreams(self, down) -> dict:
+        """Mark the dynos the ``balance`` policy must skip (all others live)."""
+        return self.request({"cmd": "upstreams", "down": sorted(down)})
+
+    def since(self, index: int) -> tuple[list[dict], int]:
+        """The live lines from ``index`` on, and the index after them."""
+        with self._cond:
+            return self.lines[index:], len(self.lines)
+
     def emit(self, client_id: str, event: str, data=None, timeout: float = 15.0) -> dict:
         return self.request({"cmd": "emit", "id": client_id, "event": event, "data": data,
                              "timeoutMs": int(timeout * 1000)}, timeout + 5)

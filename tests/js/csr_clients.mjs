@@ -24,7 +24,13 @@
 //        "auth":{"user":"u0"},"rooms":["r0"],"policy":"rotate"|"stay",
 //        "namespace":"/"}], "options":{...}}
 //     policy rotate: every new connection goes to the next URL of the list
-//     (the first one to urls[0]); stay: the same URL until it refuses.
+//     (the first one to urls[0]); stay: the same URL until it refuses;
+//     balance: a load balancer's way, the first connection to urls[0], then
+//     round robin (one turn shared by every client of the process) over the
+//     URLs not marked down (see "upstreams"), and when that dyno refuses the
+//     TCP connection another one at once, the client's connection kept
+//     waiting meanwhile (a reconnect always lands on a live dyno while one
+//     is left; nothing is ever cut for being silent).
 //     options (defaults): reconnectionDelay 300, reconnectionDelayMax 2000,
 //     randomizationFactor 0.5, pingTimeoutMs (none: the server's),
 //     rejoin true (join the rooms again after a connect that was not
@@ -35,6 +41,9 @@
 //     not retry).
 //     Emits {"type":"ready","id","sid"} once a client is connected and its
 //     rooms are joined.
+//   {"cmd":"upstreams","req":R,"down":[URL,...]}  the dynos the balance
+//     policy skips (a router that stopped routing to a dyno told to stop, or
+//     not yet healthy) -> {"type":"upstreams","req":R,"down":[...]}
 //   {"cmd":"drop","mode":"cut"|"blackhole", "ids":[...] | "upstream":URL | "all":true}
 //     -> {"type":"dropped","mode","count","ids"}
 //   {"cmd":"emit","req":R,"id":C,"event":E,"data":D}  (with an ack)
@@ -47,7 +56,8 @@
 //
 // Live lines: connect {id,sid,recovered,n,upstream,offsetSent},
 // disconnect {id,reason,lastOffset}, connect_error {id,message},
-// proxy {id,upstream,event}, error {message}.
+// proxy {id,upstream,event}, rejoined {id,n} (after a connect that was not
+// recovered, once the rooms are joined again), error {message}.
 import net from "node:net";
 import readline from "node:readline";
 import { createRequire } from "node:module";
@@ -85,13 +95,29 @@ class Proxy {
 
   pick() {
     const { urls, policy } = this.client.spec;
+    if (policy === "balance") {
+      // the first connection to urls[0]; then, as one router in front of
+      // the fleet, round robin over the dynos not marked down (all down:
+      // over all of them, they refuse)
+      if (!this.used) {
+        this.used = true;
+        return urls[0];
+      }
+      const live = urls.filter((u) => !downUpstreams.has(u));
+      const pool = live.length ? live : urls;
+      return pool[balanceTurn++ % pool.length];
+    }
     if (policy !== "stay" && this.used) this.index = (this.index + 1) % urls.length;
     this.used = true;
     return urls[this.index];
   }
 
   accept(down) {
-    const upstream = this.pick();
+    down.pause();
+    this.connectUp(down, this.pick(), 1);
+  }
+
+  connectUp(down, upstream, attempt) {
     const target = new URL(upstream);
     if (!["127.0.0.1", "localhost"].includes(target.hostname)) {
       down.destroy();
@@ -101,7 +127,6 @@ class Proxy {
     const up = net.connect(Number(target.port), target.hostname);
     const pair = { down, up, upstream, state: "connecting" };
     this.pairs.add(pair);
-    down.pause();
     up.on("connect", () => {
       if (pair.state !== "connecting") return;
       pair.state = "open";
@@ -112,14 +137,23 @@ class Proxy {
     up.on("error", (err) => {
       if (pair.state === "connecting") {
         out({ type: "proxy", id: this.client.id, upstream, event: err.code || String(err) });
+        const { policy, urls } = this.client.spec;
+        if (policy === "balance" && attempt < urls.length && !down.destroyed) {
+          // a balancer tries another dyno for the same client connection
+          pair.state = "retried";
+          this.pairs.delete(pair);
+          this.connectUp(down, this.pick(), attempt + 1);
+          return;
+        }
         // the dyno refuses: with either policy the next attempt tries the next one
-        if (this.client.spec.policy === "stay") {
-          this.index = (this.index + 1) % this.client.spec.urls.length;
+        if (policy === "stay") {
+          this.index = (this.index + 1) % urls.length;
         }
       }
     });
     up.on("close", () => {
       this.hung.delete(up);
+      if (pair.state === "retried") return;
       if (pair.state !== "blackhole") {
         pair.state = "closed";
         down.destroy();
@@ -128,6 +162,7 @@ class Proxy {
     });
     down.on("error", () => {});
     down.on("close", () => {
+      if (pair.state === "retried") return;
       this.pairs.delete(pair);
       if (pair.state !== "blackhole") {
         pair.state = "closed";
@@ -262,6 +297,12 @@ class Client {
       });
     } else {
       const rejoin = !entry.recovered && this.options.rejoin ? this.join() : Promise.resolve();
+      if (!entry.recovered) {
+        rejoin.then(() => {
+          entry.joinedAt = Date.now();
+          out({ type: "rejoined", id: this.id, n });
+        }, () => {});
+      }
       if (this.options.verifyRooms) {
         // asked before any rejoin could land when recovered: what the server restored
         this.ask("rooms", undefined).then((rooms) => {
@@ -357,6 +398,8 @@ class Client {
 
 // ---------------------------------------------------------------------------
 const clients = new Map();
+const downUpstreams = new Set(); // skipped by the balance policy
+let balanceTurn = 0;
 
 async function handle(msg) {
   switch (msg.cmd) {
@@ -398,6 +441,11 @@ async function handle(msg) {
       }
       break;
     }
+    case "upstreams":
+      downUpstreams.clear();
+      for (const url of msg.down || []) downUpstreams.add(url);
+      out({ type: "upstreams", req: msg.req, down: [...downUpstreams] });
+      break;
     case "status":
       out({ type: "status", req: msg.req, clients: [...clients.values()].map((c) => c.status()) });
       break;
