@@ -13,7 +13,9 @@ spells the offsets.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,6 +40,7 @@ from .sessions import (
     SessionReader,
     SessionStore,
     home_of_tag,
+    partition_of,
 )
 from .steps import DROP_WINDOW, DeliveryLog, latest_each
 from .topics import SESSIONS
@@ -69,6 +72,17 @@ RECOVERABLE = frozenset({"ping timeout", "transport close", "transport error"})
 _REF_EVERY = 1.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
+#: The reason recovery is given for a disconnect the server made on purpose
+#: (``Server.disconnect``: a kick, the fleet's ``disconnect_sockets``).
+SERVER_DISCONNECT = "server disconnect"
+#: Seconds a recovery's decision may take: every client that comes back
+#: gets an answer within 10 s, whatever Kafka does (a hung broker included).
+PREPARE_BUDGET = 7.0
+#: Seconds a newer attempt waits for an older one of the same client to let
+#: the connection go.
+SUPERSEDE_WAIT = 3.0
+#: What a pid we made looks like (:func:`.sessions.new_pid`).
+_PID_SHAPE = re.compile(r"[0-9]{1,6}\.[A-Za-z0-9_-]{22}")
 
 
 class RecoveryFailed(Exception):
@@ -86,6 +100,18 @@ class Restore:
     pid: str
     session: Session
     offset: str | None
+    eio_sid: str = ""
+
+
+class _Attempt:
+    """One recovery being decided, and whether its caller still waits."""
+
+    def __init__(self, eio_sid: str, namespace: str, pid: str, offset: str | None) -> None:
+        self.eio_sid, self.namespace, self.pid, self.offset = eio_sid, namespace, pid, offset
+        self.done = threading.Event()
+        self.abandoned = False
+        self.restore: Restore | None = None
+        self.failure: RecoveryFailed | None = None
 
 
 class Recovery:
@@ -124,6 +150,16 @@ class Recovery:
         self._released: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._pending: dict[tuple[str, str], Restore] = {}
+        #: pid -> the Engine.IO sid of its latest recovery attempt here: an
+        #: older attempt of the same client gives way to it.
+        self._attempt_of: dict[str, str] = {}
+        #: Recoveries whose caller stopped waiting and that still wait for
+        #: Kafka: while there are any, new ones fail at once.
+        self._overdue = 0
+        self._attempts_lock = threading.Lock()
+        #: pids whose connection the server ended on purpose (monotonic time):
+        #: refused even before their session's deletion can be read back.
+        self._ended: dict[str, float] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
         self._checkpointer: Any = None
@@ -205,24 +241,107 @@ class Recovery:
 
     def prepare(self, eio_sid: str, namespace: str, pid: str, offset: str | None) -> Restore | None:
         """Decide whether ``pid`` can be recovered; the restored sid is then
-        taken by :meth:`take_pending` in the manager's ``pre_connect``."""
+        taken by :meth:`take_pending` in the manager's ``pre_connect``.
+
+        Returns within :data:`PREPARE_BUDGET` seconds whatever Kafka does,
+        ``None`` (a new connection) on any failure: the decision runs in a
+        task of its own, and one that outlives its caller undoes its work
+        when it ends (while one does, the next fail at once)."""
         self.stats["attempted"] += 1
-        try:
-            restore = Restore(pid, self._restorable(pid, namespace, offset), offset)
-        except RecoveryFailed as exc:
-            self.stats[f"failed:{exc.reason}"] += 1
-            logger.info("no recovery for pid %s…: %s", pid[:6], exc)
-            return None
-        self._pending[(eio_sid, namespace)] = restore
+        attempt = _Attempt(eio_sid, namespace, pid, offset)
+        with self._attempts_lock:
+            overdue = self._overdue
+            self._attempt_of[pid] = eio_sid
+        if overdue:
+            return self._failed(pid, RecoveryFailed(
+                "not-ready", "an earlier recovery still waits for Kafka"))
+        self.core.runtime.spawn(self._decide, attempt)
+        finished = attempt.done.wait(PREPARE_BUDGET)
+        with self._attempts_lock:
+            if not finished and not attempt.done.is_set():
+                attempt.abandoned = True
+                self._overdue += 1
+        if attempt.abandoned:
+            return self._failed(pid, RecoveryFailed(
+                "not-ready", f"no decision within {PREPARE_BUDGET:g} s"))
+        if attempt.failure is not None:
+            return self._failed(pid, attempt.failure)
+        restore = attempt.restore
         logger.info("recovering %s: session of %s, %d rooms, %d in its window",
                     restore.session.sid, restore.session.owner, len(restore.session.rooms),
                     len(restore.session.window))
         return restore
 
+    def _failed(self, pid: str, exc: RecoveryFailed) -> None:
+        self.stats[f"failed:{exc.reason}"] += 1
+        logger.info("no recovery for pid %s…: %s", pid[:6], exc)
+        return None
+
+    def _decide(self, attempt: _Attempt) -> None:
+        """:meth:`prepare`'s work, in a task of its own."""
+        key = (attempt.eio_sid, attempt.namespace)
+        restore = failure = None
+        try:
+            session = self._restorable(attempt.pid, attempt.namespace, attempt.offset)
+            restore = Restore(attempt.pid, session, attempt.offset, attempt.eio_sid)
+        except RecoveryFailed as exc:
+            failure = exc
+        except Exception as exc:  # Kafka's errors, a bad record: never silence
+            logger.warning("recovery of pid %s… failed", attempt.pid[:6], exc_info=True)
+            failure = RecoveryFailed("error", f"{type(exc).__name__}: {exc}")
+        with self._attempts_lock:
+            if restore is not None and self._attempt_of.get(attempt.pid) != attempt.eio_sid:
+                failure, restore = RecoveryFailed("superseded", "a newer attempt came"), None
+                self._unclaim(attempt.pid, session.sid, attempt.namespace)
+            if attempt.abandoned:
+                self._overdue -= 1
+                if restore is not None:
+                    self._unclaim(attempt.pid, restore.session.sid, attempt.namespace)
+                    restore = None
+                return
+            if restore is not None:
+                self._pending[key] = restore
+            attempt.restore, attempt.failure = restore, failure
+            attempt.done.set()
+
+    def _unclaim(self, pid: str, sid: str, namespace: str) -> None:
+        """A claim made for a recovery that will not happen: let it go,
+        unless the connection is here or another attempt will take it."""
+        if not self.host.is_local(sid, namespace) and \
+                not any(r.session.sid == sid for r in list(self._pending.values())):
+            self.core.release(sid)
+
     def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
         return self._pending.pop((eio_sid, namespace), None)
 
+    def abandon(self, eio_sid: str, namespace: str) -> None:
+        """The client left while its recovery was decided: nothing of the
+        attempt stays (its session is unchanged in the store)."""
+        restore = self._pending.pop((eio_sid, namespace), None)
+        if restore is not None:
+            self.stats["abandoned"] += 1
+            logger.info("pid %s… left while its recovery was decided", restore.pid[:6])
+            self._unclaim(restore.pid, restore.session.sid, namespace)
+
+    def abandoned(self, sid: str, namespace: str, restore: Restore | None) -> None:
+        """A recovered connection whose client left before it was accepted:
+        forget it here and keep its session for the next attempt (unless a
+        newer attempt of the same client has taken over). Call it before
+        the manager forgets the connection: a newer attempt waits for that."""
+        key = (sid, namespace)
+        self.replaying.pop(sid, None)
+        self._replay_ends.pop(sid, None)
+        self._recovered.discard(key)
+        self._taken.pop(key, None)
+        if restore is not None:
+            self.stats["abandoned"] += 1
+            if self._attempt_of.get(restore.pid) == restore.eio_sid:
+                self.store.put(restore.pid, restore.session)
+
     def _restorable(self, pid: str, namespace: str, offset: str | None) -> Session:
+        self._check_shape(pid, offset)
+        if pid in self._ended:
+            raise RecoveryFailed("ended", "the server disconnected it on purpose")
         parsed = offsets.parse(offset)
         hint = parsed and home_of_tag(parsed.tag, self.store.partition_count)
         try:
@@ -235,15 +354,20 @@ class Recovery:
             raise RecoveryFailed("unknown", "no session with this pid")
         if session.namespace != namespace:
             raise RecoveryFailed("unknown", "the session is of another namespace")
+        since = None
         if session.state == LIVE:
-            session = self._take_over(pid, session, where, offset)
-        session = self._exactly(session, offset)
+            live_at = session.saved_at
+            session, resumed = self._take_over(pid, session, where, offset)
+            # A full offset may not reach back before the session's last
+            # room change, which its last live record dates.
+            since = live_at if resumed else None
+        session = self._exactly(session, offset, since)
         if time.time() - session.saved_at > self.options.max_disconnection_duration:
             raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
         if not session.exact:
             raise RecoveryFailed("window-lost", "its dyno no longer knew what it last sent")
         if self.host.is_local(session.sid, namespace):
-            raise RecoveryFailed("duplicate", "that connection is connected here")
+            session = self._supersede(session, namespace)
         # This dyno's own records must land before a claimed partition is
         # positioned at its log end: one landing after it would be read live,
         # skipped as delivered at emit time, and never replayed.
@@ -252,19 +376,61 @@ class Recovery:
             self.core.claim(session.sid)
         except TimeoutError as exc:
             raise RecoveryFailed("not-ready", str(exc)) from exc
-        self._catch_up(session)
-        self._check_backlog(session)
+        try:
+            self._catch_up(session)
+            self._check_backlog(session)
+        except BaseException:
+            self._unclaim(pid, session.sid, namespace)
+            raise
         return session
 
-    def _take_over(self, pid: str, session: Session, where: int, offset: str | None) -> Session:
+    def _check_shape(self, pid: str, offset: str | None) -> None:
+        """Refuse, before any read, a pid we cannot have made or an offset
+        naming a home partition that does not exist (an unauthenticated
+        client chooses neither which partitions are read)."""
+        count = self.store.partition_count
+        if not _PID_SHAPE.fullmatch(pid) or partition_of(pid, count) is None:
+            raise RecoveryFailed("unknown", "not a pid of ours")
+        parsed = offsets.parse(offset)
+        if offset is not None and (parsed is None or home_of_tag(parsed.tag, count) is None):
+            raise RecoveryFailed("unknown", "not an offset of ours")
+
+    def _supersede(self, session: Session, namespace: str) -> Session:
+        """The client's connection is still here: this newer attempt takes
+        over from it. A connection that was accepted is released (its
+        session saved, its socket closed); one still connecting (an earlier
+        attempt the client gave up on) has its socket closed, and lets the
+        sid go when it sees that."""
+        key = (session.sid, namespace)
+        if key in self._pids:
+            saved = self.release(*key)
+            if saved is not None:
+                session = saved
+        else:
+            eio_sid = self.host.eio_sid_from_sid(*key)
+            if eio_sid is not None:
+                logger.info("a newer attempt takes %s over from one still connecting",
+                            session.sid)
+                self.host.close_socket(eio_sid)
+        deadline = time.monotonic() + SUPERSEDE_WAIT
+        while self.host.is_local(*key):
+            if time.monotonic() > deadline:
+                raise RecoveryFailed("duplicate", "that connection is connected here")
+            self.core.runtime.sleep(0.02)
+        self.stats["superseded"] += 1
+        return session
+
+    def _take_over(self, pid: str, session: Session, where: int,
+                   offset: str | None) -> tuple[Session, bool]:
         """The session is still live on its dyno: the client came back before
         that dyno noticed the drop, or the dyno died. Have it let go (it
-        saves the session), or resume from its last checkpoint."""
+        saves the session), or resume from its last checkpoint; the session
+        and whether it was resumed from the checkpoint."""
         key = (session.sid, session.namespace)
         if session.owner == self.owner:
             saved = self.release(*key) if self.host.is_local(*key) else None
             if saved is not None:
-                return saved
+                return saved, False
         elif self._alive(session.owner):
             self.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
@@ -275,14 +441,16 @@ class Recovery:
             saved = self.store.wait_for(
                 pid, where, lambda s: s is None or s.state == SAVED or not self._alive(s.owner),
                 self.options.release_timeout)
-            if saved is not None and saved.state == SAVED:
-                return saved
+            if saved is None:  # deleted: disconnected on purpose meanwhile
+                raise RecoveryFailed("ended", "the session ended while it was released")
+            if saved.state == SAVED:
+                return saved, False
         checkpoint = self.store.checkpoint(session.owner)
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
         self.stats["from-checkpoint"] += 1
         logger.info("%s resumes from the last checkpoint of %s", session.sid, session.owner)
-        return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
+        return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag)), True
 
     def _alive(self, owner: str) -> bool:
         checkpoint = self.store.checkpoint(owner, since=time.monotonic() - SHARED_READ)
@@ -321,15 +489,23 @@ class Recovery:
             emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,
         )
 
-    def _exactly(self, session: Session, offset: str | None) -> Session:
+    def _exactly(self, session: Session, offset: str | None,
+                 since: float | None = None) -> Session:
         """The session as of the client's full offset, when it has one from
         the session's last holder and that dyno's reference point is still in
-        the topic: exactly what the client had, whatever befell the dyno."""
+        the topic: exactly what the client had, whatever befell the dyno.
+
+        :param since: when the session last joined a room (its last live
+            record): an older reference point would replay what was sent to
+            its rooms before it was in them, and is not used."""
         parsed = offsets.parse(offset)
         if parsed is None or parsed.ref is None or parsed.tag != session.tag:
             return session
         ref = self.store.ref(session.owner, parsed.ref)
         if ref is None or ref.tag != parsed.tag:
+            return session
+        if since is not None and ref.at < since:
+            self.stats["ref-before-join"] += 1
             return session
         positions = {(b, p): off for b, p, off in ref.positions}
         for slot, n in parsed.slots.items():
@@ -423,6 +599,7 @@ class Recovery:
             self._released.discard(key)
             return None
         if reason not in RECOVERABLE:
+            self._end(pid)
             return lambda: self.store.delete(pid)
         eio = self.host.server.eio
         window = (DROP_WINDOW if reason != "ping timeout"
@@ -433,6 +610,18 @@ class Recovery:
             self.store.let_go(pid)
 
         return save
+
+    def _end(self, pid: str) -> None:
+        """``pid``'s connection ended on purpose: no recovery of it here,
+        even before the deletion of its session is read back."""
+        now = time.monotonic()
+        with self._attempts_lock:
+            self._ended[pid] = now
+            self._attempt_of.pop(pid, None)
+            for old, at in list(self._ended.items()):  # oldest first
+                if now - at <= self.options.max_disconnection_duration:
+                    break
+                del self._ended[old]
 
     def release(self, sid: str, namespace: str) -> Session | None:
         """Let a connection go because its client is back elsewhere: save its
