@@ -182,9 +182,10 @@ def basic_disconnect(manager: Any, sid: str, namespace: str, rooms: list) -> Non
 
 
 def in_browser(environ: Any) -> bool:
-    """Whether a connection's client runs in a web browser, where only the
-    official Socket.IO client runs: it reads offsets from its first
-    connection on, so it need not announce recovery to get them."""
+    """Whether a connection's client runs in a web browser, where the
+    official Socket.IO client is the one that runs: it reads offsets from
+    its first connection on, so it need not announce recovery to get them
+    (``ConnectionStateRecovery.browser_offsets`` turns this off)."""
     agent = environ.get("HTTP_USER_AGENT", "") if isinstance(environ, dict) else ""
     return agent.startswith("Mozilla/")
 
@@ -204,7 +205,8 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
         server.eio.disconnect(eio_sid)
         return
     pid, offset, announced, data = recovery.split_auth(data)
-    announced = announced or in_browser(server.environ.get(eio_sid))
+    announced = announced or (recovery.options.browser_offsets
+                              and in_browser(server.environ.get(eio_sid)))
     logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
     restore = None
     sid = None
@@ -374,7 +376,8 @@ async def _handle_connect_async(server: Any, recovery: Recovery,
         await server.eio.disconnect(eio_sid)
         return
     pid, offset, announced, data = recovery.split_auth(data)
-    announced = announced or in_browser(server.environ.get(eio_sid))
+    announced = announced or (recovery.options.browser_offsets
+                              and in_browser(server.environ.get(eio_sid)))
     logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
     restore = None
     sid = None

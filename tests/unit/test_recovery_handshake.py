@@ -1,0 +1,240 @@
+"""The recovery handshake under faults (issue 22): Kafka errors and hangs
+while a recovery is decided, a client that leaves or tries again meanwhile,
+a server disconnect, and untrusted pids and offsets."""
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+from kafka.errors import KafkaTimeoutError
+from test_recovery_state import FakeCore, FakeReader, _put
+
+from flask_signalr_kafka import ConnectionStateRecovery
+from flask_signalr_kafka import recovery as recovery_module
+from flask_signalr_kafka.errors import MalformedRecord
+from flask_signalr_kafka.recovery import SERVER_DISCONNECT, Recovery, RecoveryFailed
+from flask_signalr_kafka.sessions import (
+    LIVE,
+    SAVED,
+    RefPoint,
+    Session,
+    encode,
+    home_partition,
+    new_pid,
+)
+
+
+class Core(FakeCore):
+    """FakeCore with what a whole decision uses: claims, flush, threads."""
+
+    runtime = SimpleNamespace(spawn=lambda fn, *a: _thread(fn, *a), sleep=time.sleep)
+
+    def __init__(self):
+        self.claimed, self.released = [], []
+
+    def claim(self, sid):
+        self.claimed.append(sid)
+
+    def release(self, sid):
+        self.released.append(sid)
+
+    def flush(self, timeout):
+        pass
+
+
+def _thread(fn, *args):
+    task = threading.Thread(target=fn, args=args, daemon=True)
+    task.start()
+    return task
+
+
+class Host:
+    """The manager's side: which sids are connected here."""
+
+    def __init__(self):
+        self.local = {}  # sid -> eio_sid
+        self.closed = []
+        self.server = SimpleNamespace(eio=SimpleNamespace(ping_interval=25, ping_timeout=20))
+
+    def is_local(self, sid, namespace):
+        return sid in self.local
+
+    def eio_sid_from_sid(self, sid, namespace):
+        return self.local.get(sid)
+
+    def get_rooms(self, sid, namespace):
+        return [sid]
+
+    def close_socket(self, eio_sid):
+        self.closed.append(eio_sid)
+        # The attempt that held it sees its socket closed and lets the sid go.
+        for sid, e in list(self.local.items()):
+            if e == eio_sid:
+                threading.Timer(0.1, self.local.pop, (sid, None)).start()
+
+
+class Reader(FakeReader):
+    """FakeReader that counts reads and fails as told."""
+
+    def __init__(self, fail=None):
+        super().__init__()
+        self.reads = []
+        self.fail = fail  # partition -> exception or threading.Event (a hang)
+
+    def read(self, partition, since):
+        self.reads.append(partition)
+        trouble = (self.fail or {}).get(partition)
+        if isinstance(trouble, threading.Event):
+            trouble.wait(30)
+        elif trouble is not None:
+            raise trouble
+        return super().read(partition, since)
+
+
+def make(reader=None, **options):
+    r = Recovery(Core(), Host(), ConnectionStateRecovery(**options))
+    r.store.reader = reader or Reader()
+    r.store._publish = lambda key, value, partition: _put(r.store.reader, key, value, partition)
+    return r
+
+
+def saved(r, pid, sid="sid~a", owner="host_2"):
+    session = Session(SAVED, sid, "/", ["room"], owner, "1hab", time.time())
+    _put(r.store.reader, f"s:{pid}", encode(session), int(pid.split(".")[0]))
+    return session
+
+
+PID = new_pid(3)
+
+
+def test_a_kafka_timeout_while_deciding_is_a_new_connection():
+    """kafka-python's KafkaTimeoutError is no TimeoutError: it escaped, and
+    the client got no answer at all."""
+    r = make(Reader({3: KafkaTimeoutError("beginning_offsets")}))
+    assert r.prepare("e1", "/", PID, None) is None
+    assert r.stats["failed:error"] == 1
+
+
+def test_a_malformed_checkpoint_is_a_new_connection():
+    """The session is live on a dyno whose checkpoint cannot be decoded."""
+    reader = Reader({home_partition("host_2", 10): MalformedRecord("not a checkpoint")})
+    r = make(reader)
+    live = Session(LIVE, "sid~a", "/", ["room"], "host_2", "1hab", time.time())
+    _put(reader, f"s:{PID}", encode(live), 3)
+    assert r.prepare("e1", "/", PID, None) is None
+    assert r.stats["failed:error"] == 1
+
+
+def test_a_hung_kafka_gets_an_answer_in_time(monkeypatch):
+    """A read that hangs: the client is answered (a new connection) within
+    the budget; while the hung decision lasts the next fail at once; when
+    it ends, it leaves nothing behind."""
+    monkeypatch.setattr(recovery_module, "PREPARE_BUDGET", 0.3)
+    hang = threading.Event()
+    reader = Reader()
+    r = make(reader)
+    saved(r, PID)
+    reader.reads, reader.fail = [], {3: hang}
+    started = time.monotonic()
+    assert r.prepare("e1", "/", PID, None) is None
+    assert time.monotonic() - started < 1.0
+    assert r.prepare("e2", "/", PID, None) is None
+    assert reader.reads == [3], "the second must not queue behind the hung read"
+    assert r.stats["failed:not-ready"] == 2
+    hang.set()
+    deadline = time.monotonic() + 5
+    while r._overdue and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r._overdue == 0 and not r._pending
+    assert r.core.released == ["sid~a"], "the late decision's claim is let go"
+    reader.fail = None
+    assert r.prepare("e3", "/", PID, None) is not None
+
+
+@pytest.mark.parametrize(("pid", "offset"), [
+    ("x", None),
+    ("3.short", None),
+    (f"99.{PID.split('.')[1]}", None),  # no such partition
+    ("3." + "a" * 5000, None),
+    (PID, "junk"),
+    (PID, "77hab.12"),  # a home partition that does not exist
+])
+def test_a_bogus_pid_or_offset_reads_nothing(pid, offset):
+    r = make()
+    assert r.prepare("e1", "/", pid, offset) is None
+    assert r.store.reader.reads == []
+    assert r.stats["failed:unknown"] == 1
+
+
+def test_a_client_that_left_during_prepare_leaves_nothing():
+    r = make()
+    saved(r, PID)
+    assert r.prepare("e1", "/", PID, None) is not None
+    assert r.core.claimed == ["sid~a"]
+    r.abandon("e1", "/")
+    assert r.take_pending("e1", "/") is None
+    assert r.core.released == ["sid~a"]
+
+
+def test_a_newer_attempt_takes_over_from_one_still_connecting():
+    """An earlier attempt of the same client holds the sid (connecting, its
+    client gave up): it was refused as a duplicate; now that attempt's
+    socket is closed and the newer one is recovered."""
+    r = make()
+    saved(r, PID)
+    r.host.local["sid~a"] = "e-old"
+    restore = r.prepare("e-new", "/", PID, None)
+    assert restore is not None and restore.session.sid == "sid~a"
+    assert r.host.closed == ["e-old"] and r.stats["superseded"] == 1
+
+
+def test_an_older_attempt_that_lost_does_not_put_its_session_back():
+    r = make()
+    session = saved(r, PID)
+    older = r.prepare("e-old", "/", PID, None)
+    r.take_pending("e-old", "/")
+    assert r.prepare("e-new", "/", PID, None) is not None
+    puts = []
+    r.store.put = lambda pid, s: puts.append(pid)
+    r.abandoned(session.sid, "/", older)
+    assert puts == []
+    r.abandoned(session.sid, "/", r.take_pending("e-new", "/"))
+    assert puts == [PID]
+
+
+def test_a_connection_the_server_ended_is_not_recovered():
+    """A kick (Server.disconnect) deletes the session and refuses the pid,
+    even before the deletion can be read back."""
+    r = make()
+    pid = r.new_pid()
+    session = Session(SAVED, "sid~a", "/", ["room"], r.owner, "1hab", time.time())
+    r.store.put(pid, session)
+    r.registered("sid~a", "/", pid, True)
+    r.on_disconnect("sid~a", "/", SERVER_DISCONNECT)
+    assert r.store.find(pid)[0] is None and r.live_sessions == 0
+    r.store.put(pid, session)  # as if the tombstone were not read yet
+    with pytest.raises(RecoveryFailed, match="on purpose"):
+        r._restorable(pid, "/", None)
+    assert session.sid not in r.announced
+
+
+def test_a_reference_point_before_the_sessions_join_is_refused():
+    """A dead dyno's session: the client names an old reference point of
+    that dyno; its positions would replay what its rooms got before it
+    joined them."""
+    r = make()
+    now = time.time()
+    ref = RefPoint("host_2", "1hab", 4, now - 30, [("send-group", 3, 50)], 20)
+    _put(r.store.reader, "r:host_2:4", encode(ref), home_partition("host_2", 10))
+    session = Session(SAVED, "sid~a", "/", ["r1"], "host_2", "1hab", now,
+                      [("send-group", 3, 60)], 30, [], True)
+    offset = "1hab.77.4.0."
+    assert r._exactly(session, offset, since=now - 5) is session
+    assert r._exactly(session, offset, since=now - 60).positions == [("send-group", 3, 50)]
+
+
+def test_browser_offsets_is_an_explicit_option():
+    assert ConnectionStateRecovery().browser_offsets is True
+    assert ConnectionStateRecovery(browser_offsets=False).browser_offsets is False
+    with pytest.raises(ValueError, match="browser_offsets"):
+        ConnectionStateRecovery(browser_offsets="no")
