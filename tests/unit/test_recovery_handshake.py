@@ -6,10 +6,13 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import socketio
+from bidict import ValueDuplicationError
 from kafka.errors import KafkaTimeoutError
+from socketio import packet
 from test_recovery_state import FakeCore, FakeReader, _put
 
-from flask_signalr_kafka import ConnectionStateRecovery
+from flask_signalr_kafka import ConnectionStateRecovery, socketio_hooks
 from flask_signalr_kafka import recovery as recovery_module
 from flask_signalr_kafka.errors import MalformedRecord
 from flask_signalr_kafka.recovery import SERVER_DISCONNECT, Recovery, RecoveryFailed
@@ -238,3 +241,107 @@ def test_browser_offsets_is_an_explicit_option():
     assert ConnectionStateRecovery(browser_offsets=False).browser_offsets is False
     with pytest.raises(ValueError, match="browser_offsets"):
         ConnectionStateRecovery(browser_offsets="no")
+
+
+# -- the connect hook (socketio_hooks) with a real python-socketio Server ------
+
+class HookManager(socketio.Manager):
+    """python-socketio's Manager taking a recovered sid as KafkaManager's
+    pre_connect does."""
+
+    recovery = None
+
+    def pre_connect(self, eio_sid, namespace):
+        restore = self.recovery.take_pending(eio_sid, namespace)
+        sid = restore.session.sid if restore else self.server.eio.generate_id()
+        try:
+            self.basic_enter_room(sid, namespace, None, eio_sid=eio_sid)
+        except ValueDuplicationError:
+            return None
+        self.basic_enter_room(sid, namespace, sid, eio_sid=eio_sid)
+        if restore:
+            self.recovery.begin(sid, namespace, restore.session)
+        self.pending_connect.setdefault(namespace, []).append(sid)
+        return sid
+
+
+class ManagerHost(Host):
+    """The host recovery sees: the manager's connections."""
+
+    def __init__(self, mgr):
+        super().__init__()
+        self.mgr = mgr
+
+    def is_local(self, sid, namespace):
+        return self.mgr.is_sid_room(namespace, sid) if hasattr(self.mgr, "is_sid_room") \
+            else sid in self.mgr.rooms.get(namespace, {}).get(None, {})
+
+    def eio_sid_from_sid(self, sid, namespace):
+        return self.mgr.eio_sid_from_sid(sid, namespace)
+
+
+def hooked_server():
+    mgr = HookManager()
+    server = socketio.Server(client_manager=mgr, async_mode="threading")
+    server.on("connect", lambda sid, environ, auth=None: True)
+    r = make()
+    r.host = ManagerHost(mgr)
+    r.host.server = server
+    mgr.recovery = r
+    socketio_hooks.install(server, r)
+    sent = []
+    server._send_packet = lambda eio_sid, pkt: sent.append((eio_sid, pkt.packet_type))
+    return server, mgr, r, sent
+
+
+def open_socket(server, eio_sid):
+    server.eio.sockets[eio_sid] = SimpleNamespace(closed=False)
+    server.environ[eio_sid] = {"REMOTE_ADDR": "127.0.0.1"}
+
+
+def test_a_client_that_leaves_while_its_recovery_is_decided_leaves_no_ghost():
+    """It used to stay registered with the restored sid (events to its rooms
+    held for it forever), KeyError out of the hook, and every later attempt
+    of the same client was refused as a duplicate."""
+    server, mgr, r, sent = hooked_server()
+    saved(r, PID)
+    decide = r.prepare
+
+    def prepare_then_leave(eio_sid, namespace, pid, offset):
+        restore = decide(eio_sid, namespace, pid, offset)
+        server.eio.sockets.pop(eio_sid)  # the client gave up meanwhile
+        server.environ.pop(eio_sid)
+        return restore
+
+    r.prepare = prepare_then_leave
+    open_socket(server, "e1")
+    server._handle_connect("e1", "/", {"pid": PID})
+    assert not r.host.is_local("sid~a", "/") and "sid~a" not in r.replaying
+    assert r.core.released == ["sid~a"] and sent == []
+    r.prepare = decide
+    open_socket(server, "e2")
+    server._handle_connect("e2", "/", {"pid": PID})
+    assert mgr.is_connected("sid~a", "/") and mgr.eio_sid_from_sid("sid~a", "/") == "e2"
+    assert sent == [("e2", packet.CONNECT)] and r.is_recovered("sid~a", "/")
+
+
+def test_a_client_that_leaves_during_the_connect_handler_is_saved_not_registered():
+    """Gone between its registration and the app's connect handler: the
+    handler is not given a missing environ, and the session stays."""
+    server, mgr, r, sent = hooked_server()
+    session = saved(r, PID)
+    real_pre_connect = mgr.pre_connect
+
+    def pre_connect_then_leave(eio_sid, namespace):
+        sid = real_pre_connect(eio_sid, namespace)
+        server.eio.sockets.pop(eio_sid)
+        server.environ.pop(eio_sid)
+        return sid
+
+    mgr.pre_connect = pre_connect_then_leave
+    puts = []
+    r.store.put = lambda pid, s: puts.append((pid, s))
+    open_socket(server, "e1")
+    server._handle_connect("e1", "/", {"pid": PID})
+    assert not r.host.is_local("sid~a", "/") and "sid~a" not in r.replaying
+    assert puts == [(PID, session)] and sent == []
