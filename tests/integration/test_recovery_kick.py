@@ -11,13 +11,17 @@ from testkit.harness import wait_until
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.parametrize("runner", ["gevent", "uvicorn"])
 @pytest.mark.parametrize("how", ["kick", "fleet-disconnect-sockets"])
-def test_a_client_the_server_disconnected_is_not_recovered(new_fleet, js, how):  # noqa: F811
+def test_a_client_the_server_disconnected_is_not_recovered(new_fleet, js, how, runner):  # noqa: F811
     """Kicked by its own dyno (``disconnect(sid)``), or by another dyno's
     ``disconnect_sockets`` (a command through Kafka): the client comes back
     carrying its pid and offset, and is a new connection, without its rooms;
-    and the dyno keeps nothing of the old one."""
-    a, b = servers(new_fleet, "A", "B")
+    and the dyno keeps nothing of the old one. KafkaManager (gevent) and
+    AsyncKafkaManager (uvicorn) alike."""
+    # The client's dyno runs ``runner``; the other (the fleet call's) gevent.
+    (a,) = servers(new_fleet, "A", **({"RUNNER": "uvicorn"} if runner == "uvicorn" else {}))
+    (b,) = servers(new_fleet, "B")
     cid, sid = add_client(js, [a, b], announce=True, rejoin=False, verifyRooms=True)
     Streams(new_fleet.client(b), cid, sid).one_round()
     settled(js, cid, 1)  # it holds an offset
