@@ -251,7 +251,8 @@ class Recovery:
         attempt = _Attempt(eio_sid, namespace, pid, offset)
         with self._attempts_lock:
             overdue = self._overdue
-            self._attempt_of[pid] = eio_sid
+            if not overdue:
+                self._attempt_of[pid] = eio_sid
         if overdue:
             return self._failed(pid, RecoveryFailed(
                 "not-ready", "an earlier recovery still waits for Kafka"))
@@ -293,6 +294,8 @@ class Recovery:
             if restore is not None and self._attempt_of.get(attempt.pid) != attempt.eio_sid:
                 failure, restore = RecoveryFailed("superseded", "a newer attempt came"), None
                 self._unclaim(attempt.pid, session.sid, attempt.namespace)
+            if restore is None or attempt.abandoned:
+                self._attempt_done(attempt.pid, attempt.eio_sid)
             if attempt.abandoned:
                 self._overdue -= 1
                 if restore is not None:
@@ -311,6 +314,11 @@ class Recovery:
                 not any(r.session.sid == sid for r in list(self._pending.values())):
             self.core.release(sid)
 
+    def _attempt_done(self, pid: str, eio_sid: str) -> None:
+        """``pid``'s attempt over ``eio_sid`` is over (unless a newer one came)."""
+        if self._attempt_of.get(pid) == eio_sid:
+            del self._attempt_of[pid]
+
     def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
         return self._pending.pop((eio_sid, namespace), None)
 
@@ -321,6 +329,8 @@ class Recovery:
         if restore is not None:
             self.stats["abandoned"] += 1
             logger.info("pid %s… left while its recovery was decided", restore.pid[:6])
+            with self._attempts_lock:
+                self._attempt_done(restore.pid, eio_sid)
             self._unclaim(restore.pid, restore.session.sid, namespace)
 
     def abandoned(self, sid: str, namespace: str, restore: Restore | None) -> None:
@@ -335,7 +345,10 @@ class Recovery:
         self._taken.pop(key, None)
         if restore is not None:
             self.stats["abandoned"] += 1
-            if self._attempt_of.get(restore.pid) == restore.eio_sid:
+            with self._attempts_lock:
+                latest = self._attempt_of.get(restore.pid) == restore.eio_sid
+                self._attempt_done(restore.pid, restore.eio_sid)
+            if latest:
                 self.store.put(restore.pid, restore.session)
 
     def _restorable(self, pid: str, namespace: str, offset: str | None) -> Session:
@@ -546,6 +559,8 @@ class Recovery:
         written with the next checkpoint (one batch for a connect storm)."""
         key = (sid, namespace)
         self._pids[key] = pid
+        with self._attempts_lock:
+            self._attempt_of.pop(pid, None)
         if announced:
             self.announced.add(sid)
         previous = self._taken.pop(key, None)

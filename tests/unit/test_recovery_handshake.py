@@ -345,3 +345,19 @@ def test_a_client_that_leaves_during_the_connect_handler_is_saved_not_registered
     server._handle_connect("e1", "/", {"pid": PID})
     assert not r.host.is_local("sid~a", "/") and "sid~a" not in r.replaying
     assert puts == [(PID, session)] and sent == []
+
+
+def test_attempts_leave_no_bookkeeping_behind():
+    """Every attempt's entry goes when it ends: refused, abandoned, or
+    registered."""
+    r = make()
+    session = saved(r, PID)
+    assert r.prepare("e1", "/", "3.bogus", None) is None
+    assert r.prepare("e2", "/", new_pid(4), None) is None  # unknown
+    r.prepare("e3", "/", PID, None)
+    r.abandon("e3", "/")
+    restore = r.prepare("e4", "/", PID, None)
+    r.take_pending("e4", "/")
+    r.begin(session.sid, "/", restore.session)
+    r.registered(session.sid, "/", PID, True)
+    assert r._attempt_of == {} and r._pending == {}
