@@ -228,7 +228,9 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
 
     async def disconnect(self, sid, namespace, **kwargs):
         result = await super().disconnect(sid, namespace, **kwargs)
-        if not self._is_local_anywhere(sid):
+        # A newer recovery attempt of the same client may hold the claim.
+        if not self._is_local_anywhere(sid) and \
+                not (self._recovery is not None and self._recovery.claiming(sid)):
             self.core.release(sid)
         return result
 

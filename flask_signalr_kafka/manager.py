@@ -150,7 +150,9 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
 
     def disconnect(self, sid, namespace, **kwargs):
         result = super().disconnect(sid, namespace, **kwargs)
-        if not self._is_local_anywhere(sid):
+        # A newer recovery attempt of the same client may hold the claim.
+        if not self._is_local_anywhere(sid) and \
+                not (self._recovery is not None and self._recovery.claiming(sid)):
             self.core.release(sid)
         return result
 

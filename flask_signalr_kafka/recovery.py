@@ -156,7 +156,10 @@ class Recovery:
         #: Recoveries whose caller stopped waiting and that still wait for
         #: Kafka: while there are any, new ones fail at once.
         self._overdue = 0
-        self._attempts_lock = threading.Lock()
+        self._attempts_lock = threading.RLock()
+        #: sid -> recovery attempts here that hold a claim of its partitions
+        #: (two attempts of one client share one claim).
+        self._claims: Counter[str] = Counter()
         #: pids whose connection the server ended on purpose (monotonic time):
         #: refused even before their session's deletion can be read back.
         self._ended: dict[str, float] = {}
@@ -307,12 +310,21 @@ class Recovery:
             attempt.restore, attempt.failure = restore, failure
             attempt.done.set()
 
-    def _unclaim(self, pid: str, sid: str, namespace: str) -> None:
-        """A claim made for a recovery that will not happen: let it go,
-        unless the connection is here or another attempt will take it."""
-        if not self.host.is_local(sid, namespace) and \
-                not any(r.session.sid == sid for r in list(self._pending.values())):
-            self.core.release(sid)
+    def _unclaim(self, pid: str, sid: str, namespace: str, release: bool = True) -> None:
+        """An attempt's claim of ``sid``'s partitions is over; ``release``:
+        its recovery will not happen, so the claim goes too, unless the
+        connection is here or another attempt holds it."""
+        with self._attempts_lock:
+            self._claims[sid] -= 1
+            if self._claims[sid] <= 0:
+                del self._claims[sid]
+            if release and sid not in self._claims and not self.host.is_local(sid, namespace):
+                self.core.release(sid)
+
+    def claiming(self, sid: str) -> bool:
+        """Whether a recovery attempt here holds a claim of ``sid``'s
+        partitions (a connection of the same sid that goes must leave it)."""
+        return sid in self._claims
 
     def _attempt_done(self, pid: str, eio_sid: str) -> None:
         """``pid``'s attempt over ``eio_sid`` is over (unless a newer one came)."""
@@ -320,7 +332,12 @@ class Recovery:
             del self._attempt_of[pid]
 
     def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
-        return self._pending.pop((eio_sid, namespace), None)
+        """The recovery decided for ``eio_sid``: its claim passes to the
+        connection the manager registers."""
+        restore = self._pending.pop((eio_sid, namespace), None)
+        if restore is not None:
+            self._unclaim(restore.pid, restore.session.sid, namespace, release=False)
+        return restore
 
     def abandon(self, eio_sid: str, namespace: str) -> None:
         """The client left while its recovery was decided: nothing of the
@@ -386,8 +403,11 @@ class Recovery:
         # skipped as delivered at emit time, and never replayed.
         self.await_readback(2.0)
         try:  # its send-conn partitions, read from now on (home partitions)
+            with self._attempts_lock:
+                self._claims[session.sid] += 1
             self.core.claim(session.sid)
         except TimeoutError as exc:
+            self._unclaim(pid, session.sid, namespace)
             raise RecoveryFailed("not-ready", str(exc)) from exc
         try:
             self._catch_up(session)

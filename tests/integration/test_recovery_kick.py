@@ -1,10 +1,24 @@
-"""No recovery after the server disconnected a client on purpose (issue 22,
-item 3), with the official JS client (tests/js/csr_clients.mjs), which keeps
-its pid and offset across ``io server disconnect`` and sends them when it
-connects again (the driver reconnects by hand, as an app would)."""
+"""The recovery handshake with the official JS client
+(tests/js/csr_clients.mjs): no recovery after the server disconnected a
+client on purpose (issue 22, item 3; the client keeps its pid and offset
+across ``io server disconnect`` and sends them when it connects again, the
+driver reconnecting by hand as an app would); and a client that gives up on
+a slow recovery and tries again (item 4)."""
+import signal
+import time
+
 import pytest
 import requests
-from test_recovery import Streams, add_client, js, received, servers, settled  # noqa: F401
+from test_recovery import (  # noqa: F401
+    Streams,
+    add_client,
+    assert_exact,
+    assert_recovered,
+    js,
+    received,
+    servers,
+    settled,
+)
 
 from testkit.harness import wait_until
 
@@ -44,3 +58,41 @@ def test_a_client_the_server_disconnected_is_not_recovered(new_fleet, js, how, r
     # Nothing of the old connection stays on the dyno that held it.
     stats = requests.get(a.url + "/stats", timeout=5).json()
     assert stats["recoveries_succeeded"] == 0, stats
+
+
+def test_a_client_that_gives_up_on_a_slow_recovery_and_tries_again_is_recovered(new_fleet, js):  # noqa: F811
+    """Its dyno A hangs (SIGSTOP, checkpoints 1 s apart: alive for 4 s), so
+    B's recovery waits for A to release the session (3 s). The client's
+    connection is cut meanwhile (a balancer's idle timeout, a connect
+    timeout) and it tries again, on B: the second attempt is recovered,
+    with every event once. It used to be refused as "duplicate: that
+    connection is connected here" (the first attempt left a ghost)."""
+    a, b = servers(new_fleet, "A", "B", CHECKPOINT_INTERVAL=1, LOG_LEVEL="INFO")
+    cid = f"c-{new_fleet.prefix}"
+    js.add([{"id": cid, "urls": [a.url, b.url, b.url], "auth": {"user": f"u-{cid}", "csr": True},
+             "rooms": [f"r-{cid}"], "policy": "rotate"}],
+           reconnectionDelay=100, reconnectionDelayMax=300)
+    sid = js.wait_ready([cid])[cid]
+    streams = Streams(new_fleet.client(b), cid, sid, rate=10)
+    streams.start()
+    time.sleep(1)
+    a.process.send_signal(signal.SIGSTOP)
+    try:
+        assert js.drop("cut", ids=[cid])["count"] == 1
+
+        def on_b():
+            (status,) = [c for c in js.status() if c["id"] == cid]
+            return status["upstream"] == b.url
+
+        wait_until(on_b, 10, 0.02, "the first attempt on B")
+        time.sleep(1.0)  # B waits for A's release
+        assert js.drop("cut", ids=[cid])["count"] == 1
+        wait_until(lambda: len(received(js, cid)[0]["connectLog"]) >= 2, 20, 0.2,
+                   "a reconnect")
+        time.sleep(2)
+        sent = streams.stop()
+    finally:
+        a.process.send_signal(signal.SIGCONT)
+    client, got = settled(js, cid, sent)
+    assert_recovered(client)
+    assert_exact(client, got, sent)

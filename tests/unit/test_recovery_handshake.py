@@ -361,3 +361,32 @@ def test_attempts_leave_no_bookkeeping_behind():
     r.begin(session.sid, "/", restore.session)
     r.registered(session.sid, "/", PID, True)
     assert r._attempt_of == {} and r._pending == {}
+
+
+
+def test_a_claim_two_attempts_share_goes_only_with_the_last():
+    """The first attempt's client left while a second attempt, already
+    holding the same claim, was still being decided: the claim stays
+    (letting it go lost the live events to the client's sid in the JS
+    test of a retried recovery)."""
+    r = make()
+    saved(r, PID)
+    assert r.prepare("e1", "/", PID, None) is not None
+    caught_up, go_on = threading.Event(), threading.Event()
+    catch_up = r._catch_up
+
+    def slow_catch_up(session):
+        caught_up.set()
+        go_on.wait(5)
+        catch_up(session)
+
+    r._catch_up = slow_catch_up
+    second = []
+    task = _thread(lambda: second.append(r.prepare("e2", "/", PID, None)))
+    assert caught_up.wait(5)
+    r.abandon("e1", "/")
+    assert r.core.released == [] and r.claiming("sid~a")
+    go_on.set()
+    task.join(5)
+    assert second[0] is not None and r.take_pending("e2", "/") is second[0]
+    assert r.core.released == [] and not r.claiming("sid~a")
