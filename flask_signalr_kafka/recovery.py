@@ -384,14 +384,9 @@ class Recovery:
             raise RecoveryFailed("unknown", "no session with this pid")
         if session.namespace != namespace:
             raise RecoveryFailed("unknown", "the session is of another namespace")
-        since = None
         if session.state == LIVE:
-            live_at = session.saved_at
-            session, resumed = self._take_over(pid, session, where, offset)
-            # A full offset may not reach back before the session's last
-            # room change, which its last live record dates.
-            since = live_at if resumed else None
-        session = self._exactly(session, offset, since)
+            session = self._take_over(pid, session, where, offset)
+        session = self._exactly(session, offset)
         if time.time() - session.saved_at > self.options.max_disconnection_duration:
             raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
         if not session.exact:
@@ -453,17 +448,15 @@ class Recovery:
         self.stats["superseded"] += 1
         return session
 
-    def _take_over(self, pid: str, session: Session, where: int,
-                   offset: str | None) -> tuple[Session, bool]:
+    def _take_over(self, pid: str, session: Session, where: int, offset: str | None) -> Session:
         """The session is still live on its dyno: the client came back before
         that dyno noticed the drop, or the dyno died. Have it let go (it
-        saves the session), or resume from its last checkpoint; the session
-        and whether it was resumed from the checkpoint."""
+        saves the session), or resume from its last checkpoint."""
         key = (session.sid, session.namespace)
         if session.owner == self.owner:
             saved = self.release(*key) if self.host.is_local(*key) else None
             if saved is not None:
-                return saved, False
+                return saved
         elif self._alive(session.owner):
             self.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
@@ -477,13 +470,13 @@ class Recovery:
             if saved is None:  # deleted: disconnected on purpose meanwhile
                 raise RecoveryFailed("ended", "the session ended while it was released")
             if saved.state == SAVED:
-                return saved, False
+                return saved
         checkpoint = self.store.checkpoint(session.owner)
         if checkpoint is None:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
         self.stats["from-checkpoint"] += 1
         logger.info("%s resumes from the last checkpoint of %s", session.sid, session.owner)
-        return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag)), True
+        return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
 
     def _alive(self, owner: str) -> bool:
         checkpoint = self.store.checkpoint(owner, since=time.monotonic() - SHARED_READ)
@@ -522,23 +515,15 @@ class Recovery:
             emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,
         )
 
-    def _exactly(self, session: Session, offset: str | None,
-                 since: float | None = None) -> Session:
+    def _exactly(self, session: Session, offset: str | None) -> Session:
         """The session as of the client's full offset, when it has one from
         the session's last holder and that dyno's reference point is still in
-        the topic: exactly what the client had, whatever befell the dyno.
-
-        :param since: when the session last joined a room (its last live
-            record): an older reference point would replay what was sent to
-            its rooms before it was in them, and is not used."""
+        the topic: exactly what the client had, whatever befell the dyno."""
         parsed = offsets.parse(offset)
         if parsed is None or parsed.ref is None or parsed.tag != session.tag:
             return session
         ref = self.store.ref(session.owner, parsed.ref)
         if ref is None or ref.tag != parsed.tag:
-            return session
-        if since is not None and ref.at < since:
-            self.stats["ref-before-join"] += 1
             return session
         positions = {(b, p): off for b, p, off in ref.positions}
         for slot, n in parsed.slots.items():

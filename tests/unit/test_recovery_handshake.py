@@ -19,7 +19,6 @@ from flask_signalr_kafka.recovery import SERVER_DISCONNECT, Recovery, RecoveryFa
 from flask_signalr_kafka.sessions import (
     LIVE,
     SAVED,
-    RefPoint,
     Session,
     encode,
     home_partition,
@@ -219,21 +218,6 @@ def test_a_connection_the_server_ended_is_not_recovered():
     with pytest.raises(RecoveryFailed, match="on purpose"):
         r._restorable(pid, "/", None)
     assert session.sid not in r.announced
-
-
-def test_a_reference_point_before_the_sessions_join_is_refused():
-    """A dead dyno's session: the client names an old reference point of
-    that dyno; its positions would replay what its rooms got before it
-    joined them."""
-    r = make()
-    now = time.time()
-    ref = RefPoint("host_2", "1hab", 4, now - 30, [("send-group", 3, 50)], 20)
-    _put(r.store.reader, "r:host_2:4", encode(ref), home_partition("host_2", 10))
-    session = Session(SAVED, "sid~a", "/", ["r1"], "host_2", "1hab", now,
-                      [("send-group", 3, 60)], 30, [], True)
-    offset = "1hab.77.4.0."
-    assert r._exactly(session, offset, since=now - 5) is session
-    assert r._exactly(session, offset, since=now - 60).positions == [("send-group", 3, 50)]
 
 
 def test_browser_offsets_is_an_explicit_option():
