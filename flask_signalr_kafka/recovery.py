@@ -160,6 +160,10 @@ class Recovery:
         #: sid -> recovery attempts here that hold a claim of its partitions
         #: (two attempts of one client share one claim).
         self._claims: Counter[str] = Counter()
+        #: sid -> held while its attempts claim: the core's claim returns at
+        #: once to a second caller while the first still waits for the
+        #: partitions to be positioned, and a replay must start after that.
+        self._claim_locks: dict[str, threading.Lock] = {}
         #: pids whose connection the server ended on purpose (monotonic time):
         #: refused even before their session's deletion can be read back.
         self._ended: dict[str, float] = {}
@@ -318,6 +322,7 @@ class Recovery:
             self._claims[sid] -= 1
             if self._claims[sid] <= 0:
                 del self._claims[sid]
+                self._claim_locks.pop(sid, None)
             if release and sid not in self._claims and not self.host.is_local(sid, namespace):
                 self.core.release(sid)
 
@@ -400,7 +405,9 @@ class Recovery:
         try:  # its send-conn partitions, read from now on (home partitions)
             with self._attempts_lock:
                 self._claims[session.sid] += 1
-            self.core.claim(session.sid)
+                claiming = self._claim_locks.setdefault(session.sid, threading.Lock())
+            with claiming:
+                self.core.claim(session.sid)
         except TimeoutError as exc:
             self._unclaim(pid, session.sid, namespace)
             raise RecoveryFailed("not-ready", str(exc)) from exc

@@ -374,3 +374,27 @@ def test_a_claim_two_attempts_share_goes_only_with_the_last():
     task.join(5)
     assert second[0] is not None and r.take_pending("e2", "/") is second[0]
     assert r.core.released == [] and not r.claiming("sid~a")
+
+
+def test_a_second_attempt_waits_for_the_claim_the_first_is_making():
+    """The core's claim returns at once to a second caller while the first
+    still positions the partitions: the second attempt's replay then began
+    before them, and the events sent to the client's sid in between were
+    lost (the JS test of a retried recovery)."""
+    r = make()
+    saved(r, PID)
+    positioned, claims = threading.Event(), []
+
+    def claim(sid):  # as KafkaCore.claim: a known sid returns at once
+        claims.append(sid)
+        if len(claims) == 1:
+            time.sleep(0.5)
+            positioned.set()
+
+    r.core.claim = claim
+    first = _thread(r.prepare, "e1", "/", PID, None)
+    while not claims:
+        time.sleep(0.01)
+    assert r.prepare("e2", "/", PID, None) is not None
+    assert positioned.is_set(), "the second attempt went on before the partitions were read"
+    first.join(5)
