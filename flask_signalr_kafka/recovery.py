@@ -153,9 +153,10 @@ class Recovery:
         #: pid -> the Engine.IO sid of its latest recovery attempt here: an
         #: older attempt of the same client gives way to it.
         self._attempt_of: dict[str, str] = {}
-        #: Recoveries whose caller stopped waiting and that still wait for
-        #: Kafka: while there are any, new ones fail at once.
-        self._overdue = 0
+        #: Recoveries whose caller stopped waiting, and when each began: while
+        #: one has waited for Kafka twice the budget (a hang, not a busy
+        #: moment), new ones fail at once instead of queueing behind it.
+        self._overdue: dict[int, float] = {}
         self._attempts_lock = threading.RLock()
         #: sid -> recovery attempts here that hold a claim of its partitions
         #: (two attempts of one client share one claim).
@@ -253,14 +254,16 @@ class Recovery:
         Returns within :data:`PREPARE_BUDGET` seconds whatever Kafka does,
         ``None`` (a new connection) on any failure: the decision runs in a
         task of its own, and one that outlives its caller undoes its work
-        when it ends (while one does, the next fail at once)."""
+        when it ends (while one has waited twice the budget, the next fail
+        at once)."""
         self.stats["attempted"] += 1
         attempt = _Attempt(eio_sid, namespace, pid, offset)
         with self._attempts_lock:
-            overdue = self._overdue
-            if not overdue:
+            now = time.monotonic()
+            hung = any(now - began > 2 * PREPARE_BUDGET for began in self._overdue.values())
+            if not hung:
                 self._attempt_of[pid] = eio_sid
-        if overdue:
+        if hung:
             return self._failed(pid, RecoveryFailed(
                 "not-ready", "an earlier recovery still waits for Kafka"))
         self.core.runtime.spawn(self._decide, attempt)
@@ -268,7 +271,7 @@ class Recovery:
         with self._attempts_lock:
             if not finished and not attempt.done.is_set():
                 attempt.abandoned = True
-                self._overdue += 1
+                self._overdue[id(attempt)] = now
         if attempt.abandoned:
             return self._failed(pid, RecoveryFailed(
                 "not-ready", f"no decision within {PREPARE_BUDGET:g} s"))
@@ -304,7 +307,7 @@ class Recovery:
             if restore is None or attempt.abandoned:
                 self._attempt_done(attempt.pid, attempt.eio_sid)
             if attempt.abandoned:
-                self._overdue -= 1
+                self._overdue.pop(id(attempt), None)
                 if restore is not None:
                     self._unclaim(attempt.pid, restore.session.sid, attempt.namespace)
                     restore = None
