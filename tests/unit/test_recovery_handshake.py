@@ -266,11 +266,11 @@ class ManagerHost(Host):
         return self.mgr.eio_sid_from_sid(sid, namespace)
 
 
-def hooked_server():
+def hooked_server(**options):
     mgr = HookManager()
     server = socketio.Server(client_manager=mgr, async_mode="threading")
     server.on("connect", lambda sid, environ, auth=None: True)
-    r = make()
+    r = make(**options)
     r.host = ManagerHost(mgr)
     r.host.server = server
     mgr.recovery = r
@@ -400,3 +400,13 @@ def test_a_second_attempt_waits_for_the_claim_the_first_is_making():
     assert r.prepare("e2", "/", PID, None) is not None
     assert positioned.is_set(), "the second attempt went on before the partitions were read"
     first.join(5)
+
+
+@pytest.mark.parametrize("browser_offsets", [True, False])
+def test_browsers_get_offsets_unannounced_only_with_browser_offsets(browser_offsets):
+    server, mgr, r, sent = hooked_server(browser_offsets=browser_offsets)
+    open_socket(server, "e1")
+    server.environ["e1"]["HTTP_USER_AGENT"] = "Mozilla/5.0 (X11; Linux x86_64)"
+    server._handle_connect("e1", "/", None)
+    (sid,) = mgr.rooms["/"][None].keys()
+    assert (sid in r.announced) is browser_offsets
