@@ -13,6 +13,7 @@ spells the offsets.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -39,6 +40,7 @@ from .sessions import (
     SessionReader,
     SessionStore,
     home_of_tag,
+    partition_of,
 )
 from .steps import DROP_WINDOW, DeliveryLog, latest_each
 from .topics import SESSIONS
@@ -79,6 +81,17 @@ CLOCK_SKEW = 0.5
 _PRUNE_EVERY = 30.0
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
+#: The reason recovery is given for a disconnect the server made on purpose
+#: (``Server.disconnect``: a kick, the fleet's ``disconnect_sockets``).
+SERVER_DISCONNECT = "server disconnect"
+#: Seconds a recovery's decision may take: every client that comes back
+#: gets an answer within 10 s, whatever Kafka does (a hung broker included).
+PREPARE_BUDGET = 7.0
+#: Seconds a newer attempt waits for an older one of the same client to let
+#: the connection go.
+SUPERSEDE_WAIT = 3.0
+#: What a pid we made looks like (:func:`.sessions.new_pid`).
+_PID_SHAPE = re.compile(r"[0-9]{1,6}\.[A-Za-z0-9_-]{22}")
 
 
 class RecoveryFailed(Exception):
@@ -96,6 +109,18 @@ class Restore:
     pid: str
     session: Session
     offset: str | None
+    eio_sid: str = ""
+
+
+class _Attempt:
+    """One recovery being decided, and whether its caller still waits."""
+
+    def __init__(self, eio_sid: str, namespace: str, pid: str, offset: str | None) -> None:
+        self.eio_sid, self.namespace, self.pid, self.offset = eio_sid, namespace, pid, offset
+        self.done = threading.Event()
+        self.abandoned = False
+        self.restore: Restore | None = None
+        self.failure: RecoveryFailed | None = None
 
 
 class Recovery:
@@ -134,6 +159,24 @@ class Recovery:
         self._released: set[tuple[str, str]] = set()
         self._dirty: set[tuple[str, str]] = set()
         self._pending: dict[tuple[str, str], Restore] = {}
+        #: pid -> the Engine.IO sid of its latest recovery attempt here: an
+        #: older attempt of the same client gives way to it.
+        self._attempt_of: dict[str, str] = {}
+        #: Recoveries whose caller stopped waiting, and when each began: while
+        #: one has waited for Kafka twice the budget (a hang, not a busy
+        #: moment), new ones fail at once instead of queueing behind it.
+        self._overdue: dict[int, float] = {}
+        self._attempts_lock = threading.RLock()
+        #: sid -> recovery attempts here that hold a claim of its partitions
+        #: (two attempts of one client share one claim).
+        self._claims: Counter[str] = Counter()
+        #: sid -> held while its attempts claim: the core's claim returns at
+        #: once to a second caller while the first still waits for the
+        #: partitions to be positioned, and a replay must start after that.
+        self._claim_locks: dict[str, threading.Lock] = {}
+        #: pids whose connection the server ended on purpose (monotonic time):
+        #: refused even before their session's deletion can be read back.
+        self._ended: dict[str, float] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
         self._checkpointer: Any = None
@@ -216,24 +259,137 @@ class Recovery:
 
     def prepare(self, eio_sid: str, namespace: str, pid: str, offset: str | None) -> Restore | None:
         """Decide whether ``pid`` can be recovered; the restored sid is then
-        taken by :meth:`take_pending` in the manager's ``pre_connect``."""
+        taken by :meth:`take_pending` in the manager's ``pre_connect``.
+
+        Returns within :data:`PREPARE_BUDGET` seconds whatever Kafka does,
+        ``None`` (a new connection) on any failure: the decision runs in a
+        task of its own, and one that outlives its caller undoes its work
+        when it ends (while one has waited twice the budget, the next fail
+        at once)."""
         self.stats["attempted"] += 1
-        try:
-            restore = Restore(pid, self._restorable(pid, namespace, offset), offset)
-        except RecoveryFailed as exc:
-            self.stats[f"failed:{exc.reason}"] += 1
-            logger.info("no recovery for pid %s…: %s", pid[:6], exc)
-            return None
-        self._pending[(eio_sid, namespace)] = restore
+        attempt = _Attempt(eio_sid, namespace, pid, offset)
+        with self._attempts_lock:
+            now = time.monotonic()
+            hung = any(now - began > 2 * PREPARE_BUDGET for began in self._overdue.values())
+            if not hung:
+                self._attempt_of[pid] = eio_sid
+        if hung:
+            return self._failed(pid, RecoveryFailed(
+                "not-ready", "an earlier recovery still waits for Kafka"))
+        self.core.runtime.spawn(self._decide, attempt)
+        finished = attempt.done.wait(PREPARE_BUDGET)
+        with self._attempts_lock:
+            if not finished and not attempt.done.is_set():
+                attempt.abandoned = True
+                self._overdue[id(attempt)] = now
+        if attempt.abandoned:
+            return self._failed(pid, RecoveryFailed(
+                "not-ready", f"no decision within {PREPARE_BUDGET:g} s"))
+        if attempt.failure is not None:
+            return self._failed(pid, attempt.failure)
+        restore = attempt.restore
         logger.info("recovering %s: session of %s, %d rooms, %d in its window",
                     restore.session.sid, restore.session.owner, len(restore.session.rooms),
                     len(restore.session.window))
         return restore
 
+    def _failed(self, pid: str, exc: RecoveryFailed) -> None:
+        self.stats[f"failed:{exc.reason}"] += 1
+        logger.info("no recovery for pid %s…: %s", pid[:6], exc)
+        return None
+
+    def _decide(self, attempt: _Attempt) -> None:
+        """:meth:`prepare`'s work, in a task of its own."""
+        key = (attempt.eio_sid, attempt.namespace)
+        restore = failure = None
+        try:
+            session = self._restorable(attempt.pid, attempt.namespace, attempt.offset)
+            restore = Restore(attempt.pid, session, attempt.offset, attempt.eio_sid)
+        except RecoveryFailed as exc:
+            failure = exc
+        except Exception as exc:  # Kafka's errors, a bad record: never silence
+            logger.warning("recovery of pid %s… failed", attempt.pid[:6], exc_info=True)
+            failure = RecoveryFailed("error", f"{type(exc).__name__}: {exc}")
+        with self._attempts_lock:
+            if restore is not None and self._attempt_of.get(attempt.pid) != attempt.eio_sid:
+                failure, restore = RecoveryFailed("superseded", "a newer attempt came"), None
+                self._unclaim(attempt.pid, session.sid, attempt.namespace)
+            if restore is None or attempt.abandoned:
+                self._attempt_done(attempt.pid, attempt.eio_sid)
+            if attempt.abandoned:
+                self._overdue.pop(id(attempt), None)
+                if restore is not None:
+                    self._unclaim(attempt.pid, restore.session.sid, attempt.namespace)
+                    restore = None
+                return
+            if restore is not None:
+                self._pending[key] = restore
+            attempt.restore, attempt.failure = restore, failure
+            attempt.done.set()
+
+    def _unclaim(self, pid: str, sid: str, namespace: str, release: bool = True) -> None:
+        """An attempt's claim of ``sid``'s partitions is over; ``release``:
+        its recovery will not happen, so the claim goes too, unless the
+        connection is here or another attempt holds it."""
+        with self._attempts_lock:
+            self._claims[sid] -= 1
+            if self._claims[sid] <= 0:
+                del self._claims[sid]
+                self._claim_locks.pop(sid, None)
+            if release and sid not in self._claims and not self.host.is_local(sid, namespace):
+                self.core.release(sid)
+
+    def claiming(self, sid: str) -> bool:
+        """Whether a recovery attempt here holds a claim of ``sid``'s
+        partitions (a connection of the same sid that goes must leave it)."""
+        return sid in self._claims
+
+    def _attempt_done(self, pid: str, eio_sid: str) -> None:
+        """``pid``'s attempt over ``eio_sid`` is over (unless a newer one came)."""
+        if self._attempt_of.get(pid) == eio_sid:
+            del self._attempt_of[pid]
+
     def take_pending(self, eio_sid: str, namespace: str) -> Restore | None:
-        return self._pending.pop((eio_sid, namespace), None)
+        """The recovery decided for ``eio_sid``: its claim passes to the
+        connection the manager registers."""
+        restore = self._pending.pop((eio_sid, namespace), None)
+        if restore is not None:
+            self._unclaim(restore.pid, restore.session.sid, namespace, release=False)
+        return restore
+
+    def abandon(self, eio_sid: str, namespace: str) -> None:
+        """The client left while its recovery was decided: nothing of the
+        attempt stays (its session is unchanged in the store)."""
+        restore = self._pending.pop((eio_sid, namespace), None)
+        if restore is not None:
+            self.stats["abandoned"] += 1
+            logger.info("pid %s… left while its recovery was decided", restore.pid[:6])
+            with self._attempts_lock:
+                self._attempt_done(restore.pid, eio_sid)
+            self._unclaim(restore.pid, restore.session.sid, namespace)
+
+    def abandoned(self, sid: str, namespace: str, restore: Restore | None) -> None:
+        """A recovered connection whose client left before it was accepted:
+        forget it here and keep its session for the next attempt (unless a
+        newer attempt of the same client has taken over). Call it before
+        the manager forgets the connection: a newer attempt waits for that."""
+        key = (sid, namespace)
+        self.replaying.pop(sid, None)
+        self._replay_ends.pop(sid, None)
+        self._recovered.discard(key)
+        self._taken.pop(key, None)
+        if restore is not None:
+            self.stats["abandoned"] += 1
+            with self._attempts_lock:
+                latest = self._attempt_of.get(restore.pid) == restore.eio_sid
+                self._attempt_done(restore.pid, restore.eio_sid)
+            if latest:
+                self.store.put(restore.pid, restore.session)
 
     def _restorable(self, pid: str, namespace: str, offset: str | None) -> Session:
+        self._check_shape(pid, offset)
+        if pid in self._ended:
+            raise RecoveryFailed("ended", "the server disconnected it on purpose")
         parsed = offsets.parse(offset)
         hint = parsed and home_of_tag(parsed.tag, self.store.partition_count)
         try:
@@ -254,17 +410,62 @@ class Recovery:
         if not session.exact:
             raise RecoveryFailed("window-lost", "its dyno no longer knew what it last sent")
         if self.host.is_local(session.sid, namespace):
-            raise RecoveryFailed("duplicate", "that connection is connected here")
+            session = self._supersede(session, namespace)
         # This dyno's own records must land before a claimed partition is
         # positioned at its log end: one landing after it would be read live,
         # skipped as delivered at emit time, and never replayed.
         self.await_readback(2.0)
         try:  # its send-conn partitions, read from now on (home partitions)
-            self.core.claim(session.sid)
+            with self._attempts_lock:
+                self._claims[session.sid] += 1
+                claiming = self._claim_locks.setdefault(session.sid, threading.Lock())
+            with claiming:
+                self.core.claim(session.sid)
         except TimeoutError as exc:
+            self._unclaim(pid, session.sid, namespace)
             raise RecoveryFailed("not-ready", str(exc)) from exc
-        self._catch_up(session)
-        self._check_backlog(session)
+        try:
+            self._catch_up(session)
+            self._check_backlog(session)
+        except BaseException:
+            self._unclaim(pid, session.sid, namespace)
+            raise
+        return session
+
+    def _check_shape(self, pid: str, offset: str | None) -> None:
+        """Refuse, before any read, a pid we cannot have made or an offset
+        naming a home partition that does not exist (an unauthenticated
+        client chooses neither which partitions are read)."""
+        count = self.store.partition_count
+        if not _PID_SHAPE.fullmatch(pid) or partition_of(pid, count) is None:
+            raise RecoveryFailed("unknown", "not a pid of ours")
+        parsed = offsets.parse(offset)
+        if offset is not None and (parsed is None or home_of_tag(parsed.tag, count) is None):
+            raise RecoveryFailed("unknown", "not an offset of ours")
+
+    def _supersede(self, session: Session, namespace: str) -> Session:
+        """The client's connection is still here: this newer attempt takes
+        over from it. A connection that was accepted is released (its
+        session saved, its socket closed); one still connecting (an earlier
+        attempt the client gave up on) has its socket closed, and lets the
+        sid go when it sees that."""
+        key = (session.sid, namespace)
+        if key in self._pids:
+            saved = self.release(*key)
+            if saved is not None:
+                session = saved
+        else:
+            eio_sid = self.host.eio_sid_from_sid(*key)
+            if eio_sid is not None:
+                logger.info("a newer attempt takes %s over from one still connecting",
+                            session.sid)
+                self.host.close_socket(eio_sid)
+        deadline = time.monotonic() + SUPERSEDE_WAIT
+        while self.host.is_local(*key):
+            if time.monotonic() > deadline:
+                raise RecoveryFailed("duplicate", "that connection is connected here")
+            self.core.runtime.sleep(0.02)
+        self.stats["superseded"] += 1
         return session
 
     def _take_over(self, pid: str, session: Session, where: int, offset: str | None) -> Session:
@@ -286,7 +487,9 @@ class Recovery:
             saved = self.store.wait_for(
                 pid, where, lambda s: s is None or s.state == SAVED or not self._alive(s.owner),
                 self.options.release_timeout)
-            if saved is not None and saved.state == SAVED:
+            if saved is None:  # deleted: disconnected on purpose meanwhile
+                raise RecoveryFailed("ended", "the session ended while it was released")
+            if saved.state == SAVED:
                 return saved
         checkpoint = self.store.checkpoint(session.owner)
         if checkpoint is None:
@@ -400,6 +603,8 @@ class Recovery:
         written with the next checkpoint (one batch for a connect storm)."""
         key = (sid, namespace)
         self._pids[key] = pid
+        with self._attempts_lock:
+            self._attempt_of.pop(pid, None)
         if announced:
             self.announced.add(sid)
         previous = self._taken.pop(key, None)
@@ -452,6 +657,7 @@ class Recovery:
             self._released.discard(key)
             return None
         if reason not in RECOVERABLE:
+            self._end(pid)
             return lambda: self.store.delete(pid)
         eio = self.host.server.eio
         window = (DROP_WINDOW if reason != "ping timeout"
@@ -462,6 +668,18 @@ class Recovery:
             self.store.let_go(pid)
 
         return save
+
+    def _end(self, pid: str) -> None:
+        """``pid``'s connection ended on purpose: no recovery of it here,
+        even before the deletion of its session is read back."""
+        now = time.monotonic()
+        with self._attempts_lock:
+            self._ended[pid] = now
+            self._attempt_of.pop(pid, None)
+            for old, at in list(self._ended.items()):  # oldest first
+                if now - at <= self.options.max_disconnection_duration:
+                    break
+                del self._ended[old]
 
     def release(self, sid: str, namespace: str) -> Session | None:
         """Let a connection go because its client is back elsewhere: save its

@@ -27,6 +27,15 @@ class ConnectionStateRecovery:
         reconnecting client's old connection to let it go.
     :param window_steps: delivery steps a dyno remembers for the window (a
         recovery that would need older ones is refused, never lossy).
+    :param browser_offsets: ``True`` (default): a connection whose
+        User-Agent starts with ``Mozilla/`` (a web browser, where the
+        official Socket.IO client is the one that runs) gets offsets from
+        its first connection without announcing recovery, so that its
+        first drop is exact too. Offsets are an extra last argument of
+        every event: set ``False`` if other Socket.IO clients run in
+        browsers (or send such a User-Agent) with handlers of a fixed
+        number of arguments; browsers then get offsets once they announce
+        (``auth: {csr: true}``) or from their first reconnect.
     """
 
     max_disconnection_duration: float = 120.0
@@ -35,6 +44,7 @@ class ConnectionStateRecovery:
     checkpoint_interval: float = 0.25
     release_timeout: float = 3.0
     window_steps: int = 200_000
+    browser_offsets: bool = True
 
     def __post_init__(self) -> None:
         for name in ("max_disconnection_duration", "checkpoint_interval", "release_timeout"):
@@ -47,6 +57,9 @@ class ConnectionStateRecovery:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ConnectionStateRecovery.{name} must be a positive int, "
                                  f"not {value!r}")
+        if not isinstance(self.browser_offsets, bool):
+            raise ValueError("ConnectionStateRecovery.browser_offsets must be True or False, "
+                             f"not {self.browser_offsets!r}")
 
 
 def options_from(value: Any) -> ConnectionStateRecovery | None:

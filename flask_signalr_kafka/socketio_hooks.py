@@ -6,8 +6,9 @@ be written before it, the rooms of a dropped connection must be read before
 they are dropped, and events to clients that announced recovery carry an
 offset. This module is the only place that touches ``Server._handle_connect``,
 ``Server._handle_disconnect``, ``Server._send_eio_packet`` (and
-``AsyncServer``'s) and ``Server.packet_class``, or copies a ``BaseManager``
-or ``AsyncManager`` method; it was written
+``AsyncServer``'s) and ``Server.packet_class``, copies a ``BaseManager``
+or ``AsyncManager`` method, or relies on the order of calls in
+``Server.disconnect`` (:func:`server_disconnect`); it was written
 against the versions below, and tests/unit/test_socketio_hooks.py fails when
 python-socketio changes the code these copies follow.
 """
@@ -62,6 +63,18 @@ def install(server: Any, recovery: Recovery) -> None:
 
     server._handle_connect = handle_connect
     server._handle_disconnect = handle_disconnect
+
+
+def server_disconnect(recovery: Recovery, sid: str, namespace: str) -> None:
+    """The manager's ``pre_disconnect``: python-socketio 5.18.1's
+    ``Server.disconnect`` and ``AsyncServer.disconnect`` (a disconnect the
+    server makes on purpose) call it first, before the DISCONNECT packet,
+    and never ``_handle_disconnect``: the session ends here (deleted, its
+    pid refused). A connection whose client left was forgotten already by
+    the ``_handle_disconnect`` hook, and is untouched."""
+    from .recovery import SERVER_DISCONNECT
+
+    recovery.on_disconnect(sid, namespace, SERVER_DISCONNECT)
 
 
 def _eio_packets(server: Any, namespace: str, data: list) -> list:
@@ -169,9 +182,10 @@ def basic_disconnect(manager: Any, sid: str, namespace: str, rooms: list) -> Non
 
 
 def in_browser(environ: Any) -> bool:
-    """Whether a connection's client runs in a web browser, where only the
-    official Socket.IO client runs: it reads offsets from its first
-    connection on, so it need not announce recovery to get them."""
+    """Whether a connection's client runs in a web browser, where the
+    official Socket.IO client is the one that runs: it reads offsets from
+    its first connection on, so it need not announce recovery to get them
+    (``ConnectionStateRecovery.browser_offsets`` turns this off)."""
     agent = environ.get("HTTP_USER_AGENT", "") if isinstance(environ, dict) else ""
     return agent.startswith("Mozilla/")
 
@@ -191,7 +205,8 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
         server.eio.disconnect(eio_sid)
         return
     pid, offset, announced, data = recovery.split_auth(data)
-    announced = announced or in_browser(server.environ.get(eio_sid))
+    announced = announced or (recovery.options.browser_offsets
+                              and in_browser(server.environ.get(eio_sid)))
     logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
     restore = None
     sid = None
@@ -199,8 +214,13 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
             or server.namespaces == "*" or namespace in server.namespaces:
         if pid is not None:
             restore = recovery.prepare(eio_sid, namespace, pid, offset)
+            if not _socket_open(server, eio_sid):
+                # The client left while its recovery was decided (seconds).
+                recovery.abandon(eio_sid, namespace)
+                return
         sid = server.manager.pre_connect(eio_sid, namespace)
     if sid is None:
+        recovery.abandon(eio_sid, namespace)
         server._send_packet(eio_sid, server.packet_class(
             packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace))
         return
@@ -210,32 +230,43 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
         pid = recovery.new_pid()
     reply = {"sid": sid, "pid": pid}
 
-    def accept() -> None:
+    def left() -> None:
+        # python-socketio ignores the disconnect of a connection still
+        # connecting: forget it here (a newer attempt of the same client
+        # waits for that), and keep its session for the next try.
+        logger.info("%s left while it connected", sid)
+        recovery.abandoned(sid, namespace, restore)
+        server.manager.disconnect(sid, namespace, ignore_queue=True)
+
+    def accept() -> bool:
         if restore is not None:
             try:
                 recovery.replay(restore, sid, eio_sid,
                                 lambda *a: send_event(server, *a))
             except Exception:
                 logger.exception("replay for %s failed; the client will retry", sid)
-                server.manager.disconnect(sid, namespace, ignore_queue=True)
-                recovery.store.put(pid, restore.session)  # still recoverable
+                left()
                 server.eio.disconnect(eio_sid)
                 return False
-            if not _socket_open(server, eio_sid):
-                # The client gave up during the replay (python-socketio ignores
-                # the disconnect of a connection still connecting): forget it
-                # here, and keep its session for the next try.
-                logger.info("%s left during its replay; its session is kept", sid)
-                server.manager.disconnect(sid, namespace, ignore_queue=True)
-                recovery.store.put(pid, restore.session)
-                return False
+        if not _socket_open(server, eio_sid):
+            left()
+            return False
         server._send_packet(eio_sid, server.packet_class(packet.CONNECT, reply,
                                                          namespace=namespace))
         server.manager.connect(sid, namespace)
         recovery.registered(sid, namespace, pid, announced or restore is not None)
+        if not _socket_open(server, eio_sid):
+            # Gone between the check and the registration: its disconnect
+            # was ignored; it is made now (the session is saved).
+            server._handle_disconnect(eio_sid, namespace, server.reason.TRANSPORT_CLOSE)
+            return False
         return True
 
     if server.always_connect and accept() is False:
+        return
+    environ = server.environ.get(eio_sid)
+    if environ is None:  # the client left during pre_connect
+        left()
         return
     fail_reason = exceptions.ConnectionRefusedError().error_args
     try:
@@ -243,15 +274,15 @@ def _handle_connect(server: Any, recovery: Recovery, eio_sid: str, namespace: st
             success = True
         elif data:
             success = server._trigger_event(
-                "connect", namespace, sid, server.environ[eio_sid], data)
+                "connect", namespace, sid, environ, data)
         else:
             try:
                 success = server._trigger_event(
-                    "connect", namespace, sid, server.environ[eio_sid], None)
+                    "connect", namespace, sid, environ, None)
             except TypeError as exc:
                 try:
                     success = server._trigger_event(
-                        "connect", namespace, sid, server.environ[eio_sid])
+                        "connect", namespace, sid, environ)
                 except TypeError:
                     raise exc from None
     except exceptions.ConnectionRefusedError as exc:
@@ -345,7 +376,8 @@ async def _handle_connect_async(server: Any, recovery: Recovery,
         await server.eio.disconnect(eio_sid)
         return
     pid, offset, announced, data = recovery.split_auth(data)
-    announced = announced or in_browser(server.environ.get(eio_sid))
+    announced = announced or (recovery.options.browser_offsets
+                              and in_browser(server.environ.get(eio_sid)))
     logger.debug("CONNECT %s of %s: pid %s, offset %s", namespace, eio_sid, pid, offset)
     restore = None
     sid = None
@@ -353,8 +385,12 @@ async def _handle_connect_async(server: Any, recovery: Recovery,
             or server.namespaces == "*" or namespace in server.namespaces:
         if pid is not None:
             restore = await call(recovery.prepare, eio_sid, namespace, pid, offset)
+            if not _socket_open(server, eio_sid):
+                recovery.abandon(eio_sid, namespace)
+                return
         sid = await server.manager.pre_connect(eio_sid, namespace)
     if sid is None:
+        recovery.abandon(eio_sid, namespace)
         await server._send_packet(eio_sid, server.packet_class(
             packet.CONNECT_ERROR, data="Unable to connect", namespace=namespace))
         return
@@ -364,9 +400,15 @@ async def _handle_connect_async(server: Any, recovery: Recovery,
         pid = recovery.new_pid()
     reply = {"sid": sid, "pid": pid}
 
+    async def left() -> None:
+        # As in _handle_connect. The sessions topic is written every
+        # checkpoint: a put there only queues the record, so it is made on
+        # the loop.
+        logger.info("%s left while it connected", sid)
+        recovery.abandoned(sid, namespace, restore)
+        await server.manager.disconnect(sid, namespace, ignore_queue=True)
+
     async def accept() -> bool:
-        # The sessions topic is written every checkpoint: a put there only
-        # queues the record, so it is made on the loop.
         if restore is not None:
             try:
                 missed = await call(recovery.read_missed, restore)
@@ -374,23 +416,26 @@ async def _handle_connect_async(server: Any, recovery: Recovery,
                     await send_event_async(server, eio_sid, namespace, event, args, at)
             except Exception:
                 logger.exception("replay for %s failed; the client will retry", sid)
-                recovery.replaying.pop(sid, None)
-                await server.manager.disconnect(sid, namespace, ignore_queue=True)
-                recovery.store.put(pid, restore.session)
+                await left()
                 await server.eio.disconnect(eio_sid)
                 return False
-            if not _socket_open(server, eio_sid):
-                logger.info("%s left during its replay; its session is kept", sid)
-                await server.manager.disconnect(sid, namespace, ignore_queue=True)
-                recovery.store.put(pid, restore.session)
-                return False
+        if not _socket_open(server, eio_sid):
+            await left()
+            return False
         await server._send_packet(eio_sid, server.packet_class(packet.CONNECT, reply,
                                                                namespace=namespace))
         await server.manager.connect(sid, namespace)
         recovery.registered(sid, namespace, pid, announced or restore is not None)
+        if not _socket_open(server, eio_sid):
+            await server._handle_disconnect(eio_sid, namespace, server.reason.TRANSPORT_CLOSE)
+            return False
         return True
 
     if server.always_connect and await accept() is False:
+        return
+    environ = server.environ.get(eio_sid)
+    if environ is None:
+        await left()
         return
     fail_reason = exceptions.ConnectionRefusedError().error_args
     try:
@@ -398,15 +443,15 @@ async def _handle_connect_async(server: Any, recovery: Recovery,
             success = True
         elif data:
             success = await server._trigger_event(
-                "connect", namespace, sid, server.environ[eio_sid], data)
+                "connect", namespace, sid, environ, data)
         else:
             try:
                 success = await server._trigger_event(
-                    "connect", namespace, sid, server.environ[eio_sid], None)
+                    "connect", namespace, sid, environ, None)
             except TypeError as exc:
                 try:
                     success = await server._trigger_event(
-                        "connect", namespace, sid, server.environ[eio_sid])
+                        "connect", namespace, sid, environ)
                 except TypeError:
                     raise exc from None
     except exceptions.ConnectionRefusedError as exc:

@@ -81,6 +81,7 @@ mgr = KafkaManager(
                              **json.loads(os.environ.get("PRODUCER_JSON", "{}"))}),
     connection_state_recovery=ConnectionStateRecovery(
         max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
+        checkpoint_interval=float(os.environ.get("CHECKPOINT_INTERVAL", "0.25")),
     ) if os.environ.get("CONNECTION_STATE_RECOVERY") == "1" else False,
     home_partitions=os.environ.get("HOME_PARTITIONS", "1") != "0",
 )

@@ -21,6 +21,11 @@ FOLLOWED = {
     socketio.AsyncServer._send_eio_packet: "64cf72a2ab7d75b1",
     socketio.AsyncServer._handle_connect: "c97c480cf777de36",
     socketio.AsyncServer._handle_disconnect: "c0b32ada5b371230",
+    # server_disconnect: Server.disconnect calls the manager's pre_disconnect
+    # first, and never _handle_disconnect.
+    socketio.Server.disconnect: "a348aff17b8e892e",
+    socketio.AsyncServer.disconnect: "7d2f76686c12cc23",
+    base_manager.BaseManager.pre_disconnect: "18a8d01ed87a9682",
 }
 
 
