@@ -137,7 +137,8 @@ def _put(reader, key, value, partition):
         table.pop(key.encode(), None)
     else:
         table[key.encode()] = value
-    return SimpleNamespace(add_callback=lambda fn: fn(None))
+    # A future that has landed: callbacks run at once, errbacks never.
+    return SimpleNamespace(add_callback=lambda fn: fn(None), add_errback=lambda fn: None)
 
 
 def test_windows_keep_what_was_addressed_to_each_connection_in_order():
