@@ -34,7 +34,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka import TopicPartition as _TP
 from kafka.errors import KafkaTimeoutError
 
-from .client_config import librdkafka_configs
+from .client_config import BUFFER_MEMORY, CONFLUENT_REQUEST_TIMEOUT_MS, librdkafka_configs
 from .concurrency import Runtime
 from .kafka_client import TopicPartition
 
@@ -104,6 +104,11 @@ class Delivery:
         """``fn(*args, error)`` if the broker did not take the record."""
         return self._add(True, fn, args)
 
+    def add_both(self, fn: Any, *args: Any) -> Delivery:
+        """``fn(*args, self or error)`` either way."""
+        self._add(False, fn, args)
+        return self._add(True, fn, args)
+
     def _add(self, on_error: bool, fn: Any, args: tuple) -> Delivery:
         if self.done:
             self._run(on_error, fn, args)
@@ -154,20 +159,17 @@ class ConfluentProducer:
         delivery = Delivery(self._reports, topic)
         if partition is None and key is None:
             partition = self._slot % self._count(topic)
-        while True:
-            try:
-                if partition is None:
-                    self._producer.produce(topic, value, key, on_delivery=delivery)
-                else:
-                    self._producer.produce(topic, value, key, partition, on_delivery=delivery)
-                return delivery
-            except BufferError:
-                # The local queue is full (queue.buffering.max.messages):
-                # the report task drains it as the broker answers.
-                self._runtime.sleep(0.005)
-            except KafkaException as exc:
-                delivery.settle(exc.args[0], None)
-                return delivery
+        # A BufferError (librdkafka's queue is full) goes to the caller: the
+        # publisher refuses the record. Retrying here never ended during an
+        # outage, and under asyncio each retry's sleep blocked the loop.
+        try:
+            if partition is None:
+                self._producer.produce(topic, value, key, on_delivery=delivery)
+            else:
+                self._producer.produce(topic, value, key, partition, on_delivery=delivery)
+        except KafkaException as exc:
+            delivery.settle(exc.args[0], None)
+        return delivery
 
     def _count(self, topic: str) -> int:
         count = self._counts.get(topic)
@@ -508,6 +510,12 @@ class ConfluentClient:
     static_fetch_wait_ms = None
     timeout_errors = (KafkaTimeoutError,)
     connection_errors = (KafkaException,)
+    buffer_setting = "queue.buffering.max.kbytes"
+    # Measured: 1,193 bytes of RSS a queued 100-byte record (60,000 records
+    # held by a frozen broker, each with two errbacks).
+    record_overhead = 1100
+    request_timeout = "socket.timeout.ms"
+    fallback_request_timeout_ms = CONFLUENT_REQUEST_TIMEOUT_MS
 
     def configs(self, bootstrap_servers: Any, connect_timeout: float, client_id: str,
                 producer_config: Any, consumer_config: Any, admin_config: Any,
@@ -517,6 +525,9 @@ class ConfluentClient:
 
     def producer(self, config: dict[str, Any], runtime: Runtime) -> ConfluentProducer:
         return ConfluentProducer(config, runtime)
+
+    def buffer_memory(self, config: dict[str, Any]) -> int:
+        return int(config.get("queue.buffering.max.kbytes", BUFFER_MEMORY // 1024)) * 1024
 
     def consumer(self, config: dict[str, Any], runtime: Runtime,
                  earliest: bool = False) -> ConfluentConsumer:
