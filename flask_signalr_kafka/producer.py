@@ -129,6 +129,11 @@ class Publisher:
             bytes the cluster has not acknowledged yet (nothing was sent).
         """
         topic = self.topics.names.get(base) or self.topics.name(base)
+        self._sends += 1
+        if self._sends % _YIELD_EVERY == 0 and not self.await_produce:
+            # Refused sends too: an app that emits in a loop and catches
+            # the refusals must not hold the hub for the whole outage.
+            self._pause(0)
         size = self._overhead + (len(value) if value else 0) + (len(key) if key else 0)
         self._hold(topic, size)
         producer = self.producer
@@ -137,10 +142,10 @@ class Publisher:
                 topic, value=value, key=None if key is None else key.encode(),
                 partition=partition)
         except BufferError:
-            self._settle(size, None)
+            self._settle(size, acked=False)
             self._refuse(topic, size, "the client's own queue is full")
         except BaseException:
-            self._settle(size, None)
+            self._settle(size, acked=False)
             raise
         # One callback for both outcomes: each costs a lock and a partial a record.
         future.add_both(self._done, producer, topic, key, size)
@@ -151,10 +156,6 @@ class Publisher:
             except Exception as exc:
                 self.stats.failed(topic, exc)
                 raise
-            return future
-        self._sends += 1
-        if self._sends % _YIELD_EVERY == 0:
-            self._pause(0)
         return future
 
     def _hold(self, topic: str, size: int) -> None:
@@ -183,18 +184,18 @@ class Publisher:
             logger.error("%s; refusing emits until the cluster takes what it holds", message)
         raise ProducerBufferFullError(message)
 
-    def _settle(self, size: int, error: BaseException | None) -> None:
+    def _settle(self, size: int, acked: bool) -> None:
         with self._held:
             self.buffered -= size
             self.in_flight -= 1
-        if error is None:
+        if acked:
             self._acked_at = time.monotonic()
 
     def _done(self, producer: Producer, topic: str, key: str | None, size: int,
               result: Any) -> None:
         """A record settled (on the producer's I/O thread, or at once)."""
         failed = isinstance(result, BaseException)
-        self._settle(size, result if failed else None)
+        self._settle(size, acked=not failed)
         if failed:
             self._check(producer, result)
             if not self.await_produce:

@@ -224,3 +224,17 @@ def test_a_request_timeout_the_app_set_wins():
         40_000, 10_000)
     assert derived("confluent", 5000, consumer_config={"socket.timeout.ms": 30_000}) == (
         10_000, 30_000)
+
+
+def test_a_loop_of_refused_emits_still_lets_the_other_greenlets_run():
+    pauses = []
+    client = kafka_python_client.KafkaPythonClient()
+    client.producer = HeldProducer
+    publisher = producer_module.Publisher({"buffer_memory": 1}, KafkaTopicConfig(),
+                                          await_produce=False, pause=pauses.append,
+                                          client=client)
+    publisher.send("send-all", None, b"x")  # fills it
+    for _ in range(640):
+        with pytest.raises(ProducerBufferFullError):
+            publisher.send("send-all", None, b"x")
+    assert len(pauses) == 10 and set(pauses) == {0}
