@@ -238,3 +238,55 @@ def test_a_loop_of_refused_emits_still_lets_the_other_greenlets_run():
         with pytest.raises(ProducerBufferFullError):
             publisher.send("send-all", None, b"x")
     assert len(pauses) == 10 and set(pauses) == {0}
+
+
+class FakeConn:
+    def __init__(self, connected, in_flight=0, paused=False):
+        self.connected = connected
+        self.in_flight_requests = [object()] * in_flight
+        self.paused = {"max"} if paused else set()
+
+
+class FakeManager:
+    """kafka-python 3's connection manager, as least_loaded_node reads it."""
+
+    def __init__(self, conns, backing_off=()):
+        self._conns = conns
+        self._backing_off = set(backing_off)
+        self.cluster = SimpleNamespace(
+            brokers=lambda: [SimpleNamespace(node_id=n) for n in (1, 2, 3)])
+
+    def connection_delay(self, node_id):
+        return 1.0 if node_id in self._backing_off else 0
+
+
+def test_metadata_goes_to_a_connected_node_not_to_the_one_that_just_timed_out():
+    from kafka.net.manager import KafkaConnectionManager
+
+    # Node 1 was hung: its connection was closed at the request timeout (no
+    # backoff, nothing in flight); 2 and 3 are live, each with a fetch in flight.
+    after_timeout = {2: FakeConn(True, 1), 3: FakeConn(True, 2)}
+    manager = FakeManager(after_timeout)
+    # kafka-python's own choice, every time: the hung node again.
+    assert {KafkaConnectionManager.least_loaded_node(manager) for _ in range(20)} == {1}
+    assert {kafka_python_client.least_loaded_node(manager) for _ in range(20)} == {2}
+    # Reconnecting to the hung node (initializing, not connected): still 2.
+    manager._conns[1] = FakeConn(False, 1)
+    assert kafka_python_client.least_loaded_node(manager) == 2
+    # An idle connected node first; no connected node: one that may connect.
+    manager._conns[3] = FakeConn(True, 0)
+    assert kafka_python_client.least_loaded_node(manager) == 3
+    manager = FakeManager({1: FakeConn(False), 2: FakeConn(False)}, backing_off=(1, 3))
+    assert kafka_python_client.least_loaded_node(manager) == 2
+
+
+def test_kafka_pythons_clients_are_made_with_that_choice():
+    config = kafka_python_client._with_net_client({"bootstrap_servers": "x:1"})
+    assert config["kafka_client"] is kafka_python_client.NetClient
+    mine = object()
+    assert kafka_python_client._with_net_client({"kafka_client": mine})["kafka_client"] is mine
+    client = kafka_python_client.NetClient(bootstrap_servers=["127.0.0.1:1"])
+    try:
+        assert client._manager.least_loaded_node.func is kafka_python_client.least_loaded_node
+    finally:
+        client.close()
