@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,6 +27,10 @@ from faults import Stream
 
 from flask_signalr_kafka.broker import start_broker
 from testkit.harness import Fleet, unique
+from testkit.node_clients import NodeClients
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
 
 OUTAGE_S = 60.0
 #: The producer's memory bound in this test (the default is 32 MB): the
@@ -38,6 +44,8 @@ BURST, PAD = 20_000, 1000
 RSS_GROWTH_MAX = 16 << 20
 #: Delivery back after the cluster (the contract: within 10 s).
 BACK_WITHIN_S = 10.0
+#: A recovering client's answer (connected, or a connect error), after its drop.
+ANSWER_WITHIN_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +79,18 @@ def stats(server) -> dict:
     return requests.get(server.url + "/stats", timeout=5).json()
 
 
+def answer_after(js, cid: str, since_ms: float) -> float | None:
+    """Seconds from ``since_ms`` (wall clock) to the JS client's first
+    connect or connect error after it; ``None`` while there is none."""
+    with js._cond:
+        lines = list(js.lines)
+    for line in lines:
+        if (line.get("id") == cid and line.get("type") in ("connect", "connect_error")
+                and line.get("t", 0) > since_ms):
+            return (line["t"] - since_ms) / 1000
+    return None
+
+
 def test_the_cluster_down_for_a_minute(cluster, artifacts):
     fleet = Fleet(cluster, artifacts, prefix=unique("o"))
     env = {"CONNECTION_STATE_RECOVERY": 1, "TRACK_PRODUCE": 1, "ACK_TIMEOUT": 5,
@@ -79,6 +99,15 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts):
     stream = Stream(fleet, a, b)
     local, burster = fleet.client(a), fleet.client(a)
     node = cluster.nodes[0]
+    js = None
+    if HAVE_NODE:
+        # An official JS client (announcing recovery) that drops 5 s into the
+        # outage and comes back to the other dyno.
+        from test_recovery import add_client
+
+        js = NodeClients(max_seconds=400, log_path=artifacts / "outage-js.log")
+        cid, _ = add_client(js, [a, b], announce=True)
+    cut_ms = answer_s = None
     try:
         stream.start()
         stream.wait_flowing()
@@ -103,6 +132,11 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts):
                 worst_local = max(worst_local, time.monotonic() - started)
                 if unreachable_after is None and health(a)["kafka"]["reachable"] is False:
                     unreachable_after = time.monotonic() - stopped
+                if js is not None and cut_ms is None and time.monotonic() > stopped + 5:
+                    cut_ms = time.time() * 1000
+                    js.drop("cut", ids=[cid])
+                if cut_ms is not None and answer_s is None:
+                    answer_s = answer_after(js, cid, cut_ms)
                 if burst is None and time.monotonic() > stopped + 10:
                     burst = burster.call("burst", {"n": BURST, "pad": PAD, "tag": "b",
                                                    "room": unique("nobody")}, timeout=120)
@@ -125,6 +159,8 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts):
         # Every emit that was not refused is delivered: those accepted during
         # the outage waited in the producer (delivery timeout 120 s).
         stream.settle(timeout=60, must="returned")
+        if cut_ms is not None and answer_s is None:
+            answer_s = answer_after(js, cid, cut_ms)
         fig = stream.figures(
             "f.cluster-down-60s", must="returned",
             rss_before_mb={k: round(v / 2**20, 1) for k, v in before.items()},
@@ -133,6 +169,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts):
             unreachable_after_s=None if unreachable_after is None else round(
                 unreachable_after, 1),
             back_s=round(back_s, 1), local_worst_s=round(worst_local, 2),
+            recovering_answer_s=None if answer_s is None else round(answer_s, 1),
             client=os.environ.get("KAFKA_CLIENT"))
         fig.record(artifacts)
         assert fig.lost == 0, fig.line()
@@ -150,7 +187,15 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts):
         assert unreachable_after is not None and unreachable_after < 10, unreachable_after
         assert worst_local < 2.0, f"a local round trip took {worst_local:.1f} s"
         assert back_s < BACK_WITHIN_S, fig.line()
+        if js is not None and (answer_s is None or answer_s > ANSWER_WITHIN_S):
+            # recovery.py's _restorable (KafkaTimeoutError escaping prepare):
+            # fixed on another branch of issue 22, merged with this one.
+            pytest.xfail(f"a recovering client got no answer within {ANSWER_WITHIN_S:g} s of "
+                         f"its drop during the outage ({answer_s}): recovery's read of the "
+                         "sessions partition raises past _restorable")
     finally:
         node.signal(signal.SIGCONT)
         stream.close()
+        if js is not None:
+            js.close()
         fleet.close()
