@@ -266,6 +266,7 @@ class ConfluentConsumer:
         self._positions: dict[TopicPartition, int] = {}
         self._seeks: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
+        self._partition_ids: dict[str, set[int]] = {}  # the last metadata answer, by topic
         self._closed = False
 
     # -- metadata and offsets (requests to the cluster) ---------------------------
@@ -276,13 +277,28 @@ class ConfluentConsumer:
         return self._queries.call(method, *args)
 
     def partitions_for_topic(self, topic: str) -> set[int]:
+        """The topic's partition ids, asked of the cluster; the last answer
+        when the cluster does not answer in time (as kafka-python's, which
+        answers from its metadata cache): a metadata request that went to a
+        hung broker restarted the consumer that asked (its periodic check),
+        and the new one met the hung broker again (a 20 s freeze silenced
+        send-conn for 21 s at a 10 s request timeout).
+
+        :raises KafkaTimeoutError: no answer, and none before.
+        """
         try:
             metadata = self._request("list_topics", topic, _METADATA_TIMEOUT)
         except KafkaException as exc:  # the interface's word for it is kafka-python's
+            known = self._partition_ids.get(topic)
+            if known is not None:
+                logger.warning("no metadata of %s (%s); going on with its %d partitions",
+                               topic, exc.args[0].str(), len(known))
+                return set(known)
             raise KafkaTimeoutError(f"no metadata of {topic}: {exc.args[0].str()}") from exc
         meta = metadata.topics.get(topic)
         if meta is None or meta.error is not None:
             return set()
+        self._partition_ids[topic] = set(meta.partitions)
         return set(meta.partitions)
 
     def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:

@@ -290,3 +290,34 @@ def test_kafka_pythons_clients_are_made_with_that_choice():
         assert client._manager.least_loaded_node.func is kafka_python_client.least_loaded_node
     finally:
         client.close()
+
+
+class SlowQueries:
+    """The shared metadata consumer: answers, then times out (a hung broker)."""
+
+    def __init__(self):
+        self.answer = True
+
+    def call(self, method, *args):
+        from confluent_kafka import KafkaError, KafkaException
+
+        if not self.answer:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get metadata"))
+        meta = SimpleNamespace(error=None, partitions={0: None, 1: None, 2: None})
+        return SimpleNamespace(topics={args[0]: meta})
+
+
+def test_a_confluent_consumer_goes_on_with_known_partitions_when_metadata_times_out():
+    from kafka.errors import KafkaTimeoutError
+
+    consumer = confluent_client.ConfluentConsumer.__new__(confluent_client.ConfluentConsumer)
+    consumer._queries, consumer._closed, consumer._partition_ids = SlowQueries(), False, {}
+    consumer._queries.answer = False
+    with pytest.raises(KafkaTimeoutError):  # nothing known yet: as before
+        consumer.partitions_for_topic("t")
+    consumer._queries.answer = True
+    assert consumer.partitions_for_topic("t") == {0, 1, 2}
+    consumer._queries.answer = False
+    # It used to raise here too: the consumer loop restarted (consumer.py's
+    # periodic check) and its new consumer met the hung broker again.
+    assert consumer.partitions_for_topic("t") == {0, 1, 2}
