@@ -532,6 +532,9 @@ class ConfluentClient:
     record_overhead = 1100
     request_timeout = "socket.timeout.ms"
     fallback_request_timeout_ms = CONFLUENT_REQUEST_TIMEOUT_MS
+    # librdkafka's 30 s: a connection begun while the cluster was down (its
+    # SYNs unanswered) came back up to 11 s after the cluster did.
+    setup_timeouts = ("socket.connection.setup.timeout.ms",)
 
     def configs(self, bootstrap_servers: Any, connect_timeout: float, client_id: str,
                 producer_config: Any, consumer_config: Any, admin_config: Any,

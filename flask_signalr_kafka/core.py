@@ -116,22 +116,24 @@ class KafkaCore:
                                        self.await_produce, runtime.sleep, self.client, runtime)
 
     def _derive_request_timeouts(self) -> None:
-        """Set the producer's and consumers' request timeout from the
-        cluster's ``broker.session.timeout.ms`` (see
+        """Set the producer's and consumers' request timeout (and, where the
+        client has one, its connection setup timeout) from the cluster's
+        ``broker.session.timeout.ms`` (see
         :func:`.client_config.request_timeout_ms`), where the app did not
-        set it: a hung leader is left after that timeout."""
-        setting = self.client.request_timeout
-        configs = [c for c in (self.producer_config, self.consumer_config) if setting not in c]
-        if not configs:
-            return  # the app's own, both
+        set them: a hung leader is left after that timeout."""
+        settings = [self.client.request_timeout, *self.client.setup_timeouts]
+        wanted = [(c, s) for c in (self.producer_config, self.consumer_config)
+                  for s in settings if s not in c]
+        if not wanted:
+            return  # the app's own, all
         with self.admin() as admin:
             session = topics.broker_session_timeout_ms(admin)
         timeout = client_config.request_timeout_ms(session, self.client.fallback_request_timeout_ms)
         if timeout is not None:
-            for config in configs:
+            for config, setting in wanted:
                 config[setting] = timeout
-        logger.info("request timeout %s=%s (broker.session.timeout.ms %s)", setting,
-                    timeout, session)
+        logger.info("request timeout %s=%s (broker.session.timeout.ms %s)",
+                    self.client.request_timeout, timeout, session)
 
     def consume(self, handlers: dict[str, Callable[[Any], None]],
                 partitions: dict[str, Callable[[list[int]], Iterable[int]]] | None = None,

@@ -89,7 +89,8 @@ class KafkaClient(Protocol):
     ``request_timeout`` names the setting of the request timeout that the
     core derives from the cluster's broker session timeout, and
     ``fallback_request_timeout_ms`` is its value when the cluster does not
-    say (``None``: the library's own).
+    say (``None``: the library's own); ``setup_timeouts`` name the
+    settings that get the same value (a connection's setup).
     """
 
     name: str
@@ -97,6 +98,7 @@ class KafkaClient(Protocol):
     record_overhead: int
     request_timeout: str
     fallback_request_timeout_ms: int | None
+    setup_timeouts: tuple[str, ...]
     fetch_wait: str
     static_fetch_wait_ms: int | None
     timeout_errors: tuple[type[BaseException], ...]

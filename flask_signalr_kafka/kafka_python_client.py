@@ -96,6 +96,8 @@ class KafkaPythonClient:
     request_timeout = "request_timeout_ms"
     #: When the cluster does not say its session timeout: kafka-python's 30 s.
     fallback_request_timeout_ms = None
+    # Its socket_connection_setup_timeout_ms is 10 s already.
+    setup_timeouts = ()
 
     def configs(self, bootstrap_servers: Any, connect_timeout: float, client_id: str,
                 producer_config: Any, consumer_config: Any, admin_config: Any,

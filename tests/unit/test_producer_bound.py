@@ -321,3 +321,13 @@ def test_a_confluent_consumer_goes_on_with_known_partitions_when_metadata_times_
     # It used to raise here too: the consumer loop restarted (consumer.py's
     # periodic check) and its new consumer met the hung broker again.
     assert consumer.partitions_for_topic("t") == {0, 1, 2}
+
+
+def test_librdkafkas_connection_setup_timeout_follows_the_request_timeout():
+    mgr = KafkaManager(bootstrap_servers="127.0.0.1:1", client="confluent",
+                       consumer_config={"socket.connection.setup.timeout.ms": 20_000})
+    mgr.core.admin = lambda: contextlib.nullcontext(FakeAdmin(5000))
+    mgr.core._derive_request_timeouts()
+    assert mgr.producer_config["socket.connection.setup.timeout.ms"] == 10_000
+    assert mgr.consumer_config["socket.connection.setup.timeout.ms"] == 20_000  # the app's
+    assert mgr.consumer_config["socket.timeout.ms"] == 10_000
