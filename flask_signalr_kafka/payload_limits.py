@@ -55,7 +55,7 @@ _FIXED = 5 + 5 + 5 + 9 + 5 + 9
 #: Where the limits are raised, named in every error.
 SETTINGS = ("producer_config max_request_size, the topics' max.message.bytes, and "
             "consumer_config max_partition_fetch_bytes / fetch_max_bytes "
-            "(README: \"Payloads above 1 MB\")")
+            "(docs/guide/payloads.md: \"Payloads above 1 MB\")")
 SEND_BASES = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 
 

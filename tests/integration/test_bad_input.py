@@ -3,9 +3,13 @@ skipped; the server goes on and loses nothing else."""
 import re
 
 import msgspec
+import pytest
 from kafka import KafkaProducer
 
 from testkit.harness import unique, wait_until
+
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu]
 
 GOOD_FRAME = b'{"type":1,"target":"Good","arguments":["%s"]}\x1e'
 

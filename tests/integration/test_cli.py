@@ -3,8 +3,13 @@ import subprocess
 import sys
 import threading
 
+import pytest
+
 from flask_signalr_kafka.broker import free_port
 from testkit.harness import unique
+
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu, pytest.mark.confluent]
 
 
 def cli(*args, timeout=60):

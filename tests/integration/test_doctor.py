@@ -12,6 +12,9 @@ from flask_signalr_kafka.broker import free_port, start_broker
 from flask_signalr_kafka.topics import KafkaTopicConfig
 from testkit.harness import unique
 
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu, pytest.mark.confluent]
+
 
 def doctor(bootstrap, prefix, *extra, timeout=90):
     result = subprocess.run(

@@ -48,6 +48,7 @@ def count_from(client):
     return fleet_call(client, "server_count")["count"]
 
 
+@pytest.mark.threading
 def test_fetch_sockets_gives_every_connection_of_every_server(trio):
     r1, r2, who = unique("r1"), unique("r2"), unique("u")
     a = trio.client(trio.a)
@@ -109,6 +110,7 @@ def test_disconnect_sockets_disconnects_every_matching_connection(trio):
     assert not any(client.disconnected.is_set() for client in others)
 
 
+@pytest.mark.threading
 def test_server_side_emit_reaches_the_other_servers_handlers(trio):
     a, b = trio.client(trio.a), trio.client(trio.b)
     word = unique("note")
@@ -223,6 +225,7 @@ def test_a_frozen_server_fails_fetch_sockets_with_the_others_sockets(new_fleet):
     assert answer["missing"] == [name_of(c)]
 
 
+@pytest.mark.threading
 def test_a_started_server_counts_once_ready_and_a_stopped_one_leaves_at_once(new_fleet):
     a, b = new_fleet.server("A"), new_fleet.server("B")
     ca = new_fleet.client(a)

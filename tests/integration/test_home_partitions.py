@@ -4,12 +4,16 @@ Python and from a (CRC-32 partitioning) .NET producer, and the escape hatch
 reads every partition."""
 import zlib
 
+import pytest
 import requests
 from kafka import KafkaProducer
 from kafka.partitioner.default import murmur2
 from test_interop import dotnet_invocation, json_frame
 
 from testkit.harness import unique
+
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu, pytest.mark.confluent]
 
 PARTITIONS = 10  # TopicSpec's default, which the server app keeps
 

@@ -2,9 +2,13 @@
 Ascentis.SignalR.Kafka writes them (plain msgspec lists, not our codecs)
 reach Python clients, and .NET group commands are applied and acked."""
 import msgspec
+import pytest
 from kafka import KafkaProducer
 
 from testkit.harness import unique
+
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu, pytest.mark.confluent]
 
 SEND_HELLO_MSGPACK = bytes.fromhex("1196 0180 C0A4 5365 6E64 91A5 6865 6C6C 6F90".replace(" ", ""))
 

@@ -20,6 +20,9 @@ from flask_signalr_kafka import (
 from flask_signalr_kafka.broker import free_port, start_broker
 from testkit.harness import unique, wait_until
 
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu, pytest.mark.threading, pytest.mark.confluent]
+
 BASES = ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
 #: pytest --client: the managers this process and its scripts make use it too.
 CLIENT = os.environ.get("KAFKA_CLIENT", "kafka-python")

@@ -8,6 +8,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.harness import unique, wait_until
 
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.threading, pytest.mark.confluent]
+
 P = "flask_signalr_kafka_"
 
 

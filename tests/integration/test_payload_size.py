@@ -12,6 +12,9 @@ import pytest
 
 from testkit.harness import unique, wait_until
 
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.confluent]
+
 #: Kafka's defaults: the producer's max_request_size (1 MiB) is the smaller.
 LIMIT = 1_048_576
 #: A string this long fits one record with room for the record's own items.
@@ -104,7 +107,7 @@ def test_the_topic_limit_is_learnt(new_fleet, connect):
 
 
 def test_raised_limits_carry_two_megabytes(new_fleet):
-    """The README's recipe for payloads above 1 MB, end to end."""
+    """The recipe for payloads above 1 MB (docs/guide/payloads.md), end to end."""
     limit = 3 * 1024 * 1024
     env = {"TOPIC_CONFIGS": json.dumps({"max.message.bytes": str(limit)}),
            "PRODUCER_JSON": json.dumps({"max_request_size": limit})}

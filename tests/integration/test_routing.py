@@ -8,6 +8,9 @@ import pytest
 from flask_signalr_kafka import hub_protocol
 from testkit.harness import unique, wait_until
 
+# The combinations besides the default one that run this module (make test).
+pytestmark = [pytest.mark.tansu, pytest.mark.threading, pytest.mark.confluent]
+
 
 def invocation(record):
     """Read a send-* value as a .NET reader does: [excluded, {protocol: frame}]."""
