@@ -79,8 +79,9 @@ def kafka_configs(
         # 2) a SIGKILLed leader lost no acknowledged record (figures in
         # docs/kafka-faults.md). Retries stay kafka-python's (unbounded
         # within delivery_timeout_ms 120 s: a record outlives a whole
-        # cluster restart, 18-50 s here), 5 in flight, request_timeout_ms
-        # 30 s.
+        # cluster restart, 18-50 s here), 5 in flight; request_timeout_ms
+        # is set at start from the cluster (KafkaCore.connect,
+        # request_timeout_ms above).
         # Idempotence off, measured: without it the broker held 8 of
         # 6,552 records twice after a cluster restart and 1 of 528 after a
         # leader kill (await_produce); with it, none. But once a cluster
