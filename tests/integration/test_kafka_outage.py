@@ -29,8 +29,8 @@ from flask_signalr_kafka.broker import start_broker
 from testkit.harness import Fleet, unique
 from testkit.node_clients import NodeClients
 
-# Also in the confluent slice of `make test` (its own fixes are measured here).
-pytestmark = [pytest.mark.confluent]
+# Also in the confluent and threading slices of `make test`.
+pytestmark = [pytest.mark.confluent, pytest.mark.threading]
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
