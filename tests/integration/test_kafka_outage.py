@@ -29,9 +29,6 @@ from flask_signalr_kafka.broker import start_broker
 from testkit.harness import Fleet, unique
 from testkit.node_clients import NodeClients
 
-# Also in the confluent and threading slices of `make test`.
-pytestmark = [pytest.mark.confluent, pytest.mark.threading]
-
 ROOT = Path(__file__).resolve().parent.parent.parent
 HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
 
@@ -94,10 +91,19 @@ def answer_after(js, cid: str, since_ms: float) -> float | None:
     return None
 
 
-def test_the_cluster_down_for_a_minute(cluster, artifacts):
+@pytest.mark.parametrize("runner", [
+    # Flask-SocketIO (gevent, or threading with --async-mode threading), on
+    # either client: also in the confluent and threading slices of make test.
+    pytest.param("socketio.run", marks=[pytest.mark.confluent, pytest.mark.threading]),
+    # AsyncKafkaManager under uvicorn (tests/asgi_server_app.py: kafka-python).
+    "uvicorn",
+])
+def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
+    if runner == "uvicorn" and os.environ.get("KAFKA_CLIENT") == "confluent":
+        pytest.skip("tests/asgi_server_app.py runs on kafka-python")
     fleet = Fleet(cluster, artifacts, prefix=unique("o"))
     env = {"CONNECTION_STATE_RECOVERY": 1, "TRACK_PRODUCE": 1, "ACK_TIMEOUT": 5,
-           "PRODUCER_JSON": json.dumps(bound())}
+           "PRODUCER_JSON": json.dumps(bound()), "RUNNER": runner}
     a, b = fleet.server("A", **env), fleet.server("B", **env)
     stream = Stream(fleet, a, b)
     local, burster = fleet.client(a), fleet.client(a)
@@ -173,7 +179,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts):
                 unreachable_after, 1),
             back_s=round(back_s, 1), local_worst_s=round(worst_local, 2),
             recovering_answer_s=None if answer_s is None else round(answer_s, 1),
-            client=os.environ.get("KAFKA_CLIENT"))
+            client=os.environ.get("KAFKA_CLIENT"), runner=runner)
         fig.record(artifacts)
         assert fig.lost == 0, fig.line()
         assert fig.duplicated <= fig.held_twice, fig.line()
