@@ -9,6 +9,7 @@ from .errors import (
     KafkaBackplaneError,
     MalformedRecord,
     PayloadTooLargeError,
+    ProducerBufferFullError,
     TopicCreationError,
 )
 from .fleet_records import RemoteSocket
@@ -27,6 +28,7 @@ __all__ = [
     "KafkaTopicConfig",
     "MalformedRecord",
     "PayloadTooLargeError",
+    "ProducerBufferFullError",
     "RemoteSocket",
     "TopicCreationError",
     "TopicSpec",

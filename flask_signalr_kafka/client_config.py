@@ -10,7 +10,37 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from .producer import StickyPartitioner
 
+#: The publisher's memory bound by default, bytes (the Java client's
+#: ``buffer.memory``); ``buffer_memory`` (kafka-python) or
+#: ``queue.buffering.max.kbytes`` (confluent) in ``producer_config``.
+BUFFER_MEMORY = 32 * 1024 * 1024
+#: Producer settings of ours in kafka-python's dialect (kafka-python 2.x had
+#: ``buffer_memory``; 3.x dropped it, and the publisher enforces it).
+OUR_PRODUCER_SETTINGS = {"buffer_memory"}
+#: A request timeout is the cluster's ``broker.session.timeout.ms`` plus
+#: this much (docs/kafka-clients.md, "Request timeouts").
+REQUEST_TIMEOUT_MARGIN_MS = 5000
+
+
+def request_timeout_ms(session_timeout_ms: int | None, fallback: int | None) -> int | None:
+    """The request timeout for a cluster whose brokers are fenced after
+    ``session_timeout_ms``: a request to a hung leader waits until it times
+    out, so the timeout is the silence a hung leader costs; and a produce
+    with ``acks=all`` to a live leader waits until the cluster fences a hung
+    follower, so a shorter timeout (session + 2 s) retried written records
+    and wrote them twice. ``fallback`` when the cluster does not say.
+    """
+    if session_timeout_ms is None:
+        return fallback
+    return session_timeout_ms + REQUEST_TIMEOUT_MARGIN_MS
+
 logger = logging.getLogger("flask_signalr_kafka")
+
+
+#: librdkafka's request timeout when the cluster does not say its session
+#: timeout: librdkafka's 60 s made a 20 s freeze a 22 s silence, 15 s a
+#: 16.5 s one; 15 s is Kafka's default session timeout (9 s) + 6 s.
+CONFLUENT_REQUEST_TIMEOUT_MS = 15_000
 
 
 def kafka_configs(
@@ -49,8 +79,9 @@ def kafka_configs(
         # 2) a SIGKILLed leader lost no acknowledged record (figures in
         # docs/kafka-faults.md). Retries stay kafka-python's (unbounded
         # within delivery_timeout_ms 120 s: a record outlives a whole
-        # cluster restart, 18-50 s here), 5 in flight, request_timeout_ms
-        # 30 s.
+        # cluster restart, 18-50 s here), 5 in flight; request_timeout_ms
+        # is set at start from the cluster (KafkaCore.connect,
+        # request_timeout_ms above).
         # Idempotence off, measured: without it the broker held 8 of
         # 6,552 records twice after a cluster restart and 1 of 528 after a
         # leader kill (await_produce); with it, none. But once a cluster
@@ -67,6 +98,10 @@ def kafka_configs(
         # silence after a cluster restart well past the restart itself).
         "reconnect_backoff_max_ms": 1000,
         "partitioner": StickyPartitioner(),
+        # The publisher's memory bound (kafka-python 3 has none of its own:
+        # during an outage a dyno grew by its emit rate x 120 s). Records
+        # beyond it are refused with ProducerBufferFullError.
+        "buffer_memory": BUFFER_MEMORY,
         **producer_config,
     }
     consumer = {
@@ -111,7 +146,9 @@ def check_config(config: Any, client: type, name: str) -> dict[str, Any]:
         return {}
     if not isinstance(config, dict):
         raise TypeError(f"{name} must be a dict of {client.__name__} keyword arguments")
-    unknown = sorted(set(config) - set(client.DEFAULT_CONFIG))
+    known = set(client.DEFAULT_CONFIG) | (OUR_PRODUCER_SETTINGS if client is KafkaProducer
+                                          else set())
+    unknown = sorted(set(config) - known)
     foreign = [k for k in unknown if k in KAFKA_PYTHON_NAMES]
     if foreign:
         hints = ", ".join(f"{k!r} -> {KAFKA_PYTHON_NAMES[k]!r}" for k in foreign)
@@ -276,18 +313,12 @@ def librdkafka_configs(
     # As kafka-python's (client_config above): back within 1 s of a broker's
     # return, where librdkafka's default backs off up to 10 s.
     common["reconnect.backoff.max.ms"] = 1000
-    # A request to a hung leader fails only at its timeout: librdkafka's 60 s
-    # made a 20 s freeze a 22 s silence, 15 s a 16.5 s one. Shorter ones
-    # time out produce requests to live leaders, which wait (acks=all) until
-    # the cluster fences the hung broker (broker.session.timeout.ms, 9 s by
-    # default): 7 s wrote records twice (a timed-out request is retried
-    # under a new producer epoch), 5 s lengthened a kill's silence from 15
-    # to 21 s. 15 s = Kafka's default session timeout + 6 s
-    # (docs/kafka-clients.md, "Request timeouts").
-    timeouts: dict[str, Any] = {"socket.timeout.ms": 15_000}
+    # socket.timeout.ms (the request timeout) is set at start from the
+    # cluster's broker.session.timeout.ms (KafkaCore.connect,
+    # request_timeout_ms above), CONFLUENT_REQUEST_TIMEOUT_MS when it does
+    # not say; a value given here wins.
     producer = {
         **common,
-        **timeouts,
         "linger.ms": 1,
         "acks": "all",
         # librdkafka's idempotent producer: no duplicate from a retry after a
@@ -300,11 +331,13 @@ def librdkafka_configs(
         "partitioner": "murmur2_random",
         # kafka-python's max_request_size: the same payload limit either way.
         "message.max.bytes": 1_048_576,
+        # The publisher's memory bound (librdkafka's default is 1 GB); beyond
+        # it emits are refused with ProducerBufferFullError.
+        "queue.buffering.max.kbytes": BUFFER_MEMORY // 1024,
         **producer_config,
     }
     consumer = {
         **common,
-        **timeouts,
         # librdkafka wants a group id; no group is joined (partitions are
         # assigned) and no offset is committed.
         "group.id": client_id,

@@ -19,7 +19,7 @@ from typing import Any
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-from . import topics
+from . import client_config, topics
 from .ack_waiter import AckWaiter
 from .addressing import SEND_CONN, make_sid
 from .concurrency import Runtime
@@ -111,10 +111,31 @@ class KafkaCore:
         self.runtime = runtime
         self._holds, self._local_sids = holds, local_sids
         self.create_topics()
+        self._derive_request_timeouts()
         if self.home_partitions is not False and not self.write_only:
             self._choose_home()
         self.publisher = self._connect(Publisher, self.producer_config, self.topic_config,
                                        self.await_produce, runtime.sleep, self.client, runtime)
+
+    def _derive_request_timeouts(self) -> None:
+        """Set the producer's and consumers' request timeout (and, where the
+        client has one, its connection setup timeout) from the cluster's
+        ``broker.session.timeout.ms`` (see
+        :func:`.client_config.request_timeout_ms`), where the app did not
+        set them: a hung leader is left after that timeout."""
+        settings = [self.client.request_timeout, *self.client.setup_timeouts]
+        wanted = [(c, s) for c in (self.producer_config, self.consumer_config)
+                  for s in settings if s not in c]
+        if not wanted:
+            return  # the app's own, all
+        with self.admin() as admin:
+            session = topics.broker_session_timeout_ms(admin)
+        timeout = client_config.request_timeout_ms(session, self.client.fallback_request_timeout_ms)
+        if timeout is not None:
+            for config, setting in wanted:
+                config[setting] = timeout
+        logger.info("request timeout %s=%s (broker.session.timeout.ms %s)",
+                    self.client.request_timeout, timeout, session)
 
     def consume(self, handlers: dict[str, Callable[[Any], None]],
                 partitions: dict[str, Callable[[list[int]], Iterable[int]]] | None = None,

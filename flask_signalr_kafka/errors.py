@@ -14,6 +14,13 @@ class BrokerUnavailableError(KafkaBackplaneError, ConnectionError):
     """The Kafka cluster could not be reached at startup."""
 
 
+class ProducerBufferFullError(KafkaBackplaneError, BufferError):
+    """An emit refused because the producer already holds its memory bound
+    of records the cluster has not acknowledged (``buffer_memory``, or
+    ``queue.buffering.max.kbytes`` with ``client="confluent"``): the cluster
+    has been unreachable or slow for a while. Local clients got the emit."""
+
+
 class TopicCreationError(KafkaBackplaneError):
     """A backplane topic is missing and could not be created."""
 

@@ -83,10 +83,22 @@ class KafkaClient(Protocol):
     that wait for the consumers whose partitions never change (``None``:
     the same as the others'); ``timeout_errors`` and
     ``connection_errors`` what its calls raise when the cluster cannot be
-    reached in time.
+    reached in time. ``buffer_setting`` names the producer setting of the
+    publisher's memory bound, and ``record_overhead`` is what one queued
+    record costs the process beyond its key and value (measured, bytes).
+    ``request_timeout`` names the setting of the request timeout that the
+    core derives from the cluster's broker session timeout, and
+    ``fallback_request_timeout_ms`` is its value when the cluster does not
+    say (``None``: the library's own); ``setup_timeouts`` name the
+    settings that get the same value (a connection's setup).
     """
 
     name: str
+    buffer_setting: str
+    record_overhead: int
+    request_timeout: str
+    fallback_request_timeout_ms: int | None
+    setup_timeouts: tuple[str, ...]
     fetch_wait: str
     static_fetch_wait_ms: int | None
     timeout_errors: tuple[type[BaseException], ...]
@@ -103,6 +115,9 @@ class KafkaClient(Protocol):
         """
 
     def producer(self, config: dict[str, Any], runtime: Runtime) -> Producer: ...
+
+    def buffer_memory(self, config: dict[str, Any]) -> int:
+        """The publisher's memory bound (bytes) in the producer settings."""
 
     def consumer(self, config: dict[str, Any], runtime: Runtime,
                  earliest: bool = False) -> Consumer:

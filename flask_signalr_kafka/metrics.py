@@ -23,6 +23,11 @@ from .stats import (
     ProducerStats,
 )
 
+#: Seconds records may wait with none acknowledged before health says the
+#: cluster is unreachable: acks take milliseconds, and a leader that moves
+#: stalls only its own partitions (the others' acks go on).
+UNREACHABLE_AFTER = 5.0
+
 
 class Metrics:
     """The figures of one server.
@@ -84,6 +89,23 @@ class Metrics:
             "worst_lag": None if worst is None else {
                 "topic": worst[0][0], "partition": worst[0][1], "records": worst[1]},
             "last_produce_error": last,
+            "kafka": self._kafka(),
+        }
+
+    def _kafka(self) -> dict[str, Any]:
+        """The cluster as this dyno's producer sees it."""
+        publisher = self._core.publisher
+        if publisher is None:
+            return {"reachable": None, "unacknowledged_seconds": 0.0, "buffered_bytes": 0,
+                    "buffered_records": 0, "buffer_limit_bytes": None, "refused": 0}
+        stalled = publisher.stalled_for()
+        return {
+            "reachable": stalled < UNREACHABLE_AFTER,
+            "unacknowledged_seconds": round(stalled, 3),
+            "buffered_bytes": publisher.buffered,
+            "buffered_records": publisher.in_flight,
+            "buffer_limit_bytes": publisher.buffer_memory,
+            "refused": sum(dict(publisher.stats.refused).values()),
         }
 
     # -- the built-in figures ---------------------------------------------
@@ -102,6 +124,13 @@ class Metrics:
     def _producer(self) -> ProducerStats:
         publisher = self._core.publisher
         return publisher.stats if publisher is not None else ProducerStats()
+
+    def _publisher_figure(self, name: str, default: Any) -> Any:
+        publisher = self._core.publisher
+        if publisher is None:
+            return default
+        value = getattr(publisher, name)
+        return value() if callable(value) else value
 
     def _acks(self) -> AckStats:
         return self._core.acks.stats
@@ -149,6 +178,24 @@ class Metrics:
                    lambda: {(t,): n for t, n in dict(self._producer().produced).items()}),
             Family("produce_errors", COUNTER, "Records the brokers did not take.", topic,
                    lambda: {(t,): n for t, n in dict(self._producer().errors).items()}),
+            Family("records_refused", COUNTER,
+                   "Records refused because the producer held its memory bound of "
+                   "unacknowledged records (the cluster unreachable or slow).", topic,
+                   lambda: {(t,): n for t, n in dict(self._producer().refused).items()}),
+            Family("producer_buffered_bytes", GAUGE,
+                   "What the producer holds that the cluster has not acknowledged, as counted "
+                   "against its memory bound.", (),
+                   lambda: self._publisher_figure("buffered", 0)),
+            Family("producer_buffer_limit_bytes", GAUGE,
+                   "The producer's memory bound (buffer_memory / queue.buffering.max.kbytes).",
+                   (), lambda: self._publisher_figure("buffer_memory", 0)),
+            Family("producer_unacknowledged_seconds", GAUGE,
+                   "Seconds records have waited with none acknowledged (0: flowing or idle).",
+                   (), lambda: round(self._publisher_figure("stalled_for", 0.0), 3)),
+            Family("kafka_reachable", GAUGE,
+                   "1 while the cluster acknowledges this dyno's records (0 once records have "
+                   "waited 5 s with none acknowledged).", (),
+                   lambda: int(self._publisher_figure("stalled_for", 0.0) < UNREACHABLE_AFTER)),
             Family("last_produce_error_timestamp_seconds", GAUGE,
                    "Unix time of the last produce error (0: none).", (),
                    lambda: self._producer().last_error_at or 0.0),

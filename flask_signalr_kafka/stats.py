@@ -26,11 +26,13 @@ ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 class ProducerStats:
     """The publisher's figures, by topic name."""
 
-    __slots__ = ("produced", "errors", "last_error", "last_error_at")
+    __slots__ = ("produced", "errors", "refused", "last_error", "last_error_at")
 
     def __init__(self) -> None:
         self.produced: defaultdict[str, int] = defaultdict(int)
         self.errors: defaultdict[str, int] = defaultdict(int)
+        #: Records refused because the producer held its memory bound.
+        self.refused: defaultdict[str, int] = defaultdict(int)
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # time.time()
 

@@ -190,6 +190,28 @@ def ensure_topics(
     return created
 
 
+def broker_session_timeout_ms(admin: Any) -> int | None:
+    """The cluster's ``broker.session.timeout.ms`` (how long the controller
+    waits before it fences a silent broker and moves its leaderships), read
+    with DescribeConfigs from one broker; ``None`` when the cluster does not
+    say (DescribeConfigs not allowed, an old broker, a managed service).
+
+    :param admin: a connected ``kafka.KafkaAdminClient``.
+    """
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    try:
+        brokers = admin.describe_cluster()["brokers"]
+        node = str(brokers[0]["broker_id"])
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.BROKER, node)], config_filter="all")
+        entry = (described.get("broker") or {}).get(node, {}).get("broker.session.timeout.ms")
+        return int(entry["value"]) if entry and entry.get("value") is not None else None
+    except Exception as exc:  # an ACL, a cluster that does not say: the caller's fallback
+        logger.info("could not read broker.session.timeout.ms (%s)", exc)
+        return None
+
+
 def _await_leaders(admin: Any, names: list[str], timeout: float = 10.0) -> None:
     """Wait until every partition of new topics has a leader: before that,
     writes fail and are retried, and a server that says it is ready would

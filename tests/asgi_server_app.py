@@ -7,15 +7,17 @@ rooms).
 Configured from the environment: BOOTSTRAP, PREFIX, and optional
 SERVER_LABEL, ACK_TIMEOUT, CONNECT_TIMEOUT, FETCH_MAX_WAIT_MS, LINGER_MS, HOME_PARTITIONS=0,
 CONNECTION_STATE_RECOVERY=1 and MAX_DISCONNECTION (seconds), PING_INTERVAL and
-PING_TIMEOUT (seconds), as tests/server_app.py.
-HTTP: GET /ready, GET /stats, POST /close (closes the manager and reports
-the threads and tasks still running).
+PING_TIMEOUT (seconds), PRODUCER_JSON and TRACK_PRODUCE=1, as tests/server_app.py.
+HTTP: GET /ready, GET /stats, GET /healthz, POST /close (closes the manager
+and reports the threads and tasks still running).
 """
 import asyncio
 import json
 import logging
 import os
+import re
 import threading
+import time
 
 import socketio
 
@@ -25,6 +27,7 @@ from flask_signalr_kafka import (
     ConnectionStateRecovery,
     FleetTimeoutError,
     KafkaTopicConfig,
+    ProducerBufferFullError,
     user,
 )
 
@@ -39,7 +42,8 @@ mgr = AsyncKafkaManager(
     connect_timeout=float(os.environ.get("CONNECT_TIMEOUT", "10")),
     consumer_config=({"fetch_max_wait_ms": int(os.environ["FETCH_MAX_WAIT_MS"])}
                      if "FETCH_MAX_WAIT_MS" in os.environ else {}),
-    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1"))},
+    producer_config={"linger_ms": int(os.environ.get("LINGER_MS", "1")),
+                     **json.loads(os.environ.get("PRODUCER_JSON", "{}"))},
     home_partitions=os.environ.get("HOME_PARTITIONS", "1") != "0",
     connection_state_recovery=ConnectionStateRecovery(
         max_disconnection_duration=float(os.environ.get("MAX_DISCONNECTION", "120")),
@@ -147,8 +151,97 @@ async def on_fleet(sid, msg):
     return {"error": f"unknown op {op}"}
 
 
+# -- the fault tests' stream (tests/integration/faults.py), as tests/server_app.py's
+TAG = re.compile(rb"S\|([^|\"]+)\|(\w+)\|(\d+)")
+produced = {"acked": set(), "failed": set()}
+
+if os.environ.get("TRACK_PRODUCE") == "1":
+    from kafka import KafkaProducer
+
+    _send = KafkaProducer.send
+
+    def _tracked_send(self, topic, value=None, key=None, *args, **kwargs):
+        future = _send(self, topic, value, key, *args, **kwargs)
+        found = TAG.search(value or b"")
+        if found:
+            ident = f"{found[2].decode()}:{found[3].decode()}"
+            future.add_callback(lambda _: produced["acked"].add(ident))
+            future.add_errback(lambda _: produced["failed"].add(ident))
+        return future
+
+    KafkaProducer.send = _tracked_send
+
+stream = {}
+
+
+@sio.on("stream")
+async def on_stream(sid, msg):
+    """Emit to every kind of target ``rate`` times a second and join
+    ``sid`` to a new room every ``join_every`` s, until "stream_stop"."""
+    stream.update(emitted=[], raised={}, joins=[], running=True)
+    origin = msg["origin"]
+
+    async def emits():
+        n = 0
+        while stream["running"]:
+            for kind in ("all", "room", "user", "sid"):
+                to = {"all": None, "room": msg["room"], "user": user(msg["user"]),
+                      "sid": msg["sid"]}[kind]
+                ident = f"{kind}:{n}"
+                stream["emitted"].append(ident)
+                try:
+                    await sio.emit("s", f"S|{origin}|{kind}|{n}", to=to)
+                except Exception as exc:  # refused (ProducerBufferFullError)
+                    stream["raised"][ident] = type(exc).__name__
+            n += 1
+            await asyncio.sleep(1 / msg["rate"])
+
+    async def joins():
+        n = 0
+        while stream["running"]:
+            room = f"j-{origin}-{n}"
+            started = time.monotonic()
+            try:
+                await sio.enter_room(msg["sid"], room)
+                outcome = "ok"
+            except AckTimeoutError:
+                outcome = "timeout"
+            except Exception as exc:
+                outcome = type(exc).__name__
+            stream["joins"].append((room, outcome, time.monotonic() - started))
+            n += 1
+            await asyncio.sleep(msg["join_every"])
+
+    stream["tasks"] = [asyncio.ensure_future(emits()), asyncio.ensure_future(joins())]
+    return "ok"
+
+
+@sio.on("stream_stop")
+async def on_stream_stop(sid, msg=None):
+    timeout = (msg or {}).get("timeout", 60)
+    stream["running"] = False
+    await asyncio.wait(stream["tasks"], timeout=timeout)
+    await asyncio.get_running_loop().run_in_executor(None, mgr.core.flush, timeout)
+    return {"emitted": stream["emitted"], "raised": stream["raised"], "joins": stream["joins"],
+            "acked": sorted(produced["acked"]), "failed": sorted(produced["failed"])}
+
+
+@sio.on("burst")
+async def on_burst(sid, msg):
+    """As tests/server_app.py's: ``n`` emits to a room; refusals counted."""
+    refused, pad = 0, ["p" * msg["pad"]] if msg.get("pad") else []
+    for i in range(msg["n"]):
+        try:
+            await sio.emit("burst", [msg["tag"], i, *pad], to=msg["room"])
+        except ProducerBufferFullError:
+            refused += 1
+        if i % 64 == 63:
+            await asyncio.sleep(0)  # a loop of emits that never waits holds the loop
+    return {"refused": refused} if refused else "ok"
+
+
 async def http(scope, receive, send):
-    """/ready, /stats and /close."""
+    """/ready, /stats, /healthz and /close."""
     if scope["type"] != "http":
         return
     path = scope["path"]
@@ -158,6 +251,9 @@ async def http(scope, receive, send):
         status, body = (200, "ready") if ready else (503, "starting")
     elif path == "/stats":
         status, body = 200, mgr.stats()
+    elif path == "/healthz":
+        body = mgr.health()
+        status = 200 if body["ok"] else 503
     elif path == "/close" and scope["method"] == "POST":
         await mgr.close()
         await asyncio.sleep(0.2)  # let the pool's threads see their shutdown

@@ -40,6 +40,7 @@ from flask_signalr_kafka import (  # noqa: E402
     KafkaManager,
     KafkaTopicConfig,
     PayloadTooLargeError,
+    ProducerBufferFullError,
     TopicSpec,
     user,
 )
@@ -203,10 +204,17 @@ def register(namespace):
 
     @socketio.on("burst", namespace=namespace)
     def on_burst(msg):
-        """Emit ``n`` numbered messages to a room without waiting for Kafka."""
+        """Emit ``n`` numbered messages to a room without waiting for Kafka
+        (each ``pad`` characters longer); emits the producer refuses
+        (ProducerBufferFullError) are counted: ``{"refused": k}`` if any."""
+        refused, pad = 0, ["p" * msg["pad"]] if msg.get("pad") else []
         for i in range(msg["n"]):
-            socketio.emit("burst", [msg["tag"], i], to=msg["room"], namespace=namespace)
-        return "ok"
+            try:
+                socketio.emit("burst", [msg["tag"], i, *pad], to=msg["room"],
+                              namespace=namespace)
+            except ProducerBufferFullError:
+                refused += 1
+        return {"refused": refused} if refused else "ok"
 
     @socketio.on("call", namespace=namespace)
     def on_call(msg):
