@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from testkit.harness import bootstrap_or_broker
 from testkit.restart import KILL_MODES, markdown, print_run, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,17 +57,8 @@ def main(argv=None) -> int:
     recoveries = {"on": [True], "off": [False], "both": [True, False]}[args.recovery]
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    broker = None
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        from flask_signalr_kafka.broker import start_broker
-
-        print(f"starting {args.engine} ...", flush=True)
-        broker = start_broker(args.engine, log_dir=log_dir)
-        bootstrap = broker.bootstrap
     results = []
-    try:
+    with bootstrap_or_broker(args.bootstrap, args.engine, log_dir) as bootstrap:
         for kill in kills:
             for recovery in recoveries:
                 print(f"-- kill={kill} recovery={'on' if recovery else 'off'}", flush=True)
@@ -78,9 +70,6 @@ def main(argv=None) -> int:
                         say=lambda s: print(s, flush=True))
                 print_run(r, say=lambda s: print(s, flush=True))
                 results.append(r)
-    finally:
-        if broker:
-            broker.stop()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = f"restart-{stamp}-{'-'.join(kills)}-{args.recovery}"
     RESULTS.mkdir(exist_ok=True)

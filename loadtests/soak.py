@@ -23,6 +23,7 @@ import os
 import sys
 from pathlib import Path
 
+from testkit.harness import bootstrap_or_broker
 from testkit.soak import FAULTS, KINDS, recount, report_text, run, write
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -70,17 +71,8 @@ def main(argv=None) -> int:
         p.error("--seed replays one run: give --runs 1")
     log_dir = RESULTS / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    broker = None
-    if args.bootstrap:
-        bootstrap = args.bootstrap
-    else:
-        from flask_signalr_kafka.broker import start_broker
-
-        print("starting Apache Kafka ...", flush=True)
-        broker = start_broker("kafka", log_dir=log_dir)
-        bootstrap = broker.bootstrap
     passed = True
-    try:
+    with bootstrap_or_broker(args.bootstrap, "kafka", log_dir) as bootstrap:
         for _ in range(args.runs):
             try:
                 r = run(bootstrap, seed=args.seed, duration=args.duration, clients=args.clients,
@@ -96,9 +88,6 @@ def main(argv=None) -> int:
             path = write(r, RESULTS)
             print(f"wrote {path.relative_to(RESULTS.parent.parent)} and .txt", flush=True)
             passed = passed and r["totals"]["passed"]
-    finally:
-        if broker:
-            broker.stop()
     return 0 if passed else 1
 
 

@@ -4,6 +4,7 @@ Socket.IO clients that record what they receive, a plain kafka-python reader
 of the raw topics, and a TCP proxy that can cut connections."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import requests
@@ -339,3 +341,20 @@ class TcpProxy:
         self._closed = True
         self._listener.close()
         self.cut()
+
+
+@contextlib.contextmanager
+def bootstrap_or_broker(bootstrap: str | None, engine: str, log_dir: Path) -> Iterator[str]:
+    """The command lines' broker: ``bootstrap`` when given (a broker the
+    user runs), else a broker of ``engine`` started here and stopped after."""
+    if bootstrap:
+        yield bootstrap
+        return
+    from flask_signalr_kafka.broker import start_broker
+
+    print(f"starting {engine} ...", flush=True)
+    broker = start_broker(engine, log_dir=log_dir)
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()

@@ -15,11 +15,11 @@ import asyncio
 import json
 import logging
 import os
-import re
 import threading
 import time
 
 import socketio
+from produce_tracking import produced, stream_round, track
 
 from flask_signalr_kafka import (
     AckTimeoutError,
@@ -151,25 +151,11 @@ async def on_fleet(sid, msg):
     return {"error": f"unknown op {op}"}
 
 
-# -- the fault tests' stream (tests/integration/faults.py), as tests/server_app.py's
-TAG = re.compile(rb"S\|([^|\"]+)\|(\w+)\|(\d+)")
-produced = {"acked": set(), "failed": set()}
-
+# -- the fault tests' stream (tests/integration/faults.py, tests/produce_tracking.py)
 if os.environ.get("TRACK_PRODUCE") == "1":
     from kafka import KafkaProducer
 
-    _send = KafkaProducer.send
-
-    def _tracked_send(self, topic, value=None, key=None, *args, **kwargs):
-        future = _send(self, topic, value, key, *args, **kwargs)
-        found = TAG.search(value or b"")
-        if found:
-            ident = f"{found[2].decode()}:{found[3].decode()}"
-            future.add_callback(lambda _: produced["acked"].add(ident))
-            future.add_errback(lambda _: produced["failed"].add(ident))
-        return future
-
-    KafkaProducer.send = _tracked_send
+    track(KafkaProducer)
 
 stream = {}
 
@@ -184,13 +170,10 @@ async def on_stream(sid, msg):
     async def emits():
         n = 0
         while stream["running"]:
-            for kind in ("all", "room", "user", "sid"):
-                to = {"all": None, "room": msg["room"], "user": user(msg["user"]),
-                      "sid": msg["sid"]}[kind]
-                ident = f"{kind}:{n}"
+            for ident, to, text in stream_round(msg, n):
                 stream["emitted"].append(ident)
                 try:
-                    await sio.emit("s", f"S|{origin}|{kind}|{n}", to=to)
+                    await sio.emit("s", text, to=to)
                 except Exception as exc:  # refused (ProducerBufferFullError)
                     stream["raised"][ident] = type(exc).__name__
             n += 1

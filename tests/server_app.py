@@ -25,13 +25,13 @@ if ASYNC_MODE == "gevent":
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import re  # noqa: E402
 import signal  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from flask import Flask, request  # noqa: E402
 from flask_socketio import SocketIO, close_room, disconnect, join_room, leave_room  # noqa: E402
+from produce_tracking import produced, stream_round, track  # noqa: E402
 
 from flask_signalr_kafka import (  # noqa: E402
     AckTimeoutError,
@@ -240,30 +240,13 @@ def register(namespace):
         return sorted(r for r in socketio.server.rooms(request.sid, namespace) if r != request.sid)
 
 
-# -- the fault tests' stream ----------------------------------------------------
-# Each numbered emit carries "S|<origin>|<kind>|<n>"; with TRACK_PRODUCE=1 the
-# producer's own futures say which records the broker acknowledged.
-TAG = re.compile(rb"S\|([^|\"]+)\|(\w+)\|(\d+)")
-produced = {"acked": set(), "failed": set()}
-
+# -- the fault tests' stream (tests/produce_tracking.py) ---------------------
 if os.environ.get("TRACK_PRODUCE") == "1":
     if KAFKA_CLIENT == "confluent":
         from flask_signalr_kafka.confluent_client import ConfluentProducer as KafkaProducer
     else:
         from kafka import KafkaProducer
-
-    _send = KafkaProducer.send
-
-    def _tracked_send(self, topic, value=None, key=None, *args, **kwargs):
-        future = _send(self, topic, value, key, *args, **kwargs)
-        found = TAG.search(value or b"")
-        if found:
-            ident = f"{found[2].decode()}:{found[3].decode()}"
-            future.add_callback(lambda _: produced["acked"].add(ident))
-            future.add_errback(lambda _: produced["failed"].add(ident))
-        return future
-
-    KafkaProducer.send = _tracked_send
+    track(KafkaProducer)
 
 stream = {}
 
@@ -279,13 +262,10 @@ def on_stream(msg):
     def emits():
         n = 0
         while stream["running"]:
-            for kind in ("all", "room", "user", "sid"):
-                to = {"all": None, "room": msg["room"], "user": user(msg["user"]),
-                      "sid": msg["sid"]}[kind]
-                ident = f"{kind}:{n}"
+            for ident, to, text in stream_round(msg, n):
                 stream["emitted"].append(ident)
                 try:
-                    socketio.emit("s", f"S|{origin}|{kind}|{n}", to=to)
+                    socketio.emit("s", text, to=to)
                 except Exception as exc:  # await_produce: the failed emit raises
                     stream["raised"][ident] = type(exc).__name__
             n += 1
