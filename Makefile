@@ -131,7 +131,7 @@ soak: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 ENGINE ?= kafka
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) \
       lint typecheck docs package
-	$(PY) -m pytest tests --engine $(ENGINE)
+	$(PY) -m pytest tests --engine $(ENGINE) --durations=20
 	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest tests -m tansu --engine tansu)
 	$(PY) -m pytest tests -m threading --engine kafka --async-mode threading
 	$(PY) -m pytest tests -m confluent --engine kafka --client confluent
