@@ -9,6 +9,7 @@ between them is only whether a step may block or must be awaited.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -93,10 +94,6 @@ ARGUMENTS = """
 """
 
 
-def documents_arguments(cls: type[T]) -> type[T]:
-    """Append :data:`ARGUMENTS` to the docstring of a manager users create."""
-    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + ARGUMENTS
-    return cls
 
 
 class ManagerBase:
@@ -350,3 +347,15 @@ class ManagerBase:
 
     def _log(self) -> logging.Logger:
         return self.logger or logger
+
+
+def documents_arguments(cls: type[T]) -> type[T]:
+    """Give a manager users create the arguments' documentation
+    (:data:`ARGUMENTS`, appended to its docstring) and signature (that of
+    :meth:`ManagerBase.__init__`, which autodoc and ``help()`` show
+    instead of a subclass's ``*args, **kwargs``)."""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + ARGUMENTS
+    signature = inspect.signature(ManagerBase.__init__, eval_str=True)
+    cls.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:])
+    return cls
