@@ -17,8 +17,17 @@ from typing import Any
 
 from . import hub_protocol, payload_limits, records
 from .addressing import SEND_CONN, route
-from .arguments import sid_list
 from .records import InvocationExt
+
+
+def _skipped(skip_sid: Any) -> tuple[str, ...]:
+    """python-socketio's ``skip_sid``: ``None``, one sid, or a collection."""
+    if skip_sid is None:
+        return ()
+    if isinstance(skip_sid, (list, tuple, set)):
+        return tuple(skip_sid)
+    return (skip_sid,)
+
 
 #: A record to publish: ``(topic base name, key, value)``.
 Record = tuple[str, str | None, bytes]
@@ -90,7 +99,7 @@ class EmitPlan:
         """
         targets = tuple(dict.fromkeys(target)) if isinstance(target, (list, tuple)) \
             else (target,)
-        skipped = tuple(sid_list(skip_sid))
+        skipped = _skipped(skip_sid)
         # A connection of this server gets the emit here; with recovery on
         # its record goes to Kafka too (it may drop before the emit reaches
         # it: replayed from there), unless a callback waits for it here.

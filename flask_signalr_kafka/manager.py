@@ -250,7 +250,7 @@ class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
         recovery = self._recovery
         plan = EmitPlan.of(
             event, data, namespace, target, skip_sid, callback=callback is not None,
-            origin=self.server_name,
+            origin=self.core.server_name,
             here=self.rooms.get(namespace, {}) if self.server is not None else None,
             protocols=self.hub_protocols, limit=self._payload_limit,
             count_emit=recovery.log.next_emit if recovery is not None else None)

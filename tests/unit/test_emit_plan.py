@@ -182,3 +182,12 @@ def test_both_managers_deliver_here_only_to_targets_with_clients_here(cls):
     assert mgr.core.published[1:] == [(SEND_GROUP, "lobby")]
     emit(mgr, "ev", "x", to=LOCAL)
     assert delivered[-1] == (LOCAL, []) and len(mgr.core.published) == 2
+
+
+@pytest.mark.parametrize(("skip_sid", "skipped"), [
+    (None, ()), (LOCAL, (LOCAL,)), ([LOCAL, REMOTE], (LOCAL, REMOTE)), ((REMOTE,), (REMOTE,)),
+])
+def test_skip_sid_is_python_socketios_none_one_or_several(skip_sid, skipped):
+    p = plan("lobby", skip_sid=skip_sid)
+    assert p.skip_sid == skipped and p.excluded == list(skipped)
+    assert decoded(p)[0][2].excluded == list(skipped)
