@@ -2,7 +2,6 @@
 way: the records, decoded with the wire format's decoder, and the local
 delivery."""
 import asyncio
-import dataclasses
 
 import pytest
 
@@ -120,7 +119,7 @@ def test_too_large_is_refused_before_the_emit_is_counted():
 
 
 def test_the_plan_is_frozen():
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         plan("lobby").published = ()
 
 
