@@ -42,12 +42,3 @@ def check_home(value: Any) -> bool | int:
     if isinstance(value, int) and value > 0:
         return value
     raise ValueError(f"home_partitions must be True, False or a positive int, not {value!r}")
-
-
-def sid_list(skip_sid: Any) -> list[str]:
-    """``skip_sid`` as the list python-socketio's Manager and the record take."""
-    if skip_sid is None:
-        return []
-    if isinstance(skip_sid, (list, tuple, set)):
-        return list(skip_sid)
-    return [skip_sid]

@@ -34,21 +34,22 @@ from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .async_fleet import AsyncFleetCalls, LoopHost
 from .async_recovery import LoopRecovery
-from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
+from .emit_plan import EmitPlan
 from .errors import AckTimeoutError
 from .loop_bridge import Blocking, InFlight, LoopInbox, run_in_loop
+from .manager_base import ACK, DISCONNECT, RELEASE, ManagerBase, documents_arguments
 from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE, REMOVE, AckExt
 from .rooms import RoomIndex
 
 _SENDS = (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER)
 
 
-class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
+@documents_arguments
+class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
     """A python-socketio client manager for ``socketio.AsyncServer`` that
-    uses Kafka as its backplane. Its arguments are
-    :class:`.backplane.Backplane`'s (those of :class:`.KafkaManager`),
-    ``connection_state_recovery`` included.
+    uses Kafka as its backplane. Its arguments are those of
+    :class:`.KafkaManager`, ``connection_state_recovery`` included.
 
     Its blocking methods are coroutines: ``await mgr.wait_ready(timeout)``,
     ``await mgr.close()``, ``await mgr.drain()``; a write-only emitter uses
@@ -336,34 +337,34 @@ class AsyncKafkaManager(AsyncFleetCalls, Backplane, RoomIndex, AsyncManager):
         self._bind()
         if not self._started:
             await self._ensure_started()
-        targets, skip_sid, published, frames, emit_seq = self._plan_emit(
-            event, data, namespace, target, skip_sid, callback)
         recovery = self._recovery
+        plan = EmitPlan.of(
+            event, data, namespace, target, skip_sid, callback=callback is not None,
+            origin=self.core.server_name,
+            here=self.rooms.get(namespace, {}) if self.server is not None else None,
+            protocols=self.hub_protocols, limit=self._payload_limit,
+            count_emit=recovery.log.next_emit if recovery is not None else None)
         coords: list = []
         try:
-            here = self.rooms.get(namespace, {})
-            if self.server is not None and any(t is None or t in here for t in targets):
-                # This server's clients at once, each once (see KafkaManager.emit);
-                # skipped when none is here: python-socketio would encode for nobody.
-                await self._deliver(event, data, namespace,
-                                    targets if len(targets) > 1 else target, skip_sid, callback,
+            if plan.deliver_here:
+                # This server's clients at once, each once (see KafkaManager.emit).
+                await self._deliver(event, data, namespace, plan.room, plan.excluded, callback,
                                     coords)
             callback_id = 0
-            if callback is not None and published:
+            if callback is not None and plan.published:
                 callback_id = self.core.acks.register(
                     lambda args: run_in_loop(self._loop, self._tasks, callback, *args),
                     self.callback_timeout)
-            for base, key, value in self._emit_records(frames, namespace, targets, published,
-                                                       skip_sid, callback_id, emit_seq,
-                                                       local_to_conn=recovery is not None):
+            for base, key, value in plan.records(callback_id):
                 future = await self._publish(base, key, value)
                 if recovery is not None:
                     recovery.log.track(future, coords, base, key)
         finally:
             if recovery is not None:
-                # A replay waits for the emits counted before its recovery
-                # began to reach the producer (a first send may be in a thread).
-                recovery.log.emit_done(emit_seq)
+                # A recovery replays the emits counted before it: it waits
+                # for their records to reach the producer (a first send may
+                # be in a thread).
+                recovery.log.emit_done(plan.emit_seq)
 
     async def _publish(self, base: str, key: str | None, value: bytes,
                        timeout: float | None = None) -> Any:

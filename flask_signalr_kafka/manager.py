@@ -19,10 +19,11 @@ from socketio import Manager
 
 from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
-from .backplane import ACK, DISCONNECT, RELEASE, Backplane
 from .concurrency import Runtime
+from .emit_plan import EmitPlan
 from .errors import AckTimeoutError
 from .fleet_calls import FleetCalls
+from .manager_base import ACK, DISCONNECT, RELEASE, ManagerBase, documents_arguments
 from .records import ADD, OP_CLOSE_ROOM, OP_DISCONNECT, OP_RELEASE, REMOVE, AckExt
 from .recovery import Recovery
 from .rooms import RoomIndex
@@ -30,10 +31,10 @@ from .rooms import RoomIndex
 logger = logging.getLogger("flask_signalr_kafka")
 
 
-class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
+@documents_arguments
+class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
     """A python-socketio client manager that uses Kafka as its backplane, in
-    gevent or threading mode (the server's). Its arguments are
-    :class:`.backplane.Backplane`'s.
+    gevent or threading mode (the server's).
     """
 
     name = "kafka"
@@ -246,24 +247,26 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
                              "write_only manager cannot use them")
         if not self._started:
             self._start()
-        targets, skip_sid, published, frames, emit_seq = self._plan_emit(
-            event, data, namespace, target, skip_sid, callback)
         recovery = self._recovery
+        plan = EmitPlan.of(
+            event, data, namespace, target, skip_sid, callback=callback is not None,
+            origin=self.core.server_name,
+            here=self.rooms.get(namespace, {}) if self.server is not None else None,
+            protocols=self.hub_protocols, limit=self._payload_limit,
+            count_emit=recovery.log.next_emit if recovery is not None else None)
         coords: list = []
         try:
-            if self.server is not None:
+            if plan.deliver_here:
                 # This server's clients at once, each once however many of the
                 # targets it is in, as python-socketio delivers a list. A local
                 # sid is a room of its own: the .NET backplane's one shortcut.
-                self._deliver(event, data, namespace, targets if len(targets) > 1 else target,
-                              skip_sid, callback, coords)
+                self._deliver(event, data, namespace, plan.room, plan.excluded, callback,
+                              coords)
             callback_id = 0
-            if callback is not None and published:
+            if callback is not None and plan.published:
                 callback_id = self.core.acks.register(lambda args: callback(*args),
                                                       self.callback_timeout)
-            for base, key, value in self._emit_records(frames, namespace, targets, published,
-                                                       skip_sid, callback_id, emit_seq,
-                                                       local_to_conn=recovery is not None):
+            for base, key, value in plan.records(callback_id):
                 future = self.core.publish(base, key, value)
                 if recovery is not None:
                     recovery.log.track(future, coords, base, key)
@@ -271,7 +274,7 @@ class KafkaManager(FleetCalls, Backplane, RoomIndex, Manager):
             if recovery is not None:
                 # A recovery replays the emits counted before it: it waits
                 # for their records to reach the producer.
-                recovery.log.emit_done(emit_seq)
+                recovery.log.emit_done(plan.emit_seq)
 
     def _deliver(self, event: str, data: Any, namespace: str, room: Any, skip_sid: list,
                  callback: Callable | None, coords: list) -> None:

@@ -29,7 +29,7 @@ compressed batch can only be smaller.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,8 +142,8 @@ def _len(text: str) -> int:
     return len(text.encode()) + _ITEM
 
 
-def upper_bound(frames: dict[str, bytes], server_name: str, namespace: str, targets: list,
-                skip_sid: list[str]) -> int:
+def upper_bound(frames: dict[str, bytes], server_name: str, namespace: str,
+                targets: Sequence[str | None], skip_sid: Sequence[str]) -> int:
     """At least :func:`exact_size` of any record of the emit: 4 UTF-8 bytes a
     character, every target and its key in every record."""
     chars = (len(server_name) + len(namespace) + sum(map(len, skip_sid))
@@ -153,29 +153,32 @@ def upper_bound(frames: dict[str, bytes], server_name: str, namespace: str, targ
             + _ITEM * items)
 
 
-def exact_size(frames: dict[str, bytes], server_name: str, namespace: str, targets: list,
-               published: list[int], skip_sid: list[str]) -> int:
-    """The size of the emit's largest record (the targets of ``published``)."""
+def exact_size(frames: dict[str, bytes], server_name: str, namespace: str,
+               targets: Sequence[str | None], published: Collection[str | None],
+               skip_sid: Sequence[str]) -> int:
+    """The size of the emit's largest record (those of the ``targets`` in
+    ``published``)."""
     base = (_FIXED + sum(_len(p) + len(f) + _ITEM for p, f in frames.items())
             + sum(map(_len, skip_sid)) + _len(server_name) + _len(namespace)
             + RECORD_OVERHEAD)
     earlier = [0]  # the earlier targets' bytes before each index
     for one in targets:
         earlier.append(earlier[-1] + (0 if one is None else _len(one)))
-    return max(base + earlier[i] + len((route(targets[i])[1] or "").encode())
-               for i in published)
+    chosen = set(published)
+    return max(base + earlier[i] + len((route(one)[1] or "").encode())
+               for i, one in enumerate(targets) if one in chosen)
 
 
 def check_emit(limit: PayloadLimit | None, frames: dict[str, bytes], server_name: str,
-               event: str, namespace: str, targets: list, published: list[int],
-               skip_sid: list[str]) -> None:
+               event: str, namespace: str, targets: Sequence[str | None],
+               published: Collection[str | None], skip_sid: Sequence[str]) -> None:
     """Raise before delivery if a record of this emit would be too large.
 
     :param limit: the limit (``None``: not learnt, nothing to check).
     :param frames: the emit's hub-protocol frames.
     :param server_name: the emitting server's (each record carries it).
     :param targets: the emit's targets, deduplicated, in order.
-    :param published: the indices of the targets that get a record.
+    :param published: the targets that get a record.
     :param skip_sid: the excluded connection ids.
     :raises PayloadTooLargeError: a record would exceed the limit.
     """
@@ -187,7 +190,7 @@ def check_emit(limit: PayloadLimit | None, frames: dict[str, bytes], server_name
         return
     size = exact_size(frames, server_name, namespace, targets, published, skip_sid)
     if size > limit.limit:
-        what = "everyone" if targets == [None] else ", ".join(
+        what = "everyone" if list(targets) == [None] else ", ".join(
             "everyone" if t is None else repr(t) for t in targets[:5]) + (
             ", ..." if len(targets) > 5 else "")
         raise PayloadTooLargeError(

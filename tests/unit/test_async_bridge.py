@@ -17,9 +17,9 @@ from flask_signalr_kafka import (
     records,
 )
 from flask_signalr_kafka.ack_waiter import AckWaiter
-from flask_signalr_kafka.backplane import Backplane
 from flask_signalr_kafka.errors import MalformedRecord
 from flask_signalr_kafka.loop_bridge import Blocking, LoopInbox
+from flask_signalr_kafka.manager_base import ManagerBase
 from flask_signalr_kafka.records import AckExt, GroupCommandExt, InvocationExt
 
 
@@ -174,7 +174,7 @@ def test_blocking_runs_off_the_loop_and_leaves_no_thread():
 def test_async_manager_takes_the_same_arguments_without_network():
     mgr = AsyncKafkaManager("127.0.0.1:1", ack_timeout=3, callback_timeout=4,
                             home_partitions=False, write_only=True)
-    assert isinstance(mgr, Backplane) and not isinstance(mgr, KafkaManager)
+    assert isinstance(mgr, ManagerBase) and not isinstance(mgr, KafkaManager)
     assert mgr.ack_timeout == 3 and mgr.core.write_only
     assert mgr.server_name.count("_") >= 1 and mgr.host_id == mgr.server_name
     with pytest.raises(ValueError, match="ack_timeout"):

@@ -9,18 +9,17 @@ between them is only whether a step may block or must be awaited.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from bidict import ValueDuplicationError
 
 from . import hub_protocol, inbound, payload_limits, records
-from .addressing import SEND_CONN
-from .addressing import route as route_of
-from .arguments import check_home, check_instance, check_protocols, positive, sid_list
+from .arguments import check_home, check_instance, check_protocols, positive
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
 from .env_config import manager_kwargs_from_env
@@ -34,7 +33,6 @@ from .records import (
     OP_RELEASE,
     REMOVE,
     GroupCommandExt,
-    InvocationExt,
 )
 from .recovery import Recovery
 from .recovery_metrics import metric_families as recovery_metric_families
@@ -44,14 +42,16 @@ from .topics import KafkaTopicConfig
 logger = logging.getLogger("flask_signalr_kafka")
 
 #: What a group command leaves for the manager to do (see
-#: :meth:`Backplane._apply_group_command`).
+#: :meth:`ManagerBase._apply_group_command`).
 DISCONNECT, RELEASE, ACK = "disconnect", "release", "ack"
 
+T = TypeVar("T")
 
-class Backplane:
-    """A mixin for a python-socketio manager: the arguments, the core, the
-    figures, and the decisions both managers make the same way.
 
+#: The arguments of both managers, written once beside the ``__init__``
+#: that takes them and documented on each manager (:func:`documents_arguments`
+#: appends them to its docstring, which autodoc renders).
+ARGUMENTS = """
     :param bootstrap_servers: ``"host:port"`` or a list of them; fills
                               ``bootstrap_servers`` of the three configs.
     :param producer_config: the producer's settings in ``client``'s dialect
@@ -89,6 +89,17 @@ class Backplane:
         many home send-conn partitions. ``False``: read every partition, for
         .NET peers whose producers use a partitioner other than librdkafka's
         default (CRC-32) or murmur2.
+    :param logger: where the manager's own lines go (python-socketio's also
+                   take it); the ``flask_signalr_kafka`` logger by default.
+"""
+
+
+
+
+class ManagerBase:
+    """A mixin for a python-socketio manager: the arguments, the core, the
+    figures, and the decisions both managers make the same way. Its
+    ``__init__`` takes the managers' arguments (:data:`ARGUMENTS`).
     """
 
     def __init__(
@@ -281,63 +292,6 @@ class Backplane:
         return records.encode(
             GroupCommandExt(0, self.server_name, REMOVE, group, sid, namespace, op))
 
-    def _plan_emit(self, event: str, data: Any, namespace: str, target: Any, skip_sid: Any,
-                   callback: Any) -> tuple[list, list, list[int], dict, int]:
-        """What an emit sends: its targets (a list, each once), the sids it
-        skips, the indexes of the targets that go to Kafka, their checked
-        frames, and its number in recovery's count of emits (0 without
-        recovery; the caller ends it with ``emit_done``).
-
-        With recovery on, a local connection's events go to Kafka too (it
-        may drop before they reach it: they are replayed from there), unless
-        a callback waits for its answer here.
-        """
-        targets = list(dict.fromkeys(target)) if isinstance(target, (list, tuple)) else [target]
-        skip_sid = sid_list(skip_sid)
-        recovery = self._recovery
-        published = [i for i, one in enumerate(targets) if not (
-            self.is_local(one, namespace) and (recovery is None or callback is not None))]
-        frames = self._checked_frames(event, data, namespace, targets, published, skip_sid)
-        # Counted before the local delivery, whose step records it.
-        emit_seq = recovery.log.next_emit() if recovery is not None else 0
-        return targets, skip_sid, published, frames, emit_seq
-
-    def _checked_frames(self, event: str, data: Any, namespace: str, targets: list,
-                        published: list[int], skip_sid: list) -> dict:
-        """The frames of an emit, checked against the payload limit: too
-        large, it raises before anyone, local or remote, gets it.
-
-        :param published: the indexes of ``targets`` that go to Kafka.
-        :raises PayloadTooLargeError: a record would exceed a limit.
-        """
-        frames = hub_protocol.frames_of(event, data, self.hub_protocols) if published else {}
-        payload_limits.check_emit(self._payload_limit, frames, self.server_name, event,
-                                  namespace, targets, published, skip_sid)
-        return frames
-
-    def _emit_records(self, frames: dict, namespace: str, targets: list, published: list[int],
-                      skip_sid: list, callback_id: int, emit_seq: int = 0,
-                      local_to_conn: bool = False) -> list[tuple[str, str | None, bytes]]:
-        """The ``(base, key, value)`` of each published target of an emit.
-
-        :param local_to_conn: a local sid goes to send-conn whatever its
-                              shape (recovery replays it from there).
-        """
-        out = []
-        for index in published:
-            one = targets[index]
-            record = InvocationExt(
-                skip_sid, frames, origin=self.server_name, namespace=namespace,
-                callback_id=callback_id,
-                earlier_targets=[t for t in targets[:index] if t is not None],
-                emit_seq=emit_seq,
-            )
-            base, key = route_of(one)
-            if local_to_conn and self.is_local(one, namespace):
-                base, key = SEND_CONN, one
-            out.append((base, key, records.encode(record)))
-        return out
-
     # -- records we read ---------------------------------------------------------
 
     def _consumed(self, base: str, record: Any, delivery: Any) -> tuple[Any, list]:
@@ -393,3 +347,15 @@ class Backplane:
 
     def _log(self) -> logging.Logger:
         return self.logger or logger
+
+
+def documents_arguments(cls: type[T]) -> type[T]:
+    """Give a manager users create the arguments' documentation
+    (:data:`ARGUMENTS`, appended to its docstring) and signature (that of
+    :meth:`ManagerBase.__init__`, which autodoc and ``help()`` show
+    instead of a subclass's ``*args, **kwargs``)."""
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + ARGUMENTS
+    signature = inspect.signature(ManagerBase.__init__, eval_str=True)
+    cls.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:])
+    return cls
