@@ -245,16 +245,6 @@ class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
         self.pending_connect.setdefault(namespace, []).append(sid)
         return sid
 
-    def pre_disconnect(self, sid, namespace):
-        """As python-socketio's; with recovery, a disconnect the server makes
-        on purpose (``Server.disconnect``: a kick, ``disconnect_sockets``, a
-        remote disconnect command) ends the session first. That path never
-        reaches the ``_handle_disconnect`` recovery hooks, and the client
-        must not be recovered when it comes back (socketio_hooks)."""
-        if self._recovery is not None:
-            socketio_hooks.server_disconnect(self._recovery, sid, namespace)
-        return super().pre_disconnect(sid, namespace)
-
     async def disconnect(self, sid, namespace, **kwargs):
         result = await super().disconnect(sid, namespace, **kwargs)
         # A newer recovery attempt of the same client may hold the claim.

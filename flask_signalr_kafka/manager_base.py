@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from bidict import ValueDuplicationError
 
-from . import hub_protocol, inbound, payload_limits, records
+from . import hub_protocol, inbound, payload_limits, records, socketio_hooks
 from .arguments import check_home, check_instance, check_protocols, positive
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
@@ -236,6 +236,18 @@ class ManagerBase:
 
     def _local_sids(self) -> set[str]:
         return {sid for ns in list(self.rooms.values()) for sid in list(ns.get(None, {}))}
+
+    def pre_disconnect(self, sid, namespace):
+        """As python-socketio's; with recovery, a disconnect the server makes
+        on purpose (``Server.disconnect``: a kick, ``disconnect_sockets``, a
+        remote disconnect command) ends the session first. That path never
+        reaches the ``_handle_disconnect`` recovery hooks, and the client
+        must not be recovered when it comes back (socketio_hooks). The same for
+        both managers: python-socketio's ``pre_disconnect`` is synchronous in
+        both."""
+        if self._recovery is not None:
+            socketio_hooks.server_disconnect(self._recovery, sid, namespace)
+        return super().pre_disconnect(sid, namespace)
 
     def _register_sid(self, sid: str, namespace: str, eio_sid: Any) -> bool:
         """python-socketio's pre-connect bookkeeping for our ``sid``;
