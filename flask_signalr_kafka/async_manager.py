@@ -35,7 +35,6 @@ from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_s
 from .async_fleet import AsyncFleetCalls, LoopHost
 from .async_recovery import LoopRecovery
 from .concurrency import Runtime
-from .emit_plan import EmitPlan
 from .errors import AckTimeoutError
 from .loop_bridge import Blocking, InFlight, LoopInbox, run_in_loop
 from .manager_base import ACK, DISCONNECT, RELEASE, ManagerBase, documents_arguments
@@ -328,12 +327,7 @@ class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
         if not self._started:
             await self._ensure_started()
         recovery = self._recovery
-        plan = EmitPlan.of(
-            event, data, namespace, target, skip_sid, callback=callback is not None,
-            origin=self.core.server_name,
-            here=self.rooms.get(namespace, {}) if self.server is not None else None,
-            protocols=self.hub_protocols, limit=self._payload_limit,
-            count_emit=recovery.log.next_emit if recovery is not None else None)
+        plan = self._plan(event, data, namespace, target, skip_sid, callback is not None)
         coords: list = []
         try:
             if plan.deliver_here:

@@ -20,7 +20,6 @@ from socketio import Manager
 from . import inbound, records, shutdown, socketio_hooks, topics
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, looks_like_sid
 from .concurrency import Runtime
-from .emit_plan import EmitPlan
 from .errors import AckTimeoutError
 from .fleet_calls import FleetCalls
 from .manager_base import ACK, DISCONNECT, RELEASE, ManagerBase, documents_arguments
@@ -238,12 +237,7 @@ class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
         if not self._started:
             self._start()
         recovery = self._recovery
-        plan = EmitPlan.of(
-            event, data, namespace, target, skip_sid, callback=callback is not None,
-            origin=self.core.server_name,
-            here=self.rooms.get(namespace, {}) if self.server is not None else None,
-            protocols=self.hub_protocols, limit=self._payload_limit,
-            count_emit=recovery.log.next_emit if recovery is not None else None)
+        plan = self._plan(event, data, namespace, target, skip_sid, callback is not None)
         coords: list = []
         try:
             if plan.deliver_here:

@@ -22,6 +22,7 @@ from . import hub_protocol, inbound, payload_limits, records, socketio_hooks
 from .arguments import check_home, check_instance, check_protocols, positive
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
+from .emit_plan import EmitPlan
 from .env_config import manager_kwargs_from_env
 from .fleet import Fleet, FleetHost
 from .kafka_client import client_named
@@ -236,6 +237,18 @@ class ManagerBase:
 
     def _local_sids(self) -> set[str]:
         return {sid for ns in list(self.rooms.values()) for sid in list(ns.get(None, {}))}
+
+    def _plan(self, event: str, data: Any, namespace: str, target: Any, skip_sid: Any,
+              callback: bool) -> EmitPlan:
+        """This server's :class:`.emit_plan.EmitPlan` of an emit (it raises
+        :class:`.PayloadTooLargeError` before anyone gets it)."""
+        recovery = self._recovery
+        return EmitPlan.of(
+            event, data, namespace, target, skip_sid, callback=callback,
+            origin=self.core.server_name,
+            here=self.rooms.get(namespace, {}) if self.server is not None else None,
+            protocols=self.hub_protocols, limit=self._payload_limit,
+            count_emit=recovery.log.next_emit if recovery is not None else None)
 
     def pre_disconnect(self, sid, namespace):
         """As python-socketio's; with recovery, a disconnect the server makes
