@@ -700,11 +700,18 @@ class Recovery:
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
         rooms = self._rooms(sid, namespace)
+        # The emit counter first, and every emit it counts delivered and
+        # handed to the producer before the window is cut: a replay skips
+        # this dyno's own records up to it as delivered at emit time, so one
+        # counted but stepped after the cut (its socket still registered, a
+        # ping timeout or a release under way) was in neither and was lost.
+        emit_seq = self.log.emit_seq
+        settled = self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
         self.await_readback(1.0)
         positions = self._position_list()
         window, exact = self.log.windows({sid: rooms}, window_seconds)[sid]
         session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
-                          positions, self.log.emit_seq, window, exact)
+                          positions, emit_seq, window, exact and settled)
         self.store.put(pid, session)
         self.stats["saved"] += 1
         return session
@@ -734,13 +741,16 @@ class Recovery:
                 time.monotonic() < deadline:
             self.core.runtime.sleep(0.005)
         held = list(self._pids)
+        # As in _save: every emit the sessions count is delivered (to sockets
+        # still open, closed cleanly below) before they are written.
+        emit_seq = self.log.emit_seq
+        self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
         positions = self._position_list()
         now = time.time()
         for (sid, namespace), pid in list(self._pids.items()):
             # Forgotten here: its disconnect below changes nothing more.
             self.store.put(pid, Session(SAVED, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.log.tag, now, positions,
-                                        self.log.emit_seq))
+                                        self.owner, self.log.tag, now, positions, emit_seq))
             self.stats["saved"] += 1
             self.store.let_go(pid)
         self._pids.clear()
