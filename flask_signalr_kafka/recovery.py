@@ -123,6 +123,14 @@ class _Attempt:
         self.failure: RecoveryFailed | None = None
 
 
+class _Saving:
+    """The save of a dropped connection's session, under way here."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.session: Session | None = None
+
+
 class Recovery:
     """Connection state recovery for one server (one dyno).
 
@@ -177,6 +185,8 @@ class Recovery:
         #: pids whose connection the server ended on purpose (monotonic time):
         #: refused even before their session's deletion can be read back.
         self._ended: dict[str, float] = {}
+        #: pid -> the save under way of its connection's drop here.
+        self._saving: dict[str, _Saving] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
         self._checkpointer: Any = None
@@ -474,6 +484,14 @@ class Recovery:
         saves the session), or resume from its last checkpoint."""
         key = (session.sid, session.namespace)
         if session.owner == self.owner:
+            saving = self._saving.get(pid)
+            if saving is not None:
+                # Its drop is being saved here (a ping timeout noticed as the
+                # client came back): that save is the session, not the last
+                # checkpoint, whose tail misses what was sent meanwhile.
+                saving.done.wait(self.options.release_timeout)
+                if saving.session is not None:
+                    return saving.session
             saved = self.release(*key) if self.host.is_local(*key) else None
             if saved is not None:
                 return saved
@@ -662,10 +680,17 @@ class Recovery:
         eio = self.host.server.eio
         window = (DROP_WINDOW if reason != "ping timeout"
                   else eio.ping_interval + eio.ping_timeout + 2)
+        saving = _Saving()
+        self._saving[pid] = saving
 
         def save() -> None:
-            self._save(pid, sid, namespace, window)
-            self.store.let_go(pid)
+            try:
+                saving.session = self._save(pid, sid, namespace, window)
+                self.store.let_go(pid)
+            finally:
+                saving.done.set()
+                if self._saving.get(pid) is saving:
+                    del self._saving[pid]
 
         return save
 

@@ -18,7 +18,7 @@ from flask_signalr_kafka import ConnectionStateRecovery, records, replay
 from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.hub_protocol import encode_frames
 from flask_signalr_kafka.recovery import Recovery
-from flask_signalr_kafka.sessions import SAVED, Session
+from flask_signalr_kafka.sessions import LIVE, SAVED, Session
 
 SESSION = Session(SAVED, "sid~a", "/", ["r1"], "host_1", "t", 0.0, emit_seq=0)
 
@@ -120,3 +120,35 @@ def test_a_save_waits_for_the_emits_it_counts():
     replayed = session.emit_seq < seq  # the replay does not skip it as delivered
     assert in_window or replayed, session
     assert session.exact
+
+
+def test_a_client_back_while_its_drop_is_saved_here_gets_that_save():
+    """c19 of the soak: its dyno noticed the ping timeout as the client came
+    back to the same dyno. The live session still in the store sent the new
+    attempt to the release path, which found the connection already
+    forgotten and fell back on the last checkpoint (its tail misses what was
+    sent since; here there is none: the recovery failed). It must take the
+    save under way."""
+    eio = SimpleNamespace(ping_interval=5, ping_timeout=5)
+    host = SimpleNamespace(get_rooms=lambda sid, ns: [sid, "r1"],
+                           is_local=lambda sid, ns: True,
+                           server=SimpleNamespace(eio=eio))
+    r = Recovery(FakeCore(), host, ConnectionStateRecovery())
+    saved = []
+    r.store.put = lambda pid, session: saved.append(session)
+    r.store.checkpoint = lambda owner, since=None: None
+    waits = r.await_readback
+
+    def slow_readback(timeout):
+        time.sleep(0.3)  # the save waits for Kafka
+        return waits(timeout)
+
+    r.await_readback = slow_readback
+    r._pids[("sid~a", "/")] = "pid"
+    save = r.forget("sid~a", "/", "ping timeout")
+    saver = threading.Thread(target=save)
+    saver.start()
+    live = Session(LIVE, "sid~a", "/", ["r1"], "host_1", r.log.tag, time.time())
+    session = r._take_over("pid", live, 0, None)
+    saver.join()
+    assert saved == [session] and session.state == SAVED
