@@ -90,6 +90,9 @@ PREPARE_BUDGET = 7.0
 #: Seconds a newer attempt waits for an older one of the same client to let
 #: the connection go.
 SUPERSEDE_WAIT = 3.0
+#: Seconds a drop's save is kept after it began, for a client that comes
+#: back here before the record can be read back (:meth:`Recovery._take_over`).
+KEEP_SAVES = 30.0
 #: What a pid we made looks like (:func:`.sessions.new_pid`).
 _PID_SHAPE = re.compile(r"[0-9]{1,6}\.[A-Za-z0-9_-]{22}")
 
@@ -129,6 +132,7 @@ class _Saving:
     def __init__(self) -> None:
         self.done = threading.Event()
         self.session: Session | None = None
+        self.at = time.monotonic()
 
 
 class Recovery:
@@ -185,7 +189,8 @@ class Recovery:
         #: pids whose connection the server ended on purpose (monotonic time):
         #: refused even before their session's deletion can be read back.
         self._ended: dict[str, float] = {}
-        #: pid -> the save under way of its connection's drop here.
+        #: pid -> the save of its connection's drop here (under way, or
+        #: written in the last KEEP_SAVES seconds), oldest first.
         self._saving: dict[str, _Saving] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
@@ -486,9 +491,10 @@ class Recovery:
         if session.owner == self.owner:
             saving = self._saving.get(pid)
             if saving is not None:
-                # Its drop is being saved here (a ping timeout noticed as the
-                # client came back): that save is the session, not the last
-                # checkpoint, whose tail misses what was sent meanwhile.
+                # Its drop is saved here (a ping timeout noticed as the client
+                # came back; the record not yet read back): that save is the
+                # session, not the last checkpoint, whose tail misses what was
+                # sent meanwhile.
                 saving.done.wait(self.options.release_timeout)
                 if saving.session is not None:
                     return saving.session
@@ -621,6 +627,7 @@ class Recovery:
         written with the next checkpoint (one batch for a connect storm)."""
         key = (sid, namespace)
         self._pids[key] = pid
+        self._saving.pop(pid, None)  # a newer connection: its drop's save is old
         with self._attempts_lock:
             self._attempt_of.pop(pid, None)
         if announced:
@@ -681,7 +688,7 @@ class Recovery:
         window = (DROP_WINDOW if reason != "ping timeout"
                   else eio.ping_interval + eio.ping_timeout + 2)
         saving = _Saving()
-        self._saving[pid] = saving
+        self._keep_saving(pid, saving)
 
         def save() -> None:
             try:
@@ -689,10 +696,20 @@ class Recovery:
                 self.store.let_go(pid)
             finally:
                 saving.done.set()
-                if self._saving.get(pid) is saving:
-                    del self._saving[pid]
 
         return save
+
+    def _keep_saving(self, pid: str, saving: _Saving) -> None:
+        """Keep the save of ``pid``'s drop a while after it is written: a
+        lookup may read the partition before that record (and so the live
+        session) for a moment; saves older than :data:`KEEP_SAVES` go."""
+        now = time.monotonic()
+        self._saving.pop(pid, None)  # the newest last (the oldest first)
+        self._saving[pid] = saving
+        for old, kept in list(self._saving.items()):
+            if now - kept.at <= KEEP_SAVES:
+                break
+            del self._saving[old]
 
     def _end(self, pid: str) -> None:
         """``pid``'s connection ended on purpose: no recovery of it here,

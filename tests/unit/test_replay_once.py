@@ -152,3 +152,24 @@ def test_a_client_back_while_its_drop_is_saved_here_gets_that_save():
     session = r._take_over("pid", live, 0, None)
     saver.join()
     assert saved == [session] and session.state == SAVED
+
+
+def test_a_drop_saved_here_a_moment_ago_is_taken_though_not_read_back():
+    """The save is written, but the lookup read the partition before it:
+    it found the live session. The save made here is the session."""
+    eio = SimpleNamespace(ping_interval=5, ping_timeout=5)
+    host = SimpleNamespace(get_rooms=lambda sid, ns: [sid, "r1"],
+                           is_local=lambda sid, ns: False,
+                           server=SimpleNamespace(eio=eio))
+    r = Recovery(FakeCore(), host, ConnectionStateRecovery())
+    saved = []
+    r.store.put = lambda pid, session: saved.append(session)
+    r.store.checkpoint = lambda owner, since=None: None
+    r._pids[("sid~a", "/")] = "pid"
+    r.forget("sid~a", "/", "ping timeout")()
+    live = Session(LIVE, "sid~a", "/", ["r1"], "host_1", r.log.tag, time.time())
+    assert r._take_over("pid", live, 0, None) is saved[0]
+    # Once the client is connected again, that save is past.
+    r._write_live = lambda key: True
+    r.registered("sid~a", "/", "pid", False)
+    assert "pid" not in r._saving
