@@ -90,6 +90,9 @@ PREPARE_BUDGET = 7.0
 #: Seconds a newer attempt waits for an older one of the same client to let
 #: the connection go.
 SUPERSEDE_WAIT = 3.0
+#: Seconds a drop's save is kept after it began, for a client that comes
+#: back here before the record can be read back (:meth:`Recovery._take_over`).
+KEEP_SAVES = 30.0
 #: What a pid we made looks like (:func:`.sessions.new_pid`).
 _PID_SHAPE = re.compile(r"[0-9]{1,6}\.[A-Za-z0-9_-]{22}")
 
@@ -121,6 +124,15 @@ class _Attempt:
         self.abandoned = False
         self.restore: Restore | None = None
         self.failure: RecoveryFailed | None = None
+
+
+class _Saving:
+    """The save of a dropped connection's session, under way here."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.session: Session | None = None
+        self.at = time.monotonic()
 
 
 class Recovery:
@@ -177,6 +189,9 @@ class Recovery:
         #: pids whose connection the server ended on purpose (monotonic time):
         #: refused even before their session's deletion can be read back.
         self._ended: dict[str, float] = {}
+        #: pid -> the save of its connection's drop here (under way, or
+        #: written in the last KEEP_SAVES seconds), oldest first.
+        self._saving: dict[str, _Saving] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
         self._checkpointer: Any = None
@@ -474,6 +489,15 @@ class Recovery:
         saves the session), or resume from its last checkpoint."""
         key = (session.sid, session.namespace)
         if session.owner == self.owner:
+            saving = self._saving.get(pid)
+            if saving is not None:
+                # Its drop is saved here (a ping timeout noticed as the client
+                # came back; the record not yet read back): that save is the
+                # session, not the last checkpoint, whose tail misses what was
+                # sent meanwhile.
+                saving.done.wait(self.options.release_timeout)
+                if saving.session is not None:
+                    return saving.session
             saved = self.release(*key) if self.host.is_local(*key) else None
             if saved is not None:
                 return saved
@@ -603,6 +627,7 @@ class Recovery:
         written with the next checkpoint (one batch for a connect storm)."""
         key = (sid, namespace)
         self._pids[key] = pid
+        self._saving.pop(pid, None)  # a newer connection: its drop's save is old
         with self._attempts_lock:
             self._attempt_of.pop(pid, None)
         if announced:
@@ -662,12 +687,29 @@ class Recovery:
         eio = self.host.server.eio
         window = (DROP_WINDOW if reason != "ping timeout"
                   else eio.ping_interval + eio.ping_timeout + 2)
+        saving = _Saving()
+        self._keep_saving(pid, saving)
 
         def save() -> None:
-            self._save(pid, sid, namespace, window)
-            self.store.let_go(pid)
+            try:
+                saving.session = self._save(pid, sid, namespace, window)
+                self.store.let_go(pid)
+            finally:
+                saving.done.set()
 
         return save
+
+    def _keep_saving(self, pid: str, saving: _Saving) -> None:
+        """Keep the save of ``pid``'s drop a while after it is written: a
+        lookup may read the partition before that record (and so the live
+        session) for a moment; saves older than :data:`KEEP_SAVES` go."""
+        now = time.monotonic()
+        self._saving.pop(pid, None)  # the newest last (the oldest first)
+        self._saving[pid] = saving
+        for old, kept in list(self._saving.items()):
+            if now - kept.at <= KEEP_SAVES:
+                break
+            del self._saving[old]
 
     def _end(self, pid: str) -> None:
         """``pid``'s connection ended on purpose: no recovery of it here,
@@ -700,11 +742,18 @@ class Recovery:
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
         rooms = self._rooms(sid, namespace)
+        # The emit counter first, and every emit it counts delivered and
+        # handed to the producer before the window is cut: a replay skips
+        # this dyno's own records up to it as delivered at emit time, so one
+        # counted but stepped after the cut (its socket still registered, a
+        # ping timeout or a release under way) was in neither and was lost.
+        emit_seq = self.log.emit_seq
+        settled = self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
         self.await_readback(1.0)
         positions = self._position_list()
         window, exact = self.log.windows({sid: rooms}, window_seconds)[sid]
         session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
-                          positions, self.log.emit_seq, window, exact)
+                          positions, emit_seq, window, exact and settled)
         self.store.put(pid, session)
         self.stats["saved"] += 1
         return session
@@ -734,13 +783,16 @@ class Recovery:
                 time.monotonic() < deadline:
             self.core.runtime.sleep(0.005)
         held = list(self._pids)
+        # As in _save: every emit the sessions count is delivered (to sockets
+        # still open, closed cleanly below) before they are written.
+        emit_seq = self.log.emit_seq
+        self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
         positions = self._position_list()
         now = time.time()
         for (sid, namespace), pid in list(self._pids.items()):
             # Forgotten here: its disconnect below changes nothing more.
             self.store.put(pid, Session(SAVED, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.log.tag, now, positions,
-                                        self.log.emit_seq))
+                                        self.owner, self.log.tag, now, positions, emit_seq))
             self.stats["saved"] += 1
             self.store.let_go(pid)
         self._pids.clear()
