@@ -133,6 +133,7 @@ def test_leader_killed(fleet3, cluster3, artifacts, case):
         stream.close()
 
 
+@pytest.mark.confluent
 def test_broker_frozen(fleet3, cluster3, artifacts):
     a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
     stream = Stream(fleet3, a, b)

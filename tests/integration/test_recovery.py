@@ -19,7 +19,10 @@ from flask_signalr_kafka.offsets import parse
 from testkit.harness import unique, wait_until
 from testkit.node_clients import NodeClients
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.tansu]
+#: The tests that also run with threading servers and on confluent-kafka
+#: (make test): all but the fast-reconnect half of the matrix.
+IN_SLICES = [pytest.mark.threading, pytest.mark.confluent]
 
 
 @pytest.fixture
@@ -136,7 +139,7 @@ GONE = {
 }
 
 
-@pytest.mark.parametrize("delays", DELAYS)
+@pytest.mark.parametrize("delays", [pytest.param("default", marks=IN_SLICES), "fast"])
 @pytest.mark.parametrize("gone", GONE)
 def test_recovered_however_its_dyno_goes(new_fleet, js, gone, delays):
     """Two official clients on one dyno, on topics created a second ago: one
@@ -179,6 +182,8 @@ def test_recovered_however_its_dyno_goes(new_fleet, js, gone, delays):
     assert sorted(client["connectLog"][1]["rooms"]) == sorted([f"r-{plain}", f"user:u-{plain}"])
 
 
+@pytest.mark.threading
+@pytest.mark.confluent
 def test_announced_client_gets_every_event_once_across_two_drops(new_fleet, js):
     """With offsets the window is cut exactly; replayed events carry offsets
     too, so the second drop is exact again (the offset advanced)."""
@@ -202,6 +207,8 @@ def test_announced_client_gets_every_event_once_across_two_drops(new_fleet, js):
         "the second offset must come from the dyno that recovered the client")
 
 
+@pytest.mark.threading
+@pytest.mark.confluent
 def test_drop_before_the_first_event(new_fleet, js):
     """Node fails this: no event yet means no offset to send."""
     a, b = servers(new_fleet, "A", "B")
@@ -217,6 +224,8 @@ def test_drop_before_the_first_event(new_fleet, js):
     assert_exact(client, got, 2)
 
 
+@pytest.mark.threading
+@pytest.mark.confluent
 def test_quiet_connection_outlives_the_time_limit(new_fleet, js):
     """The limit counts from the drop, not from the last event."""
     a, b = servers(new_fleet, "A", "B", MAX_DISCONNECTION=3)
@@ -231,6 +240,8 @@ def test_quiet_connection_outlives_the_time_limit(new_fleet, js):
     assert_exact(client, got, 1)
 
 
+@pytest.mark.threading
+@pytest.mark.confluent
 def test_back_too_late_is_a_new_connection(new_fleet, js):
     (a,) = servers(new_fleet, "A", MAX_DISCONNECTION=2)
     cid, sid = add_client(js, [a], announce=True)
@@ -244,6 +255,8 @@ def test_back_too_late_is_a_new_connection(new_fleet, js):
     assert not client["errors"] or all("timeout" not in e["message"] for e in client["errors"])
 
 
+@pytest.mark.threading
+@pytest.mark.confluent
 def test_namespace_and_binary_are_recovered(new_fleet, js):
     a, b = servers(new_fleet, "A", "B")
     cid, sid = add_client(js, [a, b], announce=True, namespace="/chat")
@@ -265,6 +278,8 @@ def test_namespace_and_binary_are_recovered(new_fleet, js):
     assert not [e for e in client["eventLog"] if e[1] == "elsewhere"]
 
 
+@pytest.mark.threading
+@pytest.mark.confluent
 def test_python_clients_get_no_offsets(new_fleet, js):
     """python-socketio Clients never announce recovery: every event reaches
     their handlers with exactly its own arguments, beside a JS client that
