@@ -14,8 +14,9 @@ import threading
 import time
 from types import SimpleNamespace
 
+from test_recovery_state import FakeCore
+
 from flask_signalr_kafka import ConnectionStateRecovery, records, replay
-from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.hub_protocol import encode_frames
 from flask_signalr_kafka.recovery import Recovery
 from flask_signalr_kafka.sessions import LIVE, SAVED, Session
@@ -71,27 +72,6 @@ def test_a_record_in_both_the_window_and_the_ranges_is_replayed_once():
     assert [args for _, _, args in missed] == [[1], [2], [3], [4], [5]]
 
 
-class FakeCore:
-    server_name = "host_1"
-    topic_config = SimpleNamespace(name=str)
-    runtime = Runtime("threading", None, time.sleep)
-
-    def add_readiness(self, event):
-        pass
-
-    def new_consumer(self, earliest=False):
-        raise AssertionError("no Kafka here")
-
-    def partition_count(self, base):
-        return 10
-
-    def positions(self, bases):
-        return {}
-
-    def flush(self, timeout):
-        pass
-
-
 def test_a_save_waits_for_the_emits_it_counts():
     """An emit to the connection, counted before the save and delivered to
     its (dead) socket just after the save began: the session must either
@@ -122,6 +102,20 @@ def test_a_save_waits_for_the_emits_it_counts():
     assert session.exact
 
 
+def saving_recovery(local: bool):
+    """A Recovery whose dropped connection ``sid~a`` is ``local`` here, its
+    saves kept in a list, and no checkpoint of its holder to fall back on."""
+    eio = SimpleNamespace(ping_interval=5, ping_timeout=5)
+    host = SimpleNamespace(get_rooms=lambda sid, ns: [sid, "r1"],
+                           is_local=lambda sid, ns: local,
+                           server=SimpleNamespace(eio=eio))
+    r = Recovery(FakeCore(), host, ConnectionStateRecovery())
+    saved = []
+    r.store.put = lambda pid, session: saved.append(session)
+    r.store.checkpoint = lambda owner, since=None: None
+    return r, saved
+
+
 def test_a_client_back_while_its_drop_is_saved_here_gets_that_save():
     """c19 of the soak: its dyno noticed the ping timeout as the client came
     back to the same dyno. The live session still in the store sent the new
@@ -129,14 +123,7 @@ def test_a_client_back_while_its_drop_is_saved_here_gets_that_save():
     forgotten and fell back on the last checkpoint (its tail misses what was
     sent since; here there is none: the recovery failed). It must take the
     save under way."""
-    eio = SimpleNamespace(ping_interval=5, ping_timeout=5)
-    host = SimpleNamespace(get_rooms=lambda sid, ns: [sid, "r1"],
-                           is_local=lambda sid, ns: True,
-                           server=SimpleNamespace(eio=eio))
-    r = Recovery(FakeCore(), host, ConnectionStateRecovery())
-    saved = []
-    r.store.put = lambda pid, session: saved.append(session)
-    r.store.checkpoint = lambda owner, since=None: None
+    r, saved = saving_recovery(local=True)
     waits = r.await_readback
 
     def slow_readback(timeout):
@@ -157,14 +144,7 @@ def test_a_client_back_while_its_drop_is_saved_here_gets_that_save():
 def test_a_drop_saved_here_a_moment_ago_is_taken_though_not_read_back():
     """The save is written, but the lookup read the partition before it:
     it found the live session. The save made here is the session."""
-    eio = SimpleNamespace(ping_interval=5, ping_timeout=5)
-    host = SimpleNamespace(get_rooms=lambda sid, ns: [sid, "r1"],
-                           is_local=lambda sid, ns: False,
-                           server=SimpleNamespace(eio=eio))
-    r = Recovery(FakeCore(), host, ConnectionStateRecovery())
-    saved = []
-    r.store.put = lambda pid, session: saved.append(session)
-    r.store.checkpoint = lambda owner, since=None: None
+    r, saved = saving_recovery(local=False)
     r._pids[("sid~a", "/")] = "pid"
     r.forget("sid~a", "/", "ping timeout")()
     live = Session(LIVE, "sid~a", "/", ["r1"], "host_1", r.log.tag, time.time())
