@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .concurrency import Runtime
+from .failure_log import FailureLog
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class Liveness:
             self._task = None
 
     def _run(self) -> None:
+        failures = FailureLog(logger, "fleet heartbeat")
         while not self._stopping:
             wall = self._wall()
             # Wake at the next slot's first instant, as every server does.
@@ -118,7 +120,9 @@ class Liveness:
                 try:
                     self.tick()
                 except Exception:  # a failed heartbeat must not end the loop
-                    logger.exception("fleet heartbeat failed")
+                    failures.failed()
+                else:
+                    failures.succeeded()
 
     def tick(self) -> None:
         """Drop the servers silent for too long; beat in a new slot."""

@@ -28,6 +28,7 @@ from . import offsets
 from .addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .core import KafkaCore
 from .errors import MalformedRecord
+from .failure_log import FailureLog
 from .recovery_options import ConnectionStateRecovery
 from .replay import ConsumerPool, read_missed, slots_of_room, slots_of_session, step_of
 from .sessions import (
@@ -863,6 +864,7 @@ class Recovery:
         heartbeat = (self._liveness() - SLOW_ROUND) / 3
         last_step = last_emit = -1
         last_at = last_ref = 0.0
+        failures = FailureLog(logger, "connection state recovery checkpoint")
         while not self._stopping:
             self.core.runtime.sleep(self.options.checkpoint_interval)
             try:
@@ -884,7 +886,9 @@ class Recovery:
                     pruning.set()
                     self.core.runtime.spawn(self._prune, pruning)
             except Exception:
-                logger.exception("connection state recovery checkpoint failed")
+                failures.failed()
+            else:
+                failures.succeeded()
 
     def _prune(self, running: threading.Event) -> None:
         """Delete what can no longer be restored from the sessions partitions
