@@ -227,8 +227,8 @@ class Metrics:
                    self.latency.read),
             Family("delivery_latency_clamped", COUNTER,
                    "Records timestamped later than this dyno applied them (producer clock "
-                   "ahead of ours), counted as 0 s in delivery_latency_seconds.", (),
-                   lambda: self.latency.clamped),
+                   "ahead of ours), counted as 0 s in delivery_latency_seconds.", ("kind",),
+                   lambda: {(k,): n for k, n in dict(self.latency.clamped).items()}),
             Family("ack_timeouts", COUNTER, "Remote joins and leaves that got no ack in time.",
                    (), lambda: self._acks().ack_timeouts),
             Family("callback_timeouts", COUNTER,

@@ -99,8 +99,8 @@ class DeliveryLatency:
     The timestamp is the producer's wall clock (CreateTime, in ms), so a
     producer whose clock runs ahead of ours gives a negative time: it counts
     as 0 (and in :attr:`clamped`). Each kind is observed by one task only
-    (its consumer, or the asyncio loop), as :class:`ConsumerStats` is:
-    no lock.
+    (its consumer, or the asyncio loop) and has figures of its own, as
+    :class:`ConsumerStats` does: no lock.
 
     :param kinds: the topic kinds, known up front so that every kind reads
                   (as zeros) before its first record.
@@ -112,8 +112,9 @@ class DeliveryLatency:
         #: kind -> a count per bucket of DELIVERY_BUCKETS, and one above it.
         self.counts = {kind: [0] * (len(DELIVERY_BUCKETS) + 1) for kind in kinds}
         self.sums = dict.fromkeys(kinds, 0.0)
-        #: Records timestamped after we applied them (clock skew), counted as 0 s.
-        self.clamped = 0
+        #: kind -> records timestamped after we applied them (clock skew),
+        #: counted as 0 s.
+        self.clamped = dict.fromkeys(kinds, 0)
 
     def observe(self, kind: str, timestamp_ms: int | None) -> None:
         """A record of ``kind`` written ``timestamp_ms`` (Unix ms; ``None``
@@ -122,7 +123,7 @@ class DeliveryLatency:
             return
         seconds = time.time() - timestamp_ms / 1000
         if seconds < 0:
-            self.clamped += 1
+            self.clamped[kind] += 1
             seconds = 0.0
         self.counts[kind][bisect.bisect_left(DELIVERY_BUCKETS, seconds)] += 1
         self.sums[kind] += seconds

@@ -71,7 +71,8 @@ def test_each_delivered_record_is_in_its_kinds_histogram(trio):
         assert 0 <= total < 10 * n
     assert histogram(b, "group-mgmt")[1] == 1 and histogram(b, "ack")[1] == 0
     # One clock for every dyno here: no record from the future.
-    assert value(b, "delivery_latency_clamped_total") == 0
+    for kind in SENDS:
+        assert value(b, "delivery_latency_clamped_total", kind=kind) == 0
 
     a = scrape(fleet.a)
     # A delivered none of its own records from Kafka; it got two acks.
