@@ -376,7 +376,7 @@ class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
                 self._in_flight.undo(key)
 
     def _receive_command(self, record: Any) -> None:
-        self._inboxes[topics.GROUP_MGMT].put(inbound.command_of(record))
+        self._inboxes[topics.GROUP_MGMT].put((inbound.command_of(record), record.timestamp))
 
     async def _deliver_record(self, base: str, item: tuple) -> None:
         record, delivery, (event, args) = item
@@ -387,6 +387,7 @@ class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
             await self._deliver(event, args, delivery.namespace, delivery.room,
                                 inbound.excluded(delivery, self.get_participants), callback,
                                 coords)
+            self.metrics.latency.observe(base, record.timestamp)
         finally:
             self._in_flight.done((base, record.partition))
 
@@ -404,7 +405,8 @@ class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
             await socketio_hooks.emit_steps_async(self, self._recovery, event, data, namespace,
                                                   room, skip_sid, coords)
 
-    async def _handle_command(self, command: Any) -> None:
+    async def _handle_command(self, item: tuple) -> None:
+        command, timestamp = item
         todo = self._apply_group_command(command)
         if todo == DISCONNECT:
             await self.server.disconnect(command.connection_id, namespace=command.namespace,
@@ -413,3 +415,5 @@ class AsyncKafkaManager(AsyncFleetCalls, ManagerBase, RoomIndex, AsyncManager):
             await self._loop_recovery.release(command.connection_id, command.namespace)
         elif todo == ACK:
             await self._publish(topics.ACK, command.server_name, self._ack_of(command))
+        if todo is not None:
+            self.metrics.latency.observe(topics.GROUP_MGMT, timestamp)

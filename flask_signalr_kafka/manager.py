@@ -281,6 +281,7 @@ class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
         event, args = delivery.payload()
         self._deliver(event, args, delivery.namespace, delivery.room,
                       inbound.excluded(delivery, self.get_participants), callback, coords)
+        self.metrics.latency.observe(base, record.timestamp)
 
     def disconnect_local(self, sid: str, namespace: str) -> None:
         """Disconnect a connection of this server, telling no other."""
@@ -300,3 +301,5 @@ class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
                 self._recovery.release(command.connection_id, command.namespace)
         elif todo == ACK:
             self.core.publish(topics.ACK, command.server_name, self._ack_of(command))
+        if todo is not None:
+            self.metrics.latency.observe(topics.GROUP_MGMT, record.timestamp)

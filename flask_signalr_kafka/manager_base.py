@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from bidict import ValueDuplicationError
 
-from . import hub_protocol, inbound, payload_limits, records, socketio_hooks
+from . import hub_protocol, inbound, payload_limits, records, socketio_hooks, topics
 from .arguments import check_home, check_instance, check_protocols, positive
 from .concurrency import Runtime
 from .core import KafkaCore, new_server_name
@@ -43,8 +43,9 @@ from .topics import KafkaTopicConfig
 logger = logging.getLogger("flask_signalr_kafka")
 
 #: What a group command leaves for the manager to do (see
-#: :meth:`ManagerBase._apply_group_command`).
-DISCONNECT, RELEASE, ACK = "disconnect", "release", "ack"
+#: :meth:`ManagerBase._apply_group_command`); :data:`CLOSED`: nothing, the
+#: room is closed here already.
+DISCONNECT, RELEASE, ACK, CLOSED = "disconnect", "release", "ack", "closed"
 
 T = TypeVar("T")
 
@@ -337,11 +338,13 @@ class ManagerBase:
         ack = inbound.ack_of(record, self.core.ack_key)
         if ack is not None:
             self.core.acks.resolve(ack.id, ack.args)
+            self.metrics.latency.observe(topics.ACK, record.timestamp)
 
     def _apply_group_command(self, command: GroupCommandExt) -> str | None:
         """Apply what a group command asks of this server's rooms; return
         what is left for the manager: :data:`DISCONNECT` the connection,
-        :data:`RELEASE` it, :data:`ACK` the change, or ``None``."""
+        :data:`RELEASE` it, :data:`ACK` the change, :data:`CLOSED` (a room
+        closed here: nothing), or ``None`` (not this server's to apply)."""
         namespace = command.namespace
         if command.op == OP_CLOSE_ROOM:
             if command.server_name != self.server_name:
@@ -349,6 +352,7 @@ class ManagerBase:
                     self.basic_close_room(command.group, namespace)
                 except ValueError as exc:
                     self._log().warning("close_room(%r) refused: %s", command.group, exc)
+                return CLOSED
             return None
         sid = command.connection_id
         if not self.is_local(sid, namespace):

@@ -19,9 +19,12 @@ from .stats import (
     HISTOGRAM,
     ROUND_TRIP_BUCKETS,
     AckStats,
+    DeliveryLatency,
     Family,
     ProducerStats,
+    cumulative,
 )
+from .topics import ACK, GROUP_MGMT, SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 
 #: Seconds records may wait with none acknowledged before health says the
 #: cluster is unreachable: acks take milliseconds, and a leader that moves
@@ -40,6 +43,9 @@ class Metrics:
         self._core = core
         #: topic name -> records this dyno delivered to its own clients.
         self.delivered: defaultdict[str, int] = defaultdict(int)
+        #: Record timestamp -> applied here, by topic kind (the manager observes).
+        self.latency = DeliveryLatency(
+            (SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER, ACK, GROUP_MGMT))
         self._families: dict[str, Family] = {}
         for family in self._builtin():
             self.add(family)
@@ -163,12 +169,7 @@ class Metrics:
 
     def _round_trips(self) -> dict[str, Any]:
         acks = self._acks()
-        counts, total = list(acks.round_trips), 0
-        buckets = {}
-        for bound, count in zip((*ROUND_TRIP_BUCKETS, float("inf")), counts, strict=True):
-            total += count
-            buckets[bound] = total
-        return {"buckets": buckets, "sum": acks.round_trip_sum, "count": total}
+        return cumulative(ROUND_TRIP_BUCKETS, acks.round_trips, acks.round_trip_sum)
 
     def _builtin(self) -> list[Family]:
         topic = ("topic",)
@@ -220,6 +221,14 @@ class Metrics:
             Family("group_change_seconds", HISTOGRAM,
                    "Round trip of a join or leave for a connection on another server.", (),
                    self._round_trips),
+            Family("delivery_latency_seconds", HISTOGRAM,
+                   "From a record's timestamp (its producer's clock) to this dyno's write to "
+                   "its sockets (ack, group-mgmt: to applying it), by topic kind.", ("kind",),
+                   self.latency.read),
+            Family("delivery_latency_clamped", COUNTER,
+                   "Records timestamped later than this dyno applied them (producer clock "
+                   "ahead of ours), counted as 0 s in delivery_latency_seconds.", ("kind",),
+                   lambda: {(k,): n for k, n in dict(self.latency.clamped).items()}),
             Family("ack_timeouts", COUNTER, "Remote joins and leaves that got no ack in time.",
                    (), lambda: self._acks().ack_timeouts),
             Family("callback_timeouts", COUNTER,

@@ -3,7 +3,8 @@
 
 Every :class:`~.metrics.Family` of ``mgr.metrics`` becomes a metric named
 ``flask_signalr_kafka_<name>`` (counters end in ``_total``; times are in
-seconds; labels ``topic`` and ``partition``), read at each scrape: nothing is
+seconds; labels such as ``topic``, ``partition``, ``kind``; histograms with
+their ``_bucket``, ``_sum`` and ``_count`` series), read at each scrape: nothing is
 counted twice and nothing runs between scrapes.
 
 One dyno is one process (gevent serves every client in it), so the default
@@ -31,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pip install 'flask-signalr-kafka[metrics]'"
     ) from exc
 
-from .stats import COUNTER, GAUGE, Family
+from .stats import COUNTER, GAUGE, HISTOGRAM, Family
 
 if TYPE_CHECKING:
     from .manager import KafkaManager
@@ -75,13 +76,17 @@ def _metric(family: Family, value: Any) -> Metric:
     elif family.kind == GAUGE:
         metric = GaugeMetricFamily(name, family.help, labels=labels)
     else:
-        buckets = [(_bound(b), n) for b, n in value["buckets"].items()]
-        return HistogramMetricFamily(name, family.help, buckets=buckets,
-                                     sum_value=value["sum"])
+        metric = HistogramMetricFamily(name, family.help, labels=labels)
     samples = value.items() if labels else [((), value)]
     for label_values, number in samples:
-        if number is not None:
-            metric.add_metric([str(v) for v in label_values], number)
+        if number is None:
+            continue
+        label_texts = [str(v) for v in label_values]
+        if family.kind == HISTOGRAM:
+            metric.add_metric(label_texts, [(_bound(b), n) for b, n in number["buckets"].items()],
+                              number["sum"])
+        else:
+            metric.add_metric(label_texts, number)
     return metric
 
 

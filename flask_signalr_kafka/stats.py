@@ -4,9 +4,10 @@ from.
 
 Each component bumps plain ints in its own stats object (:class:`ProducerStats`
 in the publisher, :class:`ConsumerStats` in each topic consumer,
-:class:`AckStats` in the ack waiter): no locks, no clock reads per record,
-no call into :mod:`.metrics` per record. :mod:`.metrics` reads them only when
-asked.
+:class:`AckStats` in the ack waiter, :class:`DeliveryLatency` in the
+manager): no locks, no call into :mod:`.metrics` per record, and one clock
+read per record only where the figure is a time (:class:`DeliveryLatency`).
+:mod:`.metrics` reads them only when asked.
 """
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ COUNTER, GAUGE, HISTOGRAM = "counter", "gauge", "histogram"
 
 #: Upper bounds (seconds) of the round-trip histogram of remote group changes.
 ROUND_TRIP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Upper bounds (seconds) of the delivery-latency histogram: 1 ms (the
+#: resolution of a record's timestamp) to 10 s (a consumer far behind).
+DELIVERY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0)
 
 
 class ProducerStats:
@@ -83,6 +89,59 @@ class AckStats:
     def acked(self, seconds: float) -> None:
         self.round_trips[bisect.bisect_left(ROUND_TRIP_BUCKETS, seconds)] += 1
         self.round_trip_sum += seconds
+
+
+class DeliveryLatency:
+    """Seconds from a record's timestamp to the moment this dyno applied it
+    (for an invocation: its emit to the local sockets returned), one
+    histogram per topic kind (``send-all``, ..., ``ack``, ``group-mgmt``).
+
+    The timestamp is the producer's wall clock (CreateTime, in ms), so a
+    producer whose clock runs ahead of ours gives a negative time: it counts
+    as 0 (and in :attr:`clamped`). Each kind is observed by one task only
+    (its consumer, or the asyncio loop) and has figures of its own, as
+    :class:`ConsumerStats` does: no lock.
+
+    :param kinds: the topic kinds, known up front so that every kind reads
+                  (as zeros) before its first record.
+    """
+
+    __slots__ = ("counts", "sums", "clamped")
+
+    def __init__(self, kinds: tuple[str, ...]) -> None:
+        #: kind -> a count per bucket of DELIVERY_BUCKETS, and one above it.
+        self.counts = {kind: [0] * (len(DELIVERY_BUCKETS) + 1) for kind in kinds}
+        self.sums = dict.fromkeys(kinds, 0.0)
+        #: kind -> records timestamped after we applied them (clock skew),
+        #: counted as 0 s.
+        self.clamped = dict.fromkeys(kinds, 0)
+
+    def observe(self, kind: str, timestamp_ms: int | None) -> None:
+        """A record of ``kind`` written ``timestamp_ms`` (Unix ms; ``None``
+        or negative when the record has none: not counted) was applied now."""
+        if timestamp_ms is None or timestamp_ms < 0:
+            return
+        seconds = time.time() - timestamp_ms / 1000
+        if seconds < 0:
+            self.clamped[kind] += 1
+            seconds = 0.0
+        self.counts[kind][bisect.bisect_left(DELIVERY_BUCKETS, seconds)] += 1
+        self.sums[kind] += seconds
+
+    def read(self) -> dict[tuple[str], dict[str, Any]]:
+        """``{(kind,): histogram}`` in :class:`Family`'s histogram shape."""
+        return {(kind,): cumulative(DELIVERY_BUCKETS, counts, self.sums[kind])
+                for kind, counts in list(self.counts.items())}
+
+
+def cumulative(bounds: tuple[float, ...], counts: list[int], total: float) -> dict[str, Any]:
+    """A histogram in :class:`Family`'s shape from a count per bucket of
+    ``bounds`` and one above the last, and the sum of what was observed."""
+    buckets, count = {}, 0
+    for bound, n in zip((*bounds, float("inf")), list(counts), strict=True):
+        count += n
+        buckets[bound] = count
+    return {"buckets": buckets, "sum": total, "count": count}
 
 
 @dataclass(frozen=True)
