@@ -16,6 +16,9 @@ from kafka import KafkaProducer
 from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 from testkit.harness import unique, wait_until
 
+#: It measures time: under xdist, no other test marked serial runs beside it.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def trio(broker, artifacts):

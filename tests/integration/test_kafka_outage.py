@@ -32,6 +32,9 @@ from testkit.node_clients import NodeClients
 ROOT = Path(__file__).resolve().parent.parent.parent
 HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
 
+#: It measures time: under xdist, no other test marked serial runs beside it.
+pytestmark = pytest.mark.serial
+
 OUTAGE_S = 60.0
 #: The producer's memory bound in this test (the default is 32 MB): the
 #: stream alone fills it after ~15 s of outage, the burst at once.
