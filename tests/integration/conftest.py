@@ -1,6 +1,6 @@
 import pytest
 
-from testkit.harness import Client, Fleet, RawTopic
+from testkit.harness import Client, Fleet, RawTopic, close_all, close_quietly
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,7 @@ def connect(fleet):
         return client
 
     yield make
-    for client in made:
-        try:
-            client.close()
-        except Exception:
-            pass
+    close_all(made, close_quietly)
 
 
 @pytest.fixture
