@@ -150,6 +150,12 @@ class Fleet:
         self.servers.append(server)
         return server.start()
 
+    def start_servers(self, *labels, **env):
+        """:meth:`server` for each of ``labels`` (the same ``env``), all
+        starting at once: a server takes seconds to get ready."""
+        with ThreadPoolExecutor(len(labels)) as pool:
+            return list(pool.map(lambda label: self.server(label, **env), labels))
+
     def topic(self, base):
         return f"{self.prefix}-{base}"
 

@@ -7,8 +7,7 @@ from testkit.harness import Client, Fleet, RawTopic, close_all, close_quietly
 def fleet(broker, artifacts):
     """Two servers for a whole test module (tests use unique rooms and data)."""
     f = Fleet(broker, artifacts)
-    f.a = f.server("A", ACK_TIMEOUT=3)
-    f.b = f.server("B", ACK_TIMEOUT=3)
+    f.a, f.b = f.start_servers("A", "B", ACK_TIMEOUT=3)
     yield f
     f.close()
 

@@ -26,7 +26,7 @@ def trio(broker, artifacts):
     from testkit.harness import Fleet
 
     f = Fleet(broker, artifacts)
-    f.a, f.b, f.c = f.server("A"), f.server("B"), f.server("C")
+    f.a, f.b, f.c = f.start_servers("A", "B", "C")
     yield f
     f.close()
 

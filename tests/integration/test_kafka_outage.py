@@ -107,7 +107,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
     fleet = Fleet(cluster, artifacts, prefix=unique("o"))
     env = {"CONNECTION_STATE_RECOVERY": 1, "TRACK_PRODUCE": 1, "ACK_TIMEOUT": 5,
            "PRODUCER_JSON": json.dumps(bound()), "RUNNER": runner}
-    a, b = fleet.server("A", **env), fleet.server("B", **env)
+    a, b = fleet.start_servers("A", "B", **env)
     stream = Stream(fleet, a, b)
     local, burster = fleet.client(a), fleet.client(a)
     node = cluster.nodes[0]

@@ -142,7 +142,7 @@ def test_recovers_when_the_broker_loses_its_topics(engine, artifacts, runner):
     broker = start_broker(engine, port=port, log_dir=artifacts)
     fleet = Fleet(broker, artifacts)
     try:
-        a, b = fleet.server("A", RUNNER=runner), fleet.server("B", RUNNER=runner)
+        a, b = fleet.start_servers("A", "B", RUNNER=runner)
         sender, receiver = fleet.client(a), fleet.client(b)
         first = unique("before")
         sender.call("emit", {"event": "e", "data": first})
