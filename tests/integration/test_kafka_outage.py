@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
 
 #: It measures time: under xdist, no other test marked serial runs beside it.
-pytestmark = pytest.mark.serial
+#: It takes 85-110 s alone: pytest-timeout's default 120 s cut it under load.
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
 OUTAGE_S = 60.0
 #: The producer's memory bound in this test (the default is 32 MB): the
