@@ -135,10 +135,10 @@ soak: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # marked serial (they measure time) run one at a time.
 ENGINE ?= kafka
 TEST_WORKERS ?= 3
-XDIST = -n $(TEST_WORKERS) --dist loadgroup
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --durations=20
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) \
       lint typecheck docs package
-	$(PY) -m pytest tests --engine $(ENGINE) $(XDIST) --durations=20
+	$(PY) -m pytest tests --engine $(ENGINE) $(XDIST)
 	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest tests -m tansu --engine tansu $(XDIST))
 	$(PY) -m pytest tests -m threading --engine kafka --async-mode threading $(XDIST)
 	$(PY) -m pytest tests -m confluent --engine kafka --client confluent $(XDIST)
