@@ -128,13 +128,20 @@ soak: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # the tests marked for it (pyproject.toml lists the marks): on Tansu, with the
 # servers in threading mode, and with the servers on confluent-kafka.
 # The tests start the brokers and the server processes and stop them.
+# Each pass runs on TEST_WORKERS pytest-xdist workers, each with its own
+# broker; the tests mostly wait (on brokers, servers, timeouts), so more
+# workers than cores. --dist loadgroup with tests/conftest.py's groups: a
+# module's tests stay on one worker (its fixtures start once), and the tests
+# marked serial (they measure time) run one at a time.
 ENGINE ?= kafka
+TEST_WORKERS ?= 3
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --durations=20
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) \
       lint typecheck docs package
-	$(PY) -m pytest tests --engine $(ENGINE) --durations=20
-	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest tests -m tansu --engine tansu)
-	$(PY) -m pytest tests -m threading --engine kafka --async-mode threading
-	$(PY) -m pytest tests -m confluent --engine kafka --client confluent
+	$(PY) -m pytest tests --engine $(ENGINE) $(XDIST)
+	$(if $(filter kafka,$(ENGINE)),$(PY) -m pytest tests -m tansu --engine tansu $(XDIST))
+	$(PY) -m pytest tests -m threading --engine kafka --async-mode threading $(XDIST)
+	$(PY) -m pytest tests -m confluent --engine kafka --client confluent $(XDIST)
 
 # The confluent-kafka slice alone.
 test-confluent: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)

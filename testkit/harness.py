@@ -12,7 +12,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -33,6 +34,25 @@ def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def close_all(closables: Iterable, close=lambda c: c.close()) -> None:
+    """``close(c)`` for each of ``closables`` at once, each in a thread, then
+    the first error raised: one close may take seconds (a server drains on
+    SIGTERM; websocket-client waits 3 s for a close frame a threading-mode
+    server may leave unanswered), and a teardown would wait for their sum."""
+    items = list(closables)
+    if items:
+        with ThreadPoolExecutor(len(items)) as pool:
+            done = [pool.submit(close, c) for c in items]
+        for future in done:
+            future.result()
+
+
+def close_quietly(client) -> None:
+    """Close ``client``, ignoring errors (a teardown after a broken server)."""
+    with contextlib.suppress(Exception):
+        client.close()
 
 
 def unique(label="x"):
@@ -130,6 +150,12 @@ class Fleet:
         self.servers.append(server)
         return server.start()
 
+    def start_servers(self, *labels, **env):
+        """:meth:`server` for each of ``labels`` (the same ``env``), all
+        starting at once: a server takes seconds to get ready."""
+        with ThreadPoolExecutor(len(labels)) as pool:
+            return list(pool.map(lambda label: self.server(label, **env), labels))
+
     def topic(self, base):
         return f"{self.prefix}-{base}"
 
@@ -144,15 +170,10 @@ class Fleet:
         return client
 
     def close(self):
-        for c in self.clients:
-            try:
-                c.close()
-            except Exception:
-                pass
+        close_all(self.clients, close_quietly)
         for r in self.readers:
             r.close()
-        for s in self.servers:
-            s.stop()
+        close_all(self.servers, lambda s: s.stop())
 
 
 class Client:

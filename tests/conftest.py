@@ -1,5 +1,5 @@
 """Session fixtures: where artifacts go, and the broker every integration
-test runs against, once per engine.
+test runs against, once per engine (and per pytest-xdist worker).
 
 ``make test`` runs each broker-backed test on Apache Kafka (a one-node KRaft
 cluster) and on Tansu. ``--engine kafka`` (or ``BROKER_ENGINE=kafka``) picks
@@ -54,6 +54,16 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("engine", engines, scope="session")
 
 
+def pytest_collection_modifyitems(config, items):
+    # For pytest-xdist's --dist loadgroup (make test): a module's tests stay
+    # on one worker, so a module-scoped broker or fleet starts once, and the
+    # tests marked serial share one worker, so no two of them overlap.
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            group = "serial" if item.get_closest_marker("serial") else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -62,7 +72,8 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def broker(engine, artifacts):
-    """A broker of ``engine`` on free loopback ports, for the whole session;
+    """A broker of ``engine`` on free loopback ports, for the whole session
+    (each xdist worker has its own);
     its log is kept under test-artifacts/ (a failing test names it)."""
     b = start_broker(engine, log_dir=artifacts)
     yield b
@@ -92,7 +103,7 @@ def browser(artifacts):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    drivers = []
+    drivers, profiles = [], []
 
     def open_page(url):
         options = webdriver.ChromeOptions()
@@ -102,7 +113,8 @@ def browser(artifacts):
                      "--disable-component-update", "--disable-sync",
                      "--window-size=1000,800"):
             options.add_argument(flag)
-        options.add_argument(f"--user-data-dir={artifacts}/chromium-{uuid.uuid4().hex[:8]}")
+        profiles.append(artifacts / f"chromium-{uuid.uuid4().hex[:8]}")
+        options.add_argument(f"--user-data-dir={profiles[-1]}")
         driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
         drivers.append(driver)
         driver.get(url)
@@ -111,5 +123,6 @@ def browser(artifacts):
     yield open_page
     for driver in drivers:
         driver.quit()
-    for leftover in artifacts.glob("chromium-*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    # Only its own profiles: another xdist worker's browser may be using one.
+    for profile in profiles:
+        shutil.rmtree(profile, ignore_errors=True)

@@ -1,14 +1,13 @@
 import pytest
 
-from testkit.harness import Client, Fleet, RawTopic
+from testkit.harness import Client, Fleet, RawTopic, close_all, close_quietly
 
 
 @pytest.fixture(scope="module")
 def fleet(broker, artifacts):
     """Two servers for a whole test module (tests use unique rooms and data)."""
     f = Fleet(broker, artifacts)
-    f.a = f.server("A", ACK_TIMEOUT=3)
-    f.b = f.server("B", ACK_TIMEOUT=3)
+    f.a, f.b = f.start_servers("A", "B", ACK_TIMEOUT=3)
     yield f
     f.close()
 
@@ -32,11 +31,7 @@ def connect(fleet):
         return client
 
     yield make
-    for client in made:
-        try:
-            client.close()
-        except Exception:
-            pass
+    close_all(made, close_quietly)
 
 
 @pytest.fixture

@@ -40,8 +40,7 @@ class Admin:
 
 @pytest.fixture
 def admin_fleet(new_fleet):
-    new_fleet.a = new_fleet.server("A", ADMIN_UI=1)
-    new_fleet.b = new_fleet.server("B", ADMIN_UI=1)
+    new_fleet.a, new_fleet.b = new_fleet.start_servers("A", "B", ADMIN_UI=1)
     admin = Admin(new_fleet.a)
     yield new_fleet, admin
     admin.close()

@@ -4,6 +4,7 @@ long-poll fetches."""
 import threading
 import time
 
+import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
@@ -11,6 +12,9 @@ from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.confluent_client import CLIENT, Queries
 from flask_signalr_kafka.kafka_client import TopicPartition
 from testkit.harness import unique, wait_until
+
+#: It measures time: under xdist, no other test marked serial runs beside it.
+pytestmark = pytest.mark.serial
 
 #: Longer than any wait of this test: a request behind a fetch waits it out.
 FETCH_WAIT_S = 20

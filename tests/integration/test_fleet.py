@@ -16,6 +16,9 @@ from kafka import KafkaProducer
 from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 from testkit.harness import unique, wait_until
 
+#: It measures time: under xdist, no other test marked serial runs beside it.
+pytestmark = pytest.mark.serial
+
 
 @pytest.fixture(scope="module")
 def trio(broker, artifacts):
@@ -23,7 +26,7 @@ def trio(broker, artifacts):
     from testkit.harness import Fleet
 
     f = Fleet(broker, artifacts)
-    f.a, f.b, f.c = f.server("A"), f.server("B"), f.server("C")
+    f.a, f.b, f.c = f.start_servers("A", "B", "C")
     yield f
     f.close()
 

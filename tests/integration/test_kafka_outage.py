@@ -32,6 +32,10 @@ from testkit.node_clients import NodeClients
 ROOT = Path(__file__).resolve().parent.parent.parent
 HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-client").is_dir()
 
+#: It measures time: under xdist, no other test marked serial runs beside it.
+#: It takes 85-110 s alone: pytest-timeout's default 120 s cut it under load.
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
+
 OUTAGE_S = 60.0
 #: The producer's memory bound in this test (the default is 32 MB): the
 #: stream alone fills it after ~15 s of outage, the burst at once.
@@ -104,7 +108,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
     fleet = Fleet(cluster, artifacts, prefix=unique("o"))
     env = {"CONNECTION_STATE_RECOVERY": 1, "TRACK_PRODUCE": 1, "ACK_TIMEOUT": 5,
            "PRODUCER_JSON": json.dumps(bound()), "RUNNER": runner}
-    a, b = fleet.server("A", **env), fleet.server("B", **env)
+    a, b = fleet.start_servers("A", "B", **env)
     stream = Stream(fleet, a, b)
     local, burster = fleet.client(a), fleet.client(a)
     node = cluster.nodes[0]

@@ -142,7 +142,7 @@ def test_recovers_when_the_broker_loses_its_topics(engine, artifacts, runner):
     broker = start_broker(engine, port=port, log_dir=artifacts)
     fleet = Fleet(broker, artifacts)
     try:
-        a, b = fleet.server("A", RUNNER=runner), fleet.server("B", RUNNER=runner)
+        a, b = fleet.start_servers("A", "B", RUNNER=runner)
         sender, receiver = fleet.client(a), fleet.client(b)
         first = unique("before")
         sender.call("emit", {"event": "e", "data": first})
@@ -176,6 +176,7 @@ def test_recovers_when_the_broker_loses_its_topics(engine, artifacts, runner):
         broker.stop()
 
 
+@pytest.mark.serial  # 1 s to deliver: under xdist, no other serial test beside it
 def test_await_produce_raises_and_fire_and_forget_logs(engine, artifacts, caplog):
     """With the broker gone, await_produce=True raises the produce error to the
     emitter; await_produce=False returns and logs the lost record's target."""

@@ -9,7 +9,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from testkit.harness import unique, wait_until
 
 # The combinations besides the default one that run this module (make test).
-pytestmark = [pytest.mark.threading, pytest.mark.confluent]
+# serial: it measures time; under xdist, no other test so marked runs beside it.
+pytestmark = [pytest.mark.threading, pytest.mark.confluent, pytest.mark.serial]
 
 P = "flask_signalr_kafka_"
 

@@ -17,10 +17,10 @@ from testkit.restart import print_run, run
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not shutil.which("node") or not (ROOT / "node_modules" / "socket.io-client").is_dir(),
     reason="needs node and `npm ci` (socket.io-client)",
-)
+), pytest.mark.serial]  # serial: it measures loss (see test_metrics.py)
 
 CLIENTS = 10
 

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 pytestmark = [
     pytest.mark.soak,
+    pytest.mark.serial,
     pytest.mark.skipif(
         not shutil.which("node") or not (ROOT / "node_modules" / "socket.io-client").is_dir(),
         reason="needs node and `npm ci` (socket.io-client)"),

@@ -5,10 +5,14 @@ import sys
 import threading
 import time
 
+import pytest
 from kafka import KafkaProducer
 
 from flask_signalr_kafka.topics import KafkaTopicConfig
 from testkit.harness import unique
+
+#: It measures time: under xdist, no other test marked serial runs beside it.
+pytestmark = pytest.mark.serial
 
 
 def top(bootstrap, prefix, *extra):
