@@ -111,8 +111,8 @@ def kafka_configs(
         # No consumer group: every server reads every partition.
         "group_id": None,
         "enable_auto_commit": False,
-        # Kafka's own default, for send-conn's consumer, whose partitions
-        # change with claims; the others wait 3 s (kafka_python_client.STATIC_FETCH_WAIT_MS).
+        # Kafka's own default, for the hot consumer group (send-*, ack); the
+        # cold one waits 3 s (kafka_python_client.STATIC_FETCH_WAIT_MS).
         # Apache Kafka answers a fetch as soon as data arrives, so this sets
         # how often idle consumers ask (six at 100 ms cost an idle dyno ~9%
         # of a core, at 500 ms ~3%), and how long a partition whose leader
