@@ -93,9 +93,9 @@ def make_manager():
 
 
 mgr = make_manager()
-if os.environ.get("CONSUMER_GROUPS") == "per-topic":
+if os.environ.get("CONSUMER_GROUPS") == "per-topic" and hasattr(mgr, "core"):
     mgr.core.consumer_groups = {}  # one client consumer per topic (issue 23's comparison)
-if os.environ.get("COLD_FETCH_WAIT_MS"):
+if os.environ.get("COLD_FETCH_WAIT_MS") and hasattr(mgr, "core"):
     mgr.core.client.static_fetch_wait_ms = int(os.environ["COLD_FETCH_WAIT_MS"])
 sio = socketio.Server(client_manager=mgr, async_mode=ASYNC_MODE)
 
