@@ -111,8 +111,8 @@ def kafka_configs(
         # No consumer group: every server reads every partition.
         "group_id": None,
         "enable_auto_commit": False,
-        # Kafka's own default, for send-conn's consumer, whose partitions
-        # change with claims; the others wait 3 s (kafka_python_client.STATIC_FETCH_WAIT_MS).
+        # Kafka's own default, for the hot consumer group (send-*, ack); the
+        # cold one waits 3 s (kafka_python_client.STATIC_FETCH_WAIT_MS).
         # Apache Kafka answers a fetch as soon as data arrives, so this sets
         # how often idle consumers ask (six at 100 ms cost an idle dyno ~9%
         # of a core, at 500 ms ~3%), and how long a partition whose leader
@@ -120,6 +120,12 @@ def kafka_configs(
         # leader's failover 17 s under load). Brokers that hold a fetch to
         # its deadline (Tansu) want less: 20, for all.
         "fetch_max_wait_ms": 500,
+        # A poll hands out all that was fetched (kafka-python's 500 cut a
+        # 1 MB fetch into polls): kafka-python leaves a partition with
+        # records still buffered out of the next fetch, which then waits its
+        # full time on the group's idle partitions (issue 23: a one-sid
+        # backlog went at 2,200 deliveries/s).
+        "max_poll_records": 100_000,
         # As the producer's: back within 1 s of a broker's return.
         "reconnect_backoff_max_ms": 1000,
         **consumer_config,

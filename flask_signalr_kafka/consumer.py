@@ -1,4 +1,7 @@
-"""The consumer loop: one task (a greenlet or a thread) per topic.
+"""The consumer loop: one task (a greenlet or a thread) and one client
+consumer per group of topics (:class:`ConsumerGroup`; the core groups the hot
+topics and the cold ones, see :mod:`.core`), each topic's reading state in
+its :class:`TopicConsumer`.
 
 Each server must see every record, so there is no consumer group (nothing to
 join, nothing left behind in the cluster when a dyno restarts): the loop
@@ -26,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 class TopicConsumer:
-    """Consumes one topic in a task of its own and hands each record to
-    ``handler``.
+    """Consumes one topic, alone or in a :class:`ConsumerGroup`, and hands
+    each record to ``handler``.
 
     :param topic: the topic name.
     :param handler: called with each ``ConsumerRecord``; raises
@@ -84,11 +87,15 @@ class TopicConsumer:
         self.stats = ConsumerStats()
         self._started = False
         self._stopping = False
-        self._stopped = True
-        self._task: Any = None
+        #: The group whose loop reads this topic (its own one by default).
+        self._group: ConsumerGroup | None = None
 
     def start(self) -> None:
-        self._task = self.runtime.spawn(self._run)
+        """Start reading: in a task of its own, or in its group's."""
+        if self._group is None:
+            ConsumerGroup([self], self.config, self.runtime, self.client)
+        assert self._group is not None
+        self._group.start()
 
     def request_stop(self) -> None:
         """Stop after the batch being delivered (see :meth:`stop`)."""
@@ -97,11 +104,11 @@ class TopicConsumer:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop consuming. The loop finishes the batch it is delivering, so
         that its positions say exactly what was delivered (connection state
-        recovery saves them), and is killed if that takes over ``timeout``."""
+        recovery saves them), and is killed if that takes over ``timeout``
+        (a group's other topics are read on)."""
         self._stopping = True
-        if self._task is not None:
-            self.runtime.stop(self._task, min(timeout, self.poll_timeout_ms / 1000 + 1))
-            self._task = None
+        if self._group is not None:
+            self._group.leave(self, timeout)
 
     def refresh(self) -> threading.Event:
         """Ask the loop to apply ``partitions`` again between two polls; the
@@ -113,7 +120,8 @@ class TopicConsumer:
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._stopped
+        group = self._group
+        return group is not None and group.running and self in group.members
 
     @property
     def partition_count(self) -> int:
@@ -121,55 +129,24 @@ class TopicConsumer:
         first assignment."""
         return len(self._known)
 
-    def _run(self) -> None:
-        self._stopped = False
-        try:
-            while not self._stopping:
-                try:
-                    self._consume()
-                except Exception:
-                    logger.exception("consumer of %s failed; restarting in %.1f s",
-                                     self.topic, self.restart_delay)
-                    self.stats.restarts += 1
-                    self.runtime.sleep(self.restart_delay)
-        finally:
-            self._stopped = True
+    def _deliver(self, tp: TopicPartition, records: list, log_end: int | None) -> None:
+        for record in records:
+            self._dispatch(record)
+            self.positions[tp] = record.offset + 1
+        self.stats.batch(tp, records, log_end)
 
-    def _consume(self) -> None:
-        consumer = self.client.consumer(self.config, self.runtime)
-        try:
-            partitions = self._assign(consumer)
-            self.ready.set()
-            next_check = time.monotonic() + self.check_interval
-            while not self._stopping:
-                if self._refreshed:
-                    # Between polls: the consumer is this greenlet's alone.
-                    done = [self._refreshed.popleft() for _ in range(len(self._refreshed))]
-                    partitions = self._assign(consumer)
-                    for event in done:
-                        event.set()
-                batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
-                for tp, records in batches.items():
-                    for record in records:
-                        self._dispatch(record)
-                        self.positions[tp] = record.offset + 1
-                    self.stats.batch(tp, records, consumer.highwater(tp))
-                if not self.caught_up.is_set() and all(
-                    self.positions.get(tp, 0) >= end for tp, end in self._startup_ends.items()
-                ):
-                    self.caught_up.set()
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + self.check_interval
-                    if self._lost_log(consumer, partitions):
-                        return  # reassign from scratch on a fresh consumer
-        finally:
-            consumer.close()
+    def _check_caught_up(self) -> None:
+        if not self.caught_up.is_set() and all(
+            self.positions.get(tp, 0) >= end for tp, end in self._startup_ends.items()
+        ):
+            self.caught_up.set()
 
-    def _assign(self, consumer: Consumer) -> list[TopicPartition]:
-        """Assign every partition (of ``partitions``) and seek each to a
-        fixed position: where we stopped, else the log end at startup and
-        the log start later; a partition we start reading while running
-        (not one the topic just got) from its log end."""
+    def _plan(self, consumer: Consumer) -> list[TopicPartition]:
+        """The partitions to read (of ``partitions``), each with a fixed
+        position in :attr:`positions`: where we stopped, else the log end at
+        startup and the log start later; a partition we start reading while
+        running (not one the topic just got) from its log end. The group
+        assigns them and seeks."""
         while not (ids := consumer.partitions_for_topic(self.topic)):
             logger.warning("topic %s does not exist; creating it", self.topic)
             if self.on_missing_topic is not None:
@@ -181,7 +158,6 @@ class TopicConsumer:
             # No longer read: a stale position would claim deliveries.
             del self.positions[tp]
             self._behind.discard(tp)
-        consumer.assign(partitions)
         new = [tp for tp in partitions if tp not in self.positions]
         taken_up = [tp for tp in new if tp.partition in self._known]
         if taken_up and self._started:
@@ -201,8 +177,6 @@ class TopicConsumer:
             # we may then see a few older records, never miss a newer one.
             self.positions.update(consumer.end_offsets(new))
         self._started = True
-        for tp in partitions:
-            consumer.seek(tp, self.positions[tp])
         return partitions
 
     def _lost_log(self, consumer: Consumer, partitions: list[TopicPartition]) -> bool:
@@ -254,3 +228,140 @@ class TopicConsumer:
                 "error handling record at %s partition %d offset %d; skipped",
                 record.topic, record.partition, record.offset,
             )
+
+
+class ConsumerGroup:
+    """One client consumer, in one task, reading several topics' partitions:
+    one fetch per broker covers them all, so an idle dyno sends a few
+    requests and wakes a few times a second whatever its topic count.
+
+    Not a Kafka consumer group: its members (:class:`TopicConsumer`) choose
+    and position their partitions, the group assigns their union and seeks.
+
+    :param members: the topics read, each with its handler and settings.
+    :param config: the consumer's settings, in ``client``'s dialect.
+    :param runtime: what the loop runs on (greenlets or threads).
+    :param client: the Kafka client library.
+    """
+
+    def __init__(self, members: Iterable[TopicConsumer], config: dict, runtime: Runtime,
+                 client: KafkaClient) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.client = client
+        #: Replaced, never changed in place: other tasks read it while the
+        #: loop runs.
+        self.members: list[TopicConsumer] = []
+        self._joined = False
+        self._task: Any = None
+        self._stopped = True
+        for member in members:
+            self.add(member)
+
+    @property
+    def poll_timeout_ms(self) -> int:
+        """The shortest of the members' (a claim waits for the poll to end)."""
+        return min((m.poll_timeout_ms for m in self.members),
+                   default=TopicConsumer.poll_timeout_ms)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._stopped
+
+    @property
+    def topics(self) -> str:
+        return ", ".join(m.topic for m in self.members)
+
+    def add(self, member: TopicConsumer) -> None:
+        """Read ``member``'s topic too; a running loop takes it up on a new
+        client consumer (a partition added to a consumer with a fetch in
+        flight would wait for that fetch to return)."""
+        member._group = self
+        self.members = [*self.members, member]
+        self._joined = True
+
+    def start(self) -> None:
+        if not self.running:
+            self._stopped = False
+            self._task = self.runtime.spawn(self._run)
+
+    def leave(self, member: TopicConsumer, timeout: float) -> None:
+        """Stop reading ``member`` (its ``_stopping`` set) once the loop has
+        delivered the batch it holds; the task stops with its last member."""
+        limit = min(timeout, self.poll_timeout_ms / 1000 + 1)
+        if self._task is not None and all(m._stopping for m in self.members):
+            self.runtime.stop(self._task, limit)
+            self._task = None
+        else:
+            deadline = time.monotonic() + limit
+            while self.running and member in self.members and time.monotonic() < deadline:
+                self.runtime.sleep(0.005)
+        # Left, or it took too long: what is still fetched for it is dropped.
+        self.members = [m for m in self.members if m is not member]
+
+    def _run(self) -> None:
+        try:
+            while self._keep_members():
+                try:
+                    self._consume()
+                except Exception:
+                    delay = min(m.restart_delay for m in self.members)
+                    logger.exception("consumer of %s failed; restarting in %.1f s",
+                                     self.topics, delay)
+                    for member in self.members:
+                        member.stats.restarts += 1
+                    self.runtime.sleep(delay)
+        finally:
+            self._stopped = True
+
+    def _keep_members(self) -> bool:
+        """Drop the members that stop; whether any is left."""
+        if any(m._stopping for m in self.members):
+            self.members = [m for m in self.members if not m._stopping]
+        return bool(self.members)
+
+    def _consume(self) -> None:
+        consumer = self.client.consumer(self.config, self.runtime)
+        self._joined = False
+        try:
+            members, plans = self._assign(consumer)
+            for member in members:
+                member.ready.set()
+            next_check = time.monotonic() + min(m.check_interval for m in members)
+            while True:
+                if not self._keep_members() or self._joined:
+                    return  # a new member is read on a new consumer
+                refreshed = [m._refreshed for m in self.members if m._refreshed]
+                if refreshed or self.members != members:
+                    # Between polls: the consumer is this task's alone.
+                    done = [q.popleft() for q in refreshed for _ in range(len(q))]
+                    members, plans = self._assign(consumer)
+                    for event in done:
+                        event.set()
+                by_topic = {m.topic: m for m in members}
+                batches = consumer.poll(timeout_ms=self.poll_timeout_ms)
+                for tp, records in batches.items():
+                    member = by_topic.get(tp.topic)
+                    if member is not None:
+                        member._deliver(tp, records, consumer.highwater(tp))
+                for member in members:
+                    member._check_caught_up()
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + min(m.check_interval for m in members)
+                    # Every member checked: each keeps its own suspicions.
+                    if any([m._lost_log(consumer, plans[m]) for m in members]):
+                        return  # reassign from scratch on a fresh consumer
+        finally:
+            consumer.close()
+
+    def _assign(self, consumer: Consumer
+                ) -> tuple[list[TopicConsumer], dict[TopicConsumer, list[TopicPartition]]]:
+        """Assign the union of the members' partitions and seek each to its
+        member's position."""
+        members = self.members
+        plans = {m: m._plan(consumer) for m in members}
+        consumer.assign([tp for partitions in plans.values() for tp in partitions])
+        for member, partitions in plans.items():
+            for tp in partitions:
+                consumer.seek(tp, member.positions[tp])
+        return members, plans

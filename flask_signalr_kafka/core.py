@@ -23,7 +23,7 @@ from . import client_config, topics
 from .ack_waiter import AckWaiter
 from .addressing import SEND_CONN, make_sid
 from .concurrency import Runtime
-from .consumer import TopicConsumer
+from .consumer import ConsumerGroup, TopicConsumer
 from .errors import BrokerUnavailableError
 from .home_partitions import HomePartitions, draw_server_name
 from .kafka_client import Consumer, KafkaClient, client_named
@@ -39,6 +39,18 @@ def new_server_name() -> str:
 
 #: Seconds a claimed sid may wait for its connection before it is dropped.
 CLAIM_GRACE = 60.0
+
+#: The topics read at every emit or group change that concerns this dyno
+#: share one client consumer, the rarely written ones another: one fetch per
+#: broker each (docs/kafka-clients.md, "Consumers").
+HOT, COLD = "hot", "cold"
+CONSUMER_GROUPS = {
+    topics.ACK: HOT, topics.SEND_ALL: HOT, topics.SEND_CONN: HOT,
+    topics.SEND_GROUP: HOT, topics.SEND_USER: HOT,
+    topics.GROUP_MGMT: COLD, topics.FLEET: COLD,
+}
+#: Bases whose consumers may wait long for a fetch (see ``_group_config``).
+COLD_BASES = frozenset({topics.GROUP_MGMT, topics.FLEET})
 
 
 class KafkaCore:
@@ -84,6 +96,10 @@ class KafkaCore:
         self.runtime = Runtime.standalone()
         self.publisher: Publisher | None = None
         self._consumers: dict[str, TopicConsumer] = {}
+        #: base -> the key of the consumer group that reads it (a base not
+        #: named has a group of its own).
+        self.consumer_groups: dict[str, str] = dict(CONSUMER_GROUPS)
+        self._groups: dict[str, ConsumerGroup] = {}
         self._home: HomePartitions | None = None
         self._holds: Callable[[str], bool] = lambda sid: False
         self._local_sids: Callable[[], set[str]] = set
@@ -140,7 +156,9 @@ class KafkaCore:
     def consume(self, handlers: dict[str, Callable[[Any], None]],
                 partitions: dict[str, Callable[[list[int]], Iterable[int]]] | None = None,
                 ) -> None:
-        """Start a consumer per topic base name of ``handlers``.
+        """Start reading each topic base of ``handlers``, in the consumer
+        group :attr:`consumer_groups` names (a group already started takes
+        it up).
 
         :param partitions: for a base of ours, which of its partition ids to
             read (asked at each assignment); every partition by default.
@@ -149,24 +167,40 @@ class KafkaCore:
         if self._home is not None:
             wanted.update({topics.ACK: self._home.ack_wanted,
                            topics.SEND_CONN: self._home.conn_wanted})
+        joined: dict[str, list[TopicConsumer]] = {}
         for base, handler in handlers.items():
-            config = self.consumer_config
-            claims = base == SEND_CONN and self._home is not None
-            static_wait = self.client.static_fetch_wait_ms
-            if not claims and not self._fetch_wait_given and static_wait is not None:
-                # Its partitions never change, so its fetches may wait long
-                # for a record (they return as soon as one comes): an idle
-                # dyno sends a few requests a second instead of a dozen.
-                config = {**config, self.client.fetch_wait: static_wait}
-            consumer = TopicConsumer(self.topic_config.name(base), handler, config, self.runtime,
-                                     on_missing_topic=self.create_topics,
+            consumer = TopicConsumer(self.topic_config.name(base), handler, self.consumer_config,
+                                     self.runtime, on_missing_topic=self.create_topics,
                                      partitions=wanted.get(base), client=self.client)
-            if claims:
+            if base == SEND_CONN and self._home is not None:
                 consumer.poll_timeout_ms = 200  # a claim waits for the poll to return
-            consumer.start()
+            joined.setdefault(self.consumer_groups.get(base, base), []).append(consumer)
             self._consumers[base] = consumer
+        for key, members in joined.items():
+            group = self._groups.get(key)
+            if group is None:
+                self._groups[key] = group = ConsumerGroup(
+                    members, self._group_config(key), self.runtime, self.client)
+            else:
+                for member in members:
+                    group.add(member)
+            group.start()
         logger.info("kafka backplane %s consuming %s", self.server_name,
-                    ", ".join(self.topic_config.name(b) for b in handlers))
+                    "; ".join(g.topics for g in self._groups.values()))
+
+    def _group_config(self, key: str) -> dict[str, Any]:
+        """The consumer settings of group ``key``. A group of cold topics
+        only may wait long for a fetch (it returns as soon as a record
+        comes): an idle dyno sends fewer requests. The hot ones keep the
+        short wait: under kafka-python a partition whose records are still
+        being handed out is left out of the next fetch and waits for it to
+        return (3 s there halved a dyno's broadcast throughput)."""
+        static_wait = self.client.static_fetch_wait_ms
+        bases = {b for b in (*topics.BASE_NAMES, topics.FLEET)
+                 if self.consumer_groups.get(b, b) == key}
+        if bases <= COLD_BASES and not self._fetch_wait_given and static_wait is not None:
+            return {**self.consumer_config, self.client.fetch_wait: static_wait}
+        return self.consumer_config
 
     def add_readiness(self, event: threading.Event) -> None:
         """Make :meth:`wait_ready` also wait for ``event`` (a feature's own)."""

@@ -25,10 +25,12 @@ try:  # kafka-python 3's network client (private API; pinned versions are tested
 except ImportError:  # pragma: no cover - another kafka-python: its own order
     KafkaNetClient = None
 
-#: The fetch wait of a consumer whose partitions never change (all but
-#: send-conn's under home partitions, which a claim must reach at once): it
-#: spaces an idle dyno's requests (Python's CPU), and delays a failover by
-#: as much.
+#: The fetch wait of the cold consumer group (group-mgmt and fleet, see
+#: ``core.CONSUMER_GROUPS``): it spaces an idle dyno's requests (Python's
+#: CPU), and delays a failover by as much. Not for the hot group: a
+#: partition whose records are still being handed out is left out of the
+#: next fetch and waits for it to return (3 s there halved a dyno's
+#: broadcast deliveries, issue 23).
 STATIC_FETCH_WAIT_MS = 3000
 
 

@@ -299,14 +299,19 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=15)
     parser.add_argument("--engine", choices=ENGINES, default="kafka",
                         help="the broker (default %(default)s)")
-    parser.add_argument("--fetch-max-wait-ms", type=int, default=None,
+    parser.add_argument("--fetch-max-wait-ms", default=None,
                         help="ours and raw under load (default: Kafka's 500, which Apache "
                              "Kafka cuts short when data arrives; 20 on Tansu, which answers "
-                             "only at the deadline); the idle dyno keeps the defaults")
+                             "only at the deadline); 'default': ours keeps the manager's "
+                             "own consumer settings (raw gets 500); the idle dyno keeps the "
+                             "defaults")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.fetch_max_wait_ms is None:
         args.fetch_max_wait_ms = 20 if args.engine == "tansu" else 500  # Tansu workaround
+    ours_wait = "" if args.fetch_max_wait_ms == "default" else str(args.fetch_max_wait_ms)
+    if not ours_wait:
+        args.fetch_max_wait_ms = 500  # raw's
     chosen = args.backends.split(",")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -317,7 +322,7 @@ def main() -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{platform.python_implementation()} {platform.python_version()}",
-        "clients": args.clients, "fetch_max_wait_ms": args.fetch_max_wait_ms,
+        "clients": args.clients, "fetch_max_wait_ms": ours_wait or "default",
         "engine": args.engine, "results": {},
     }
     with start_broker(args.engine, log_dir=log_dir) as broker:
@@ -326,7 +331,7 @@ def main() -> int:
             for backend in chosen:
                 prefix = f"bench-{backend}-{uuid.uuid4().hex[:6]}"
                 env = {"BOOTSTRAP": broker.bootstrap, "PREFIX": prefix,
-                       "FETCH_MAX_WAIT_MS": str(args.fetch_max_wait_ms)}
+                       "FETCH_MAX_WAIT_MS": ours_wait}
                 if backend == "raw":
                     report["results"]["raw"] = run_raw(broker.bootstrap, args)
                     continue

@@ -10,6 +10,9 @@ threaded server), ``ours-recovery`` (connection state recovery on),
 (python-socketio's KafkaManager, see StockKafkaManager) or ``redis``
 (python-socketio's RedisManager). Env: PORT, BOOTSTRAP, PREFIX, REDIS_URL,
 FETCH_MAX_WAIT_MS (ours only; default: the manager's own default).
+CONSUMER_GROUPS=per-topic (ours: a client consumer per topic, not the
+core's hot and cold groups) and COLD_FETCH_WAIT_MS (ours: the fetch wait of
+the cold group) set what ``loadtests/idle_cpu.py`` compares.
 """
 import os
 
@@ -90,6 +93,10 @@ def make_manager():
 
 
 mgr = make_manager()
+if os.environ.get("CONSUMER_GROUPS") == "per-topic" and hasattr(mgr, "core"):
+    mgr.core.consumer_groups = {}  # one client consumer per topic (issue 23's comparison)
+if os.environ.get("COLD_FETCH_WAIT_MS") and hasattr(mgr, "core"):
+    mgr.core.client.static_fetch_wait_ms = int(os.environ["COLD_FETCH_WAIT_MS"])
 sio = socketio.Server(client_manager=mgr, async_mode=ASYNC_MODE)
 
 
@@ -149,6 +156,12 @@ def control(environ, start_response):
         seconds = burst(body["target"], body["n"], body.get("rate", 0))
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"seconds": seconds}).encode()]
+    if path == "/join":  # a connection of another dyno, acked by it
+        body = _body(environ)
+        started = time.time()
+        sio.enter_room(body["sid"], body["room"])
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"seconds": time.time() - started}).encode()]
     if path == "/received":
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({"bytes": RECEIVED[0]}).encode()]
