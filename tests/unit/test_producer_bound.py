@@ -243,7 +243,8 @@ def test_a_loop_of_refused_emits_still_lets_the_other_greenlets_run():
 class FakeConn:
     def __init__(self, connected, in_flight=0, paused=False):
         self.connected = connected
-        self.in_flight_requests = [object()] * in_flight
+        # kafka-python's (correlation id, future, sent at, timeout at, timer)
+        self.in_flight_requests = [(0, None, time.monotonic(), 0, None)] * in_flight
         self.paused = {"max"} if paused else set()
 
 

@@ -1,0 +1,121 @@
+"""kafka-python's clients leave a hung broker as soon as the cluster fences
+it (kafka_python_client.drop_fenced, watch_stalls, least_loaded_node): the
+network client's side, with kafka-python 3's connection manager faked as
+those functions read it. The whole path, on a real three-node cluster, is
+tests/integration/test_faults.py (test_broker_frozen)."""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+from flask_signalr_kafka import kafka_python_client as kpc
+
+
+class Conn:
+    """A kafka-python 3 connection: requests in flight since ``age`` s."""
+
+    def __init__(self, in_flight=0, age=0.0, connected=True):
+        sent = time.monotonic() - age
+        self.in_flight_requests = [(n, None, sent, 0, None) for n in range(in_flight)]
+        self.connected = connected
+        self.paused = set()
+        self.closed_with = None
+
+    def close(self, error=None):
+        self.closed_with = error
+
+
+class Manager:
+    def __init__(self, conns, live=(1, 2, 3)):
+        self._conns = conns
+        self.closed = False
+        self.updates = 0
+        self.cluster = SimpleNamespace(
+            brokers=lambda: [SimpleNamespace(node_id=n) for n in live],
+            metadata_refresh_in_progress=False, request_update=self._update)
+
+    def _update(self):
+        self.updates += 1
+
+    def connection_delay(self, node_id):
+        return 0
+
+
+class Done(Exception):
+    pass
+
+
+class Net:
+    """The I/O loop's sleep: ends the watch after ``rounds`` checks."""
+
+    def __init__(self, manager, rounds=1):
+        self.manager, self.rounds = manager, rounds
+
+    async def _sleep(self):
+        self.rounds -= 1
+        if self.rounds < 0:
+            raise Done
+
+    def sleep(self, seconds):
+        return self._sleep()
+
+
+def run(coro):
+    try:
+        coro.send(None)
+        while True:
+            coro.send(None)
+    except (StopIteration, Done):
+        pass
+
+
+def test_a_fenced_brokers_stalled_connection_is_closed():
+    hung, live = Conn(in_flight=3, age=6.0), Conn(in_flight=1, age=6.0)
+    manager = Manager({3: hung, 2: live, "bootstrap-0": Conn(1, 6.0)}, live=(1, 2))
+    kpc.drop_fenced(manager, 1.0)
+    assert "fenced" in str(hung.closed_with)
+    # Still in the metadata (a live leader waiting for its ISR): left alone.
+    assert live.closed_with is None
+
+
+def test_a_fenced_broker_with_nothing_stalled_is_left_alone():
+    # Requests sent a moment ago (a broker restarting, a fresh fetch).
+    fresh = Conn(in_flight=1, age=0.1)
+    kpc.drop_fenced(Manager({3: fresh}, live=(1, 2)), 1.0)
+    assert fresh.closed_with is None
+
+
+def test_a_stalled_request_asks_for_metadata_every_check():
+    manager = Manager({3: Conn(in_flight=1, age=5.0), 2: Conn(in_flight=1, age=0.2)})
+    run(kpc.watch_stalls(manager, Net(manager, rounds=2), 4.0))
+    assert manager.updates == 2
+    idle = Manager({2: Conn(in_flight=1, age=3.0)})  # a fetch waiting its 3 s
+    run(kpc.watch_stalls(idle, Net(idle, rounds=2), 4.0))
+    assert idle.updates == 0
+
+
+def test_a_metadata_request_to_a_hung_broker_is_failed():
+    hung = Conn(in_flight=2, age=6.0)
+    manager = Manager({3: hung, 2: Conn(in_flight=1, age=0.5)})
+    manager.cluster.metadata_refresh_in_progress = True
+    manager._fsk_metadata_node = (3, time.monotonic() - 5.0)
+    run(kpc.watch_stalls(manager, Net(manager), 1.0))
+    assert "stalled" in str(hung.closed_with)
+
+
+def test_a_metadata_request_waiting_behind_a_fetch_is_not_failed():
+    slow = Conn(in_flight=2, age=3.0)  # a live broker's 3 s fetch, then it
+    manager = Manager({2: slow})
+    manager.cluster.metadata_refresh_in_progress = True
+    manager._fsk_metadata_node = (2, time.monotonic() - 3.0)
+    run(kpc.watch_stalls(manager, Net(manager), 1.0))
+    assert slow.closed_with is None
+
+
+def test_metadata_never_goes_to_a_stalled_broker_while_another_can_take_it():
+    # All three connected and busy; 3 has not answered for 5 s.
+    manager = Manager({1: Conn(2, 0.5), 2: Conn(1, 0.5), 3: Conn(1, 5.0)})
+    assert {kpc.least_loaded_node(manager, 4.0) for _ in range(30)} == {2}
+    # Nothing else: the stalled one rather than no metadata at all.
+    alone = Manager({3: Conn(1, 5.0)}, live=(3,))
+    assert kpc.least_loaded_node(alone, 4.0) == 3
