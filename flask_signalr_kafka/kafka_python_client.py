@@ -107,10 +107,10 @@ def drop_fenced(manager: Any, stall_s: float, cluster: Any = None) -> None:
 
     A hung broker (SIGSTOP, a stalled disk or VM) keeps its TCP
     connections, and its in-flight requests wait out ``request_timeout_ms``
-    (the session timeout + 5 s): a 20 s freeze was 12-17 s of silence
-    (docs/kafka-faults.md). The cluster fences it after
+    (the session timeout + 5 s): a 20 s freeze was 12-18 s of silence
+    (docs/kafka-faults.md, "b"). The cluster fences it after
     ``broker.session.timeout.ms`` and drops it from its metadata; this
-    notices that within a second.
+    notices that within a second (with :func:`watch_stalls`).
     """
     live = {broker.node_id for broker in manager.cluster.brokers()}
     now = time.monotonic()
@@ -121,6 +121,42 @@ def drop_fenced(manager: Any, stall_s: float, cluster: Any = None) -> None:
                            "requests stalled on it; closing its connection to retry them "
                            "elsewhere", node_id, len(conn.in_flight_requests))
             conn.close(KafkaConnectionError(f"broker {node_id} was fenced"))
+
+
+class LeaderWatch:
+    """A consumer's metadata listener: when partitions it reads move to a
+    broker where its fetch is waiting (up to ``fetch_max_wait_ms``), that
+    fetch is cut short so that the next one takes them.
+
+    kafka-python sends one fetch per broker at a time, and a partition that
+    moved to a broker waits for the fetch in flight there to return; then
+    its position is validated against the new leader's epoch (KIP-320), a
+    request queued behind the next fetch on the same connection. With the
+    3 s fetch of the static consumers that was up to 6 s after the cluster
+    had moved the partitions (docs/kafka-faults.md, "a"). A reconnect costs
+    milliseconds; the fetch that is cut short returns nothing the consumer
+    had taken (its position moves only with the records it processes).
+    """
+
+    def __init__(self, manager: Any, stall_s: float) -> None:
+        self.manager = manager
+        self.stall_s = stall_s
+        self.led: dict[Any, Any] = {}  # TopicPartition -> its leader, as last seen
+
+    def __call__(self, cluster: Any) -> None:
+        drop_fenced(self.manager, self.stall_s)
+        led = {tp: node_id for broker in cluster.brokers()
+               for node_id in (broker.node_id,)
+               for tp in (cluster.partitions_for_broker(node_id) or ())}
+        moved_to = {node_id for tp, node_id in led.items()
+                    if self.led.get(tp, node_id) != node_id}
+        self.led = led
+        for node_id in moved_to:
+            conn = self.manager._conns.get(node_id)
+            if conn is not None and conn.connected and conn.in_flight_requests:
+                logger.info("partitions moved to Kafka broker %s; cutting its fetch short",
+                            node_id)
+                conn.close(KafkaConnectionError(f"partitions moved to broker {node_id}"))
 
 
 async def watch_stalls(manager: Any, net: Any, stall_s: float) -> None:
@@ -164,7 +200,9 @@ if KafkaNetClient is not None:
                                                               stall_s)
             cluster = getattr(manager, "cluster", None)
             if hasattr(cluster, "add_listener") and hasattr(self._net, "sleep"):
-                cluster.add_listener(functools.partial(drop_fenced, manager, stall_s))
+                cluster.add_listener(
+                    LeaderWatch(manager, stall_s) if "fetch_max_wait_ms" in kwargs
+                    else functools.partial(drop_fenced, manager, stall_s))
                 self._net.call_soon_threadsafe(
                     functools.partial(watch_stalls, manager, self._net, stall_s))
 else:  # pragma: no cover

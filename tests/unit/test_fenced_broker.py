@@ -119,3 +119,23 @@ def test_metadata_never_goes_to_a_stalled_broker_while_another_can_take_it():
     # Nothing else: the stalled one rather than no metadata at all.
     alone = Manager({3: Conn(1, 5.0)}, live=(3,))
     assert kpc.least_loaded_node(alone, 4.0) == 3
+
+
+def test_a_consumers_fetch_is_cut_short_where_partitions_moved():
+    waiting = {1: Conn(1, 0.5), 2: Conn(1, 0.5), 3: Conn(1, 0.5)}
+    manager = Manager(waiting)
+    watch = kpc.LeaderWatch(manager, 4.0)
+    leaders = {1: {"t-0"}, 2: {"t-1"}, 3: {"t-2"}}
+    manager.cluster.partitions_for_broker = lambda node: leaders.get(node)
+    watch(manager.cluster)  # the first metadata: nothing moved
+    assert all(conn.closed_with is None for conn in waiting.values())
+    # Node 1 fenced (it was killed: its connection is gone): t-0 moves to 2.
+    leaders = {2: {"t-0", "t-1"}, 3: {"t-2"}}
+    del waiting[1]
+    watch(manager.cluster)
+    assert "moved" in str(waiting[2].closed_with)
+    assert waiting[3].closed_with is None
+    # Nothing moved since: nothing more is cut.
+    waiting[2] = Conn(1, 0.5)
+    watch(manager.cluster)
+    assert waiting[2].closed_with is None
