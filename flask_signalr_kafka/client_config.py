@@ -41,6 +41,8 @@ logger = logging.getLogger("flask_signalr_kafka")
 #: timeout: librdkafka's 60 s made a 20 s freeze a 22 s silence, 15 s a
 #: 16.5 s one; 15 s is Kafka's default session timeout (9 s) + 6 s.
 CONFLUENT_REQUEST_TIMEOUT_MS = 15_000
+#: librdkafka's metadata refresh interval (``topic.metadata.refresh.interval.ms``).
+LIBRDKAFKA_METADATA_REFRESH_MS = 1000
 
 
 def kafka_configs(
@@ -313,12 +315,20 @@ def librdkafka_configs(
     # As kafka-python's (client_config above): back within 1 s of a broker's
     # return, where librdkafka's default backs off up to 10 s.
     common["reconnect.backoff.max.ms"] = 1000
+    # Ask for metadata every second (librdkafka's default: 5 min): once
+    # the cluster has fenced a hung or dead leader and moved its partitions,
+    # librdkafka (2.10+) drops a broker its metadata no longer lists, fails
+    # what waits there and sends it to the new leaders; otherwise a hung
+    # leader's requests wait out socket.timeout.ms (docs/kafka-faults.md,
+    # "a" and "b"). One small request a second per client; not the admin's
+    # (kafka-python's).
+    clients = {**common, "topic.metadata.refresh.interval.ms": LIBRDKAFKA_METADATA_REFRESH_MS}
     # socket.timeout.ms (the request timeout) is set at start from the
     # cluster's broker.session.timeout.ms (KafkaCore.connect,
     # request_timeout_ms above), CONFLUENT_REQUEST_TIMEOUT_MS when it does
     # not say; a value given here wins.
     producer = {
-        **common,
+        **clients,
         "linger.ms": 1,
         "acks": "all",
         # librdkafka's idempotent producer: no duplicate from a retry after a
@@ -337,7 +347,7 @@ def librdkafka_configs(
         **producer_config,
     }
     consumer = {
-        **common,
+        **clients,
         # librdkafka wants a group id; no group is joined (partitions are
         # assigned) and no offset is committed.
         "group.id": client_id,
