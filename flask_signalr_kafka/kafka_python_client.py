@@ -73,15 +73,20 @@ def least_loaded_node(manager: Any, stall_s: float = STALL_S) -> Any:
     random.shuffle(nodes)
     busy, busy_load = None, float("inf")
     other, other_load = None, float("inf")
-    stalled, now = None, time.monotonic()
+    stalled, stalled_since = None, 0.0
+    now = time.monotonic()
     for node_id in nodes:
         conn = manager._conns.get(node_id)
         load = len(conn.in_flight_requests) if conn is not None else 0
         if conn is not None and _stalled(conn, now, stall_s):
             # A hung broker (its kernel still takes requests): a metadata
             # request sent there waits out the request timeout, and every
-            # refresh after it waits for that one.
-            stalled = node_id
+            # refresh after it waits for that one. If all are, the one that
+            # stalled last (live leaders hold produces until a hung
+            # follower leaves their ISR, after the hung broker stopped).
+            since = conn.in_flight_requests[0][2]
+            if stalled is None or since > stalled_since:
+                stalled, stalled_since = node_id, since
             continue
         if conn is not None and conn.connected and not conn.paused:
             if load == 0:

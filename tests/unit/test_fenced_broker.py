@@ -139,3 +139,10 @@ def test_a_consumers_fetch_is_cut_short_where_partitions_moved():
     waiting[2] = Conn(1, 0.5)
     watch(manager.cluster)
     assert waiting[2].closed_with is None
+
+
+def test_when_every_broker_stalled_metadata_goes_to_the_last_to_stall():
+    # A producer while a follower hangs: the live leaders hold its produces
+    # too, but the hung broker stopped answering first.
+    manager = Manager({1: Conn(1, 3.0), 2: Conn(1, 8.0), 3: Conn(1, 2.0)})
+    assert {kpc.least_loaded_node(manager, 1.0) for _ in range(30)} == {3}
