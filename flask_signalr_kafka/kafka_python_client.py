@@ -78,6 +78,8 @@ def least_loaded_node(manager: Any, stall_s: float = STALL_S) -> Any:
     for node_id in nodes:
         conn = manager._conns.get(node_id)
         load = len(conn.in_flight_requests) if conn is not None else 0
+        if conn is not None and conn.paused:
+            continue  # max_in_flight: a request sent there fails at once
         if conn is not None and _stalled(conn, now, stall_s):
             # A hung broker (its kernel still takes requests): a metadata
             # request sent there waits out the request timeout, and every
@@ -93,8 +95,7 @@ def least_loaded_node(manager: Any, stall_s: float = STALL_S) -> Any:
                 return node_id
             if load < busy_load:
                 busy, busy_load = node_id, load
-        elif (not (conn is not None and conn.paused) and manager.connection_delay(node_id) <= 0
-              and load < other_load):
+        elif manager.connection_delay(node_id) <= 0 and load < other_load:
             other, other_load = node_id, load
     chosen = busy if busy is not None else other
     if chosen is None:

@@ -146,3 +146,12 @@ def test_when_every_broker_stalled_metadata_goes_to_the_last_to_stall():
     # too, but the hung broker stopped answering first.
     manager = Manager({1: Conn(1, 3.0), 2: Conn(1, 8.0), 3: Conn(1, 2.0)})
     assert {kpc.least_loaded_node(manager, 1.0) for _ in range(30)} == {3}
+
+
+def test_metadata_never_goes_to_a_paused_connection():
+    # Five produces in flight pause a connection (max_in_flight): a request
+    # sent there fails at once ("Node paused"), and the refresh with it.
+    paused = Conn(5, 3.0)
+    paused.paused = {"max_in_flight"}
+    manager = Manager({1: paused, 2: Conn(1, 8.0)}, live=(1, 2))
+    assert kpc.least_loaded_node(manager, 1.0) == 2
