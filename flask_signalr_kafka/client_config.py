@@ -43,6 +43,14 @@ logger = logging.getLogger("flask_signalr_kafka")
 CONFLUENT_REQUEST_TIMEOUT_MS = 15_000
 #: librdkafka's metadata refresh interval (``topic.metadata.refresh.interval.ms``).
 LIBRDKAFKA_METADATA_REFRESH_MS = 1000
+#: The confluent consumers' request timeout (``socket.timeout.ms``), not
+#: derived from the session timeout: a live broker answers their requests
+#: (reads) within ``fetch.wait.max.ms`` (500), so a timeout costs a retry,
+#: never a duplicate. With the derived 10 s, a fetch and a metadata request
+#: sent to a hung leader kept its partitions silent 10.9 s after a freeze,
+#: although the cluster had moved them after 4.9 s (librdkafka did not drop
+#: the broker: its own metadata request was waiting there).
+CONFLUENT_CONSUMER_REQUEST_TIMEOUT_MS = 6000
 
 
 def kafka_configs(
@@ -355,6 +363,7 @@ def librdkafka_configs(
         "enable.auto.offset.store": False,
         # As kafka-python's fetch_max_wait_ms (client_config above).
         "fetch.wait.max.ms": 500,
+        "socket.timeout.ms": CONFLUENT_CONSUMER_REQUEST_TIMEOUT_MS,
         # The prefetch queue of librdkafka (64 MB by default) is bounded
         # lower: a dyno's consumers keep up or are restarted.
         "queued.max.messages.kbytes": 16_384,

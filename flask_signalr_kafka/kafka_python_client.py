@@ -42,9 +42,9 @@ STALL_CHECK_S = 1.0
 #: may wait at its broker (``fetch_max_wait_ms``; a produce or a metadata
 #: request is answered in milliseconds by a live broker).
 STALL_MARGIN_S = 1.0
-#: A metadata request unanswered this long (at least) fails: it waits
-#: behind a fetch (up to 3 s) or a produce waiting for a hung follower to
-#: leave the ISR, at a live broker; more is a hung broker.
+#: A producer's metadata request unanswered this long (at least) fails: at
+#: a live leader it may wait behind a produce held until a hung follower
+#: leaves the ISR.
 METADATA_STALL_S = 4.0
 #: What :func:`least_loaded_node` counts as stalled, whatever the client:
 #: longer than any fetch of ours waits (STATIC_FETCH_WAIT_MS) + the margin.
@@ -71,7 +71,8 @@ def least_loaded_node(manager: Any, stall_s: float = STALL_S) -> Any:
     """
     nodes = [broker.node_id for broker in manager.cluster.brokers()]
     random.shuffle(nodes)
-    busy, busy_load = None, float("inf")
+    busy: Any = None
+    busy_load: tuple[int, float] = (0, 0.0)
     other, other_load = None, float("inf")
     stalled, stalled_since = None, 0.0
     now = time.monotonic()
@@ -92,9 +93,13 @@ def least_loaded_node(manager: Any, stall_s: float = STALL_S) -> Any:
             continue
         if conn is not None and conn.connected and not conn.paused:
             if load == 0:
+                manager._fsk_metadata_node = (node_id, now)
                 return node_id
-            if load < busy_load:
-                busy, busy_load = node_id, load
+            # Fewest in flight, then the one that answered last (a hung
+            # broker's oldest request only ages).
+            key = (load, -conn.in_flight_requests[0][2])
+            if busy is None or key < busy_load:
+                busy, busy_load = node_id, key
         elif manager.connection_delay(node_id) <= 0 and load < other_load:
             other, other_load = node_id, load
     chosen = busy if busy is not None else other
@@ -165,7 +170,7 @@ class LeaderWatch:
                 conn.close(KafkaConnectionError(f"partitions moved to broker {node_id}"))
 
 
-async def watch_stalls(manager: Any, net: Any, stall_s: float) -> None:
+async def watch_stalls(manager: Any, net: Any, stall_s: float, fetches: bool = False) -> None:
     """On the client's I/O loop: while a request has stalled, ask for the
     cluster's metadata every :data:`STALL_CHECK_S` (kafka-python asks only
     after an error or every ``metadata_max_age_ms``, 5 min), so that
@@ -175,9 +180,13 @@ async def watch_stalls(manager: Any, net: Any, stall_s: float) -> None:
         now = time.monotonic()
         node_id, sent_at = getattr(manager, "_fsk_metadata_node", (None, now))
         conn = manager._conns.get(node_id)
-        waited = max(stall_s, METADATA_STALL_S)
+        # A consumer's broker that has not answered a fetch within its
+        # wait + 1 s is hung: its metadata request waits no longer than
+        # STALL_MARGIN_S. A producer's may be a live leader holding
+        # produces until a hung follower leaves the ISR.
+        waited = STALL_MARGIN_S if fetches else max(stall_s, METADATA_STALL_S)
         if (conn is not None and manager.cluster.metadata_refresh_in_progress
-                and now - sent_at > waited and _stalled(conn, now, waited)):
+                and now - sent_at > waited and _stalled(conn, now, max(stall_s, waited))):
             # The metadata request went to a broker that has answered
             # nothing since: every later refresh waits for it, up to the
             # request timeout. Fail it (and what else waits there) now.
@@ -209,8 +218,8 @@ if KafkaNetClient is not None:
                 cluster.add_listener(
                     LeaderWatch(manager, stall_s) if "fetch_max_wait_ms" in kwargs
                     else functools.partial(drop_fenced, manager, stall_s))
-                self._net.call_soon_threadsafe(
-                    functools.partial(watch_stalls, manager, self._net, stall_s))
+                self._net.call_soon_threadsafe(functools.partial(
+                    watch_stalls, manager, self._net, stall_s, "fetch_max_wait_ms" in kwargs))
 else:  # pragma: no cover
     NetClient = None
 

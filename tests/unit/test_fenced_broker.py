@@ -155,3 +155,24 @@ def test_metadata_never_goes_to_a_paused_connection():
     paused.paused = {"max_in_flight"}
     manager = Manager({1: paused, 2: Conn(1, 8.0)}, live=(1, 2))
     assert kpc.least_loaded_node(manager, 1.0) == 2
+
+
+def test_a_consumers_metadata_request_to_a_broker_that_answers_no_fetch_fails_sooner():
+    hung = Conn(in_flight=2, age=5.0)  # its fetch (3 s wait) is 5 s old
+    manager = Manager({3: hung})
+    manager.cluster.metadata_refresh_in_progress = True
+    manager._fsk_metadata_node = (3, time.monotonic() - 1.5)
+    run(kpc.watch_stalls(manager, Net(manager), 4.0, fetches=True))
+    assert "stalled" in str(hung.closed_with)
+    # A producer's waits METADATA_STALL_S: a live leader may hold it.
+    held = Conn(in_flight=2, age=5.0)
+    producer = Manager({2: held})
+    producer.cluster.metadata_refresh_in_progress = True
+    producer._fsk_metadata_node = (2, time.monotonic() - 1.5)
+    run(kpc.watch_stalls(producer, Net(producer), 1.0))
+    assert held.closed_with is None
+
+
+def test_among_busy_brokers_metadata_goes_to_the_one_that_answered_last():
+    manager = Manager({1: Conn(1, 2.5), 2: Conn(1, 0.3), 3: Conn(1, 3.5)})
+    assert {kpc.least_loaded_node(manager, 4.0) for _ in range(30)} == {2}
