@@ -176,3 +176,28 @@ def test_a_consumers_metadata_request_to_a_broker_that_answers_no_fetch_fails_so
 def test_among_busy_brokers_metadata_goes_to_the_one_that_answered_last():
     manager = Manager({1: Conn(1, 2.5), 2: Conn(1, 0.3), 3: Conn(1, 3.5)})
     assert {kpc.least_loaded_node(manager, 4.0) for _ in range(30)} == {2}
+
+
+def test_kafka_pythons_private_parts_these_rely_on_are_there():
+    """kafka-python 3.0's internals read above: a listener list and a
+    refresh-in-progress flag on its cluster metadata, the I/O loop's sleep,
+    and each in-flight request's send time at index 2 (this fails when
+    kafka-python changes them)."""
+    import inspect
+
+    from kafka.net.connection import KafkaConnection
+
+    source = inspect.getsource(KafkaConnection._send_request)
+    assert "(correlation_id, future, sent_time, timeout_at, timeout_task)" in source
+    consumer = kpc.NetClient(bootstrap_servers=["127.0.0.1:1"], fetch_max_wait_ms=3000)
+    producer = kpc.NetClient(bootstrap_servers=["127.0.0.1:1"])
+    try:
+        cluster = consumer._manager.cluster
+        assert any(isinstance(x, kpc.LeaderWatch) for x in cluster._listeners)
+        assert not any(isinstance(x, kpc.LeaderWatch)
+                       for x in producer._manager.cluster._listeners)
+        assert cluster.metadata_refresh_in_progress is False
+        assert callable(consumer._net.sleep)
+    finally:
+        consumer.close()
+        producer.close()
