@@ -69,6 +69,16 @@ def run(coro):
         pass
 
 
+def metadata_waiting(conn, node_id, waited_s, stall_s, fetches=False):
+    """Run one stall check while a metadata request has waited ``waited_s``
+    at ``conn``; whether the check closed it."""
+    manager = Manager({node_id: conn})
+    manager.cluster.metadata_refresh_in_progress = True
+    manager._fsk_metadata_node = (node_id, time.monotonic() - waited_s)
+    run(kpc.watch_stalls(manager, Net(manager), stall_s, fetches))
+    return conn.closed_with
+
+
 def test_a_fenced_brokers_stalled_connection_is_closed():
     hung, live = Conn(in_flight=3, age=6.0), Conn(in_flight=1, age=6.0)
     manager = Manager({3: hung, 2: live, "bootstrap-0": Conn(1, 6.0)}, live=(1, 2))
@@ -95,21 +105,12 @@ def test_a_stalled_request_asks_for_metadata_every_check():
 
 
 def test_a_metadata_request_to_a_hung_broker_is_failed():
-    hung = Conn(in_flight=2, age=6.0)
-    manager = Manager({3: hung, 2: Conn(in_flight=1, age=0.5)})
-    manager.cluster.metadata_refresh_in_progress = True
-    manager._fsk_metadata_node = (3, time.monotonic() - 5.0)
-    run(kpc.watch_stalls(manager, Net(manager), 1.0))
-    assert "stalled" in str(hung.closed_with)
+    assert "stalled" in str(metadata_waiting(Conn(in_flight=2, age=6.0), 3, 5.0, 1.0))
 
 
 def test_a_metadata_request_waiting_behind_a_fetch_is_not_failed():
-    slow = Conn(in_flight=2, age=3.0)  # a live broker's 3 s fetch, then it
-    manager = Manager({2: slow})
-    manager.cluster.metadata_refresh_in_progress = True
-    manager._fsk_metadata_node = (2, time.monotonic() - 3.0)
-    run(kpc.watch_stalls(manager, Net(manager), 1.0))
-    assert slow.closed_with is None
+    # A live broker's 3 s fetch, then the metadata request.
+    assert metadata_waiting(Conn(in_flight=2, age=3.0), 2, 3.0, 1.0) is None
 
 
 def test_metadata_never_goes_to_a_stalled_broker_while_another_can_take_it():
@@ -158,19 +159,10 @@ def test_metadata_never_goes_to_a_paused_connection():
 
 
 def test_a_consumers_metadata_request_to_a_broker_that_answers_no_fetch_fails_sooner():
-    hung = Conn(in_flight=2, age=5.0)  # its fetch (3 s wait) is 5 s old
-    manager = Manager({3: hung})
-    manager.cluster.metadata_refresh_in_progress = True
-    manager._fsk_metadata_node = (3, time.monotonic() - 1.5)
-    run(kpc.watch_stalls(manager, Net(manager), 4.0, fetches=True))
-    assert "stalled" in str(hung.closed_with)
+    # Its fetch (3 s wait) is 5 s old: hung.
+    assert "stalled" in str(metadata_waiting(Conn(2, 5.0), 3, 1.5, 4.0, fetches=True))
     # A producer's waits METADATA_STALL_S: a live leader may hold it.
-    held = Conn(in_flight=2, age=5.0)
-    producer = Manager({2: held})
-    producer.cluster.metadata_refresh_in_progress = True
-    producer._fsk_metadata_node = (2, time.monotonic() - 1.5)
-    run(kpc.watch_stalls(producer, Net(producer), 1.0))
-    assert held.closed_with is None
+    assert metadata_waiting(Conn(2, 5.0), 2, 1.5, 1.0) is None
 
 
 def test_among_busy_brokers_metadata_goes_to_the_one_that_answered_last():
