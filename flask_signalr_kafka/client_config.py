@@ -41,6 +41,16 @@ logger = logging.getLogger("flask_signalr_kafka")
 #: timeout: librdkafka's 60 s made a 20 s freeze a 22 s silence, 15 s a
 #: 16.5 s one; 15 s is Kafka's default session timeout (9 s) + 6 s.
 CONFLUENT_REQUEST_TIMEOUT_MS = 15_000
+#: librdkafka's metadata refresh interval (``topic.metadata.refresh.interval.ms``).
+LIBRDKAFKA_METADATA_REFRESH_MS = 1000
+#: The confluent consumers' request timeout (``socket.timeout.ms``), not
+#: derived from the session timeout: a live broker answers their requests
+#: (reads) within ``fetch.wait.max.ms`` (500), so a timeout costs a retry,
+#: never a duplicate. With the derived 10 s, a fetch and a metadata request
+#: sent to a hung leader kept its partitions silent 10.9 s after a freeze,
+#: although the cluster had moved them after 4.9 s (librdkafka did not drop
+#: the broker: its own metadata request was waiting there).
+CONFLUENT_CONSUMER_REQUEST_TIMEOUT_MS = 6000
 
 
 def kafka_configs(
@@ -319,12 +329,20 @@ def librdkafka_configs(
     # As kafka-python's (client_config above): back within 1 s of a broker's
     # return, where librdkafka's default backs off up to 10 s.
     common["reconnect.backoff.max.ms"] = 1000
+    # Ask for metadata every second (librdkafka's default: 5 min): once
+    # the cluster has fenced a hung or dead leader and moved its partitions,
+    # librdkafka (2.10+) drops a broker its metadata no longer lists, fails
+    # what waits there and sends it to the new leaders; otherwise a hung
+    # leader's requests wait out socket.timeout.ms (docs/kafka-faults.md,
+    # "a" and "b"). One small request a second per client; not the admin's
+    # (kafka-python's).
+    clients = {**common, "topic.metadata.refresh.interval.ms": LIBRDKAFKA_METADATA_REFRESH_MS}
     # socket.timeout.ms (the request timeout) is set at start from the
     # cluster's broker.session.timeout.ms (KafkaCore.connect,
     # request_timeout_ms above), CONFLUENT_REQUEST_TIMEOUT_MS when it does
     # not say; a value given here wins.
     producer = {
-        **common,
+        **clients,
         "linger.ms": 1,
         "acks": "all",
         # librdkafka's idempotent producer: no duplicate from a retry after a
@@ -343,7 +361,7 @@ def librdkafka_configs(
         **producer_config,
     }
     consumer = {
-        **common,
+        **clients,
         # librdkafka wants a group id; no group is joined (partitions are
         # assigned) and no offset is committed.
         "group.id": client_id,
@@ -351,6 +369,7 @@ def librdkafka_configs(
         "enable.auto.offset.store": False,
         # As kafka-python's fetch_max_wait_ms (client_config above).
         "fetch.wait.max.ms": 500,
+        "socket.timeout.ms": CONFLUENT_CONSUMER_REQUEST_TIMEOUT_MS,
         # The prefetch queue of librdkafka (64 MB by default) is bounded
         # lower: a dyno's consumers keep up or are restarted.
         "queued.max.messages.kbytes": 16_384,

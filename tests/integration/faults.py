@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import socketio
 
@@ -20,6 +21,37 @@ from testkit.harness import RawTopic, unique, wait_until
 KINDS = ("all", "room", "user", "sid")
 TOPIC_OF = {"all": "send-all", "room": "send-group", "user": "send-user", "sid": "send-conn"}
 TAG = re.compile(rb"S\|([^|\"]+)\|(\w+)\|(\d+)")
+_STAMP = r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] "
+_NEW_CONTROLLER = re.compile(_STAMP + r".*\[QuorumController id=\d+\] In the new epoch "
+                             r"(\d+), the leader is (\d+)\.", re.M)
+
+
+def _when(stamp: str) -> float:
+    """A Kafka log line's time (local), as time.time()."""
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def active_controller(cluster) -> int | None:
+    """The KRaft controller quorum's leader, from the nodes' logs (each node
+    logs every election it sees)."""
+    latest: tuple[int, int] | None = None
+    for node in cluster.nodes:
+        for found in _NEW_CONTROLLER.finditer(node.log_path.read_text(errors="replace")):
+            epoch, leader = int(found[2]), int(found[3])
+            if latest is None or epoch > latest[0]:
+                latest = (epoch, leader)
+    return None if latest is None else latest[1]
+
+
+def fenced_after(cluster, node_id: int, since: float) -> float | None:
+    """Seconds from ``since`` (time.time()) until the controller fenced
+    ``node_id`` (a fence record replayed in another node's log), or None."""
+    fenced = re.compile(_STAMP + r".*BrokerRegistrationChangeRecord\(brokerId="
+                        rf"{node_id}, .*fenced=1,", re.M)
+    times = [_when(found[1]) for node in cluster.nodes if node.node_id != node_id
+             for found in fenced.finditer(node.log_path.read_text(errors="replace"))]
+    after = [t - since for t in times if t >= since - 1]
+    return round(min(after), 2) if after else None
 
 
 class Receiver:
@@ -76,6 +108,9 @@ class Figures:
     lost: int = 0  # acknowledged (or returned, or held) but never delivered
     duplicated: int = 0  # deliveries beyond the first
     gap_s: float = 0.0  # longest silence of one kind at one client
+    #: seconds from the fault to the end of the silence it caused, of the
+    #: kind and client that waited longest (None: no fault given)
+    back_s: float | None = None
     joins: int = 0
     joins_ok: int = 0
     joins_timeout: int = 0
@@ -87,7 +122,7 @@ class Figures:
         return (f"[{self.test}] emitted={self.emitted} acked={self.acked} failed={self.failed} "
                 f"raised={self.raised} held={self.held} held_twice={self.held_twice} "
                 f"delivered={self.delivered} lost={self.lost} duplicated={self.duplicated} "
-                f"gap={self.gap_s:.1f}s joins={self.joins_ok}/{self.joins} ok, "
+                f"gap={self.gap_s:.1f}s back={self.back_s}s joins={self.joins_ok}/{self.joins} ok, "
                 f"{self.joins_timeout} timeout, {self.joins_error} error, "
                 f"max {self.join_max_s:.1f}s {self.extra or ''}")
 
@@ -177,7 +212,8 @@ class Stream:
         return held
 
     def figures(self, test: str, must: str = "acked", window: tuple[float, float] | None = None,
-                **extra) -> Figures:
+                fault_at: float | None = None, **extra) -> Figures:
+        """The figures of the run; ``fault_at`` (monotonic) gives ``back_s``."""
         held = self.held()
         fig = Figures(test, extra=extra)
         for origin, report in self.reports.items():
@@ -199,6 +235,17 @@ class Stream:
                 if window is not None:
                     times = [t for t in times if window[0] <= t <= window[1]] or times
                 gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+                if fault_at is not None:
+                    # The end of this stream's longest silence that ended after
+                    # the fault (records already on their way arrive just after
+                    # it, and then the silence begins); never delivered again
+                    # counts as the whole rest of the run.
+                    spans = [(b - a, b) for a, b in zip(times, times[1:], strict=False)
+                             if b > fault_at]
+                    back = (max(spans)[1] if spans else time.monotonic()) - fault_at
+                    if fig.back_s is None or back > fig.back_s:
+                        fig.back_s = back
+                        fig.extra["back_of"] = f"{origin}>{kind}"
                 if max(gaps, default=0.0) > fig.gap_s:
                     fig.gap_s = max(gaps)
                     # Which stream stalled longest, and from when (run time).
@@ -211,6 +258,8 @@ class Stream:
                 fig.joins_error += outcome not in ("ok", "timeout")
                 fig.join_max_s = max(fig.join_max_s, seconds)
         fig.gap_s = round(fig.gap_s, 2)
+        if fig.back_s is not None:
+            fig.back_s = round(fig.back_s, 2)
         fig.join_max_s = round(fig.join_max_s, 2)
         return fig
 

@@ -8,6 +8,7 @@ figures and appends them to test-artifacts/faults.jsonl (docs/kafka-faults.md).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import time
 from collections import Counter
 
 import pytest
-from faults import Figures, Stream
+from faults import Figures, Stream, active_controller, fenced_after
 from kafka import KafkaAdminClient
 from kafka.partitioner.default import murmur2
 
@@ -25,12 +26,32 @@ from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
 ACK_TIMEOUT = 5.0
-#: After the broker fences a dead leader, the clients' metadata refreshes,
-#: reconnect backoffs and a fetch already waiting on the new leader: measured
-#: 6.5-15.6 s of silence in all on this 2-core machine and in CI
-#: (docs/kafka-faults.md). What this bound catches is a stall of a request
-#: timeout (30 s) or one that never ends.
-LEADER_MOVE_SLACK_S = 15.0
+#: A killed or hung leader: delivery of every kind is back this soon after
+#: the fault (issue 22's target). The cluster fences the node after the
+#: session timeout (4.4-5.6 s measured) and elects new leaders; the clients
+#: have the rest (docs/kafka-faults.md, "a" and "b").
+DELIVERY_BACK_S = 10.0
+#: ...and, whenever the cluster fenced it, this soon after the fence.
+AFTER_FENCE_S = DELIVERY_BACK_S - SESSION_TIMEOUT_S
+
+
+def confluent_idempotent(producer: dict) -> bool:
+    """The servers run confluent with its (idempotent) producer."""
+    return (os.environ.get("KAFKA_CLIENT") == "confluent"
+            and producer.get("enable_idempotence", True))
+
+
+def assert_back_in_time(fig: Figures, controller: bool) -> None:
+    """Delivery resumed within DELIVERY_BACK_S of the fault, and within
+    AFTER_FENCE_S of the fence. A leader that was also the active KRaft
+    controller is fenced only after a controller election and a whole new
+    session timeout (10.2 s after a SIGSTOP here): no client can be back
+    before that, so only the second bound holds for it."""
+    fenced = fig.extra["fenced_after_s"]
+    assert fenced is not None, fig.line()
+    assert fig.back_s is not None and fig.back_s <= fenced + AFTER_FENCE_S, fig.line()
+    if not controller:
+        assert fig.back_s <= DELIVERY_BACK_S, fig.line()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +81,8 @@ def dyno(fleet: Fleet, label: str, **env) -> ServerProcess:
 
 def busiest_leader(cluster, fleet: Fleet, stream: Stream) -> tuple[int, int]:
     """The node leading the most partitions the stream's keys land on, and
-    how many it leads."""
+    how many it leads; not the active KRaft controller when another node
+    leads any (see assert_back_in_time)."""
     keys = [("send-group", rx.room) for rx in stream.rx.values()]
     keys += [("send-user", rx.user) for rx in stream.rx.values()]
     keys += [("send-conn", rx.sid) for rx in stream.rx.values()]
@@ -75,7 +97,9 @@ def busiest_leader(cluster, fleet: Fleet, stream: Stream) -> tuple[int, int]:
         partitions = sorted(described[fleet.topic(base)], key=lambda p: p["partition_index"])
         index = (murmur2(key.encode()) & 0x7FFFFFFF) % len(partitions)
         leaders[partitions[index]["leader_id"]] += 1
-    return leaders.most_common(1)[0]
+    controller = active_controller(cluster)
+    others = [(node, led) for node, led in leaders.most_common() if node != controller]
+    return others[0] if others else leaders.most_common(1)[0]
 
 
 def assert_every_acknowledged_delivered(fig: Figures, stream: Stream) -> None:
@@ -90,6 +114,8 @@ def assert_every_acknowledged_delivered(fig: Figures, stream: Stream) -> None:
 
 
 LEADER_KILL_CASES = {
+    # The client's shipped producer (with confluent, idempotent).
+    "shipped": ({}, False),
     # Idempotence each way (the measurement behind the default, which is
     # "not-idempotent"), then awaiting each produce with the defaults.
     "idempotent": ({"enable_idempotence": True}, False),
@@ -98,7 +124,15 @@ LEADER_KILL_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(LEADER_KILL_CASES))
+#: The first test of the module also starts the three-node cluster (25-60 s
+#: on a loaded machine): pyproject's 120 s stopped the kill test mid-run.
+FAULT_TEST_TIMEOUT_S = 300
+
+
+@pytest.mark.timeout(FAULT_TEST_TIMEOUT_S)
+@pytest.mark.parametrize("case", [
+    pytest.param(case, marks=pytest.mark.confluent) if case == "shipped" else case
+    for case in LEADER_KILL_CASES])
 def test_leader_killed(fleet3, cluster3, artifacts, case):
     producer, await_produce = LEADER_KILL_CASES[case]
     env = {"PRODUCER_JSON": json.dumps(producer), "AWAIT_PRODUCE": int(await_produce)}
@@ -109,22 +143,25 @@ def test_leader_killed(fleet3, cluster3, artifacts, case):
         stream.wait_flowing()
         time.sleep(2)
         victim, led = busiest_leader(cluster3, fleet3, stream)
-        killed_at = time.monotonic()
+        controller = victim == active_controller(cluster3)
+        killed_at, killed_wall = time.monotonic(), time.time()
         cluster3.node(victim).signal(signal.SIGKILL)
         # Long enough to see delivery resume within the bound, and then some.
-        time.sleep(SESSION_TIMEOUT_S + LEADER_MOVE_SLACK_S + 2)
+        time.sleep(DELIVERY_BACK_S + 8)
         stream.stop()
         cluster3.start_node(victim)
         must = "returned" if await_produce else "acked"
         stream.settle(must=must)
         fig = stream.figures(f"a.leader-killed[{case}]", must=must, node=victim,
                              partitions_led=led,
-                             killed_after_s=round(killed_at - stream.started, 1))
+                             killed_after_s=round(killed_at - stream.started, 1),
+                             fault_at=killed_at, controller=controller,
+                             fenced_after_s=fenced_after(cluster3, victim, killed_wall))
         fig.record(artifacts)
         assert_every_acknowledged_delivered(fig, stream)
-        assert fig.gap_s <= SESSION_TIMEOUT_S + LEADER_MOVE_SLACK_S, fig.line()
-        if producer.get("enable_idempotence"):
-            assert fig.held_twice == 0, fig.line()
+        assert_back_in_time(fig, controller)
+        if producer.get("enable_idempotence") or confluent_idempotent(producer):
+            assert fig.held_twice == fig.duplicated == 0, fig.line()
         if await_produce:
             for report in stream.reports.values():
                 # Every record whose produce failed made its emit raise.
@@ -133,6 +170,7 @@ def test_leader_killed(fleet3, cluster3, artifacts, case):
         stream.close()
 
 
+@pytest.mark.timeout(FAULT_TEST_TIMEOUT_S)
 @pytest.mark.confluent
 def test_broker_frozen(fleet3, cluster3, artifacts):
     a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
@@ -144,6 +182,8 @@ def test_broker_frozen(fleet3, cluster3, artifacts):
         time.sleep(2)
         victim, led = busiest_leader(cluster3, fleet3, stream)
         frozen = cluster3.node(victim)
+        controller = victim == active_controller(cluster3)
+        frozen_at, frozen_wall = time.monotonic(), time.time()
         frozen.signal(signal.SIGSTOP)
         # The dyno serves its own clients throughout the freeze.
         worst = 0.0
@@ -163,9 +203,14 @@ def test_broker_frozen(fleet3, cluster3, artifacts):
         stream.stop()
         stream.settle()
         fig = stream.figures("b.broker-frozen-20s", node=victim, partitions_led=led,
-                             local_worst_s=round(worst, 2))
+                             local_worst_s=round(worst, 2), fault_at=frozen_at,
+                             controller=controller,
+                             fenced_after_s=fenced_after(cluster3, victim, frozen_wall))
         fig.record(artifacts)
         assert_every_acknowledged_delivered(fig, stream)
+        assert_back_in_time(fig, controller)
+        if confluent_idempotent({}):
+            assert fig.held_twice == fig.duplicated == 0, fig.line()
         assert worst < 2.0, f"a local call took {worst:.1f} s during the freeze"
     finally:
         stream.close()

@@ -213,10 +213,11 @@ def test_request_timeouts_are_the_broker_session_timeout_plus_5_s():
     assert request_timeout_ms(5000, None) == 10_000
     assert request_timeout_ms(None, 15_000) == 15_000
     assert derived("kafka-python", 5000) == (10_000, 10_000)
-    assert derived("confluent", 9000) == (14_000, 14_000)
+    # confluent's consumers have 6 s of their own (client_config).
+    assert derived("confluent", 9000) == (14_000, 6000)
     # A cluster that does not say: the library's (kafka-python) or 15 s.
     assert derived("kafka-python", None) == (None, None)
-    assert derived("confluent", None) == (15_000, 15_000)
+    assert derived("confluent", None) == (15_000, 6000)
 
 
 def test_a_request_timeout_the_app_set_wins():
@@ -243,7 +244,8 @@ def test_a_loop_of_refused_emits_still_lets_the_other_greenlets_run():
 class FakeConn:
     def __init__(self, connected, in_flight=0, paused=False):
         self.connected = connected
-        self.in_flight_requests = [object()] * in_flight
+        # kafka-python's (correlation id, future, sent at, timeout at, timer)
+        self.in_flight_requests = [(0, None, time.monotonic(), 0, None)] * in_flight
         self.paused = {"max"} if paused else set()
 
 
@@ -330,4 +332,4 @@ def test_librdkafkas_connection_setup_timeout_follows_the_request_timeout():
     mgr.core._derive_request_timeouts()
     assert mgr.producer_config["socket.connection.setup.timeout.ms"] == 10_000
     assert mgr.consumer_config["socket.connection.setup.timeout.ms"] == 20_000  # the app's
-    assert mgr.consumer_config["socket.timeout.ms"] == 10_000
+    assert mgr.consumer_config["socket.timeout.ms"] == 6000  # client_config's
