@@ -752,6 +752,11 @@ class Recovery:
         self.await_readback(1.0)
         positions = self._position_list()
         window, exact = self.log.windows({sid: rooms}, window_seconds)[sid]
+        if not (exact and settled):
+            # Its next recovery is refused as window-lost: say why here.
+            logger.info("the saved window of %s is not exact: %s", sid,
+                        "an emit it counts was not published within 1 s" if not settled
+                        else self.log.inexact_why({sid: rooms}, window_seconds))
         session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
                           positions, emit_seq, window, exact and settled)
         self.store.put(pid, session)

@@ -34,6 +34,14 @@ TAIL_STEPS = 5000
 #: keeps, apart: a recovery storm's replays must not push the other
 #: clients' steps out of the tail.
 PRIVATE_STEPS = 5000
+#: A record's offset in a step's coords while the broker has not answered
+#: (the record is on its way, or its report not yet handed over), and once
+#: the broker refused it.
+PENDING, REFUSED = -1, -2
+#: Why a window is not exact (the log says).
+PENDING_WHY = "own records not yet acked"
+REFUSED_WHY = "own records the broker refused"
+RING_WHY = "the ring forgot part of it"
 
 
 class DeliveryLog:
@@ -156,7 +164,7 @@ class DeliveryLog:
 
     def track(self, future: Any, coords: list, base: str, key: str | None) -> None:
         """Note where one of this dyno's records lands, once the broker says."""
-        coord = [base, key, -1, -1]
+        coord = [base, key, -1, PENDING]
         coords.append(coord)
 
         def landed(metadata: Any) -> None:
@@ -165,7 +173,11 @@ class DeliveryLog:
             if metadata.offset > self.own_acked.get(slot, -1):
                 self.own_acked[slot] = metadata.offset
 
+        def refused(_error: Any) -> None:
+            coord[3] = REFUSED  # never in Kafka: no wait for it
+
         future.add_callback(landed)
+        future.add_errback(refused)
 
     def _recent(self, cutoff: float) -> list:
         """The ring's steps at or after ``cutoff``, oldest first; the caller
@@ -178,20 +190,50 @@ class DeliveryLog:
         recent.reverse()
         return recent
 
-    def windows(self, rooms_of: dict[str, list[str]],
-                 seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
+    def windows(self, rooms_of: dict[str, list[str]], seconds: float, wait: float = 0.0,
+                pause: Callable[[float], Any] | None = None,
+                ) -> dict[str, tuple[list[WindowEntry], bool]]:
         """For each connection of ``rooms_of`` (sid -> rooms): the records
         sent in the last ``seconds`` addressed to it, in the order they were
         sent, and whether that is all of them. One pass over the ring for
-        every connection (a shutdown saves them all)."""
+        every connection (a shutdown saves them all).
+
+        :param wait: seconds to wait (with ``pause``) for the broker's
+            answers about this dyno's own records in the windows: one not
+            yet answered is not in a window, and makes it inexact.
+        """
+        deadline = time.monotonic() + wait
+        recent, whole = self._window_steps(seconds)
+        while True:
+            cut, why = self._cut(recent, rooms_of, whole)
+            waiting = any(PENDING_WHY in reasons for reasons in why.values())
+            if not waiting or pause is None or time.monotonic() >= deadline:
+                return cut
+            pause(0.005)
+
+    def inexact_why(self, rooms_of: dict[str, list[str]], seconds: float) -> str:
+        """Why :meth:`windows` finds the window of ``rooms_of``'s connections
+        inexact now (for the log)."""
+        recent, whole = self._window_steps(seconds)
+        reasons = set().union(*self._cut(recent, rooms_of, whole)[1].values())
+        return ", ".join(sorted(reasons)) or "nothing now"
+
+    def _window_steps(self, seconds: float) -> tuple[list, bool]:
+        """The steps of the last ``seconds``, and whether the ring still
+        holds all of them."""
         cutoff = time.monotonic() - seconds
-        # The steps of the last ``seconds``, taken under the lock: consumers
-        # (threads) and the loop append as this runs, and a deque changed
-        # during its iteration raises (out of the disconnect hook: a ghost).
+        # Taken under the lock: consumers (threads) and the loop append as
+        # this runs, and a deque changed during its iteration raises (out of
+        # the disconnect hook: a ghost).
         with self._lock:
-            recent = self._recent(cutoff)
             ring = self._ring
-            exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+            whole = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+            return self._recent(cutoff), whole
+
+    @staticmethod
+    def _cut(recent: list, rooms_of: dict[str, list[str]], whole: bool,
+             ) -> tuple[dict[str, tuple[list[WindowEntry], bool]], dict[str, set[str]]]:
+        """:meth:`windows` of ``recent`` steps, and why each inexact one is."""
         members: dict[tuple[str, str], list[str]] = {}
         for sid, rooms in rooms_of.items():
             members.setdefault((SEND_CONN, sid), []).append(sid)
@@ -201,17 +243,18 @@ class DeliveryLog:
                 members.setdefault(target, []).append(sid)
         everyone: list[WindowEntry] = []
         own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
-        unacked: set[str] = set()
+        why: dict[str, set[str]] = {sid: set() if whole else {RING_WHY} for sid in rooms_of}
         for step, _, coords, _, only in recent:
-            for base, key, partition, offset in coords:
+            for base, key, partition, offset in list(coords):  # acks fill them in meanwhile
                 if only is not None:
                     sids = [only] if only in own else []
                 elif base == SEND_ALL:
                     sids = list(rooms_of)
                 else:
                     sids = members.get((base, key), ())
-                if offset < 0:
-                    unacked.update(sids)  # never acked: not in Kafka to replay
+                if offset < 0:  # not in Kafka (yet): nothing to replay
+                    for sid in sids:
+                        why[sid].add(PENDING_WHY if offset == PENDING else REFUSED_WHY)
                     continue
                 entry = (step, base, partition, offset)
                 if base == SEND_ALL and only is None:
@@ -219,8 +262,8 @@ class DeliveryLog:
                 else:
                     for sid in sids:
                         own[sid].append(entry)
-        return {sid: (latest_each(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
-                for sid in rooms_of}
+        return {sid: (latest_each(heapq.merge(everyone, own[sid])), not why[sid])
+                for sid in rooms_of}, why
 
     def checkpoint(self, owner: str, positions: list[Position],
                    pause: Callable[[float], Any]) -> Checkpoint:
@@ -233,7 +276,7 @@ class DeliveryLog:
             recent, before, shared, cut = self._tail(cutoff)
         # Its own records' places come with the broker's acks.
         deadline = time.monotonic() + 1.0
-        while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
+        while any(c[3] == PENDING for _, _, coords, _, _ in recent for c in coords):
             if time.monotonic() > deadline:
                 break
             pause(0.005)
