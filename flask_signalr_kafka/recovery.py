@@ -93,6 +93,9 @@ SUPERSEDE_WAIT = 3.0
 #: Seconds a drop's save is kept after it began, for a client that comes
 #: back here before the record can be read back (:meth:`Recovery._take_over`).
 KEEP_SAVES = 30.0
+#: Seconds a save waits for the acks of this dyno's own records in its
+#: window (a checkpoint waits 1 s; a save has a client waiting for it).
+ACK_WAIT = 2.0
 #: What a pid we made looks like (:func:`.sessions.new_pid`).
 _PID_SHAPE = re.compile(r"[0-9]{1,6}\.[A-Za-z0-9_-]{22}")
 
@@ -751,7 +754,12 @@ class Recovery:
         settled = self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
         self.await_readback(1.0)
         positions = self._position_list()
-        window, exact = self.log.windows({sid: rooms}, window_seconds)[sid]
+        # Each of this dyno's own records in the window must be acked to be
+        # replayed: a flush may return (its timeout, or confluent handing a
+        # report to its report task) before the ack is known here, and the
+        # client was then refused as window-lost (soak seed 873330).
+        window, exact = self.log.windows({sid: rooms}, window_seconds, ACK_WAIT,
+                                         self.core.runtime.sleep)[sid]
         if not (exact and settled):
             # Its next recovery is refused as window-lost: say why here.
             logger.info("the saved window of %s is not exact: %s", sid,
