@@ -197,6 +197,8 @@ class Recovery:
         self._saving: dict[str, _Saving] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
+        #: connection -> where it came and joined its rooms (slot -> position).
+        self._joins: dict[tuple[str, str], dict[tuple[str, int], int]] = {}
         self._checkpointer: Any = None
         self._stopping = False
         #: Set by :meth:`drain`: new connections are turned away.
@@ -227,15 +229,25 @@ class Recovery:
     # -- delivery: steps, offsets and own records ------------------------------
 
     def joined(self, sid: str, namespace: str, room: str | None) -> None:
-        """A connection joined ``room``: its session changes, and a full
-        offset from now on must not reach back before the join (a record
-        for the room read here before it joined was not for it)."""
+        """A connection joined ``room`` (its own sid's: it came): its session
+        changes, and a full offset from now on must not reach back before
+        the join (a record for the room read here before it joined was not
+        for it). Where it joined goes in its session: an offset naming an
+        older reference point is not taken (:meth:`_exactly`)."""
         self.touch(sid, namespace)
-        if room is None or room == sid or not self.log.has_ref:
+        if room is None:
             return
+        count = self.core.partition_count
+        # A connection is in the broadcasts from when it came.
+        slots = ({(SEND_ALL, p) for p in range(count(SEND_ALL))} if room == sid
+                 else slots_of_room(count, room))
         positions = self.positions()
-        self.log.mark({s: positions[s] for s in slots_of_room(self.core.partition_count, room)
-                       if s in positions})
+        at = {s: positions[s] for s in slots if s in positions}
+        joins = self._joins.setdefault((sid, namespace), {})
+        for slot, position in at.items():
+            if position > joins.get(slot, -1):
+                joins[slot] = position
+        self.log.mark(at)
 
     def positions(self) -> dict[tuple[str, int], int]:
         """This dyno's delivery position on every partition of the send topics."""
@@ -396,6 +408,7 @@ class Recovery:
         self._replay_ends.pop(sid, None)
         self._recovered.discard(key)
         self._taken.pop(key, None)
+        self._joins.pop(key, None)
         if restore is not None:
             self.stats["abandoned"] += 1
             with self._attempts_lock:
@@ -592,6 +605,14 @@ class Recovery:
         positions = {(b, p): off for b, p, off in ref.positions}
         for slot, n in parsed.slots.items():
             positions[slot] = positions.get(slot, 0) + n
+        if any(positions.get((b, p), 0) < off for b, p, off in session.joined):
+            # Older than the connection's join (any of the dyno's last
+            # reference points can be named): it would replay events sent
+            # to its rooms before it was in them. What the session says holds.
+            self.stats["offsets-before-join"] += 1
+            logger.info("the offset of %s reaches back before it joined; not taken",
+                        session.sid)
+            return session
         return msgspec.structs.replace(
             session, positions=[(b, p, off) for (b, p), off in sorted(positions.items())],
             emit_seq=ref.emit_seq + parsed.emits, window=[], exact=True,
@@ -674,6 +695,7 @@ class Recovery:
         key = (sid, namespace)
         pid = self._pids.pop(key, None)
         self._taken.pop(key, None)
+        joins = self._joins.pop(key, {})
         self.announced.discard(sid)
         self.replaying.pop(sid, None)
         self._replay_ends.pop(sid, None)
@@ -695,7 +717,7 @@ class Recovery:
 
         def save() -> None:
             try:
-                saving.session = self._save(pid, sid, namespace, window)
+                saving.session = self._save(pid, sid, namespace, window, joins)
                 self.store.let_go(pid)
             finally:
                 saving.done.set()
@@ -743,8 +765,11 @@ class Recovery:
             self.host.close_socket(eio_sid)
         return saved
 
-    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
+    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float,
+              joins: dict[tuple[str, int], int] | None = None) -> Session:
         rooms = self._rooms(sid, namespace)
+        if joins is None:
+            joins = self._joins.get((sid, namespace), {})
         # The emit counter first, and every emit it counts delivered and
         # handed to the producer before the window is cut: a replay skips
         # this dyno's own records up to it as delivered at emit time, so one
@@ -766,7 +791,7 @@ class Recovery:
                         "an emit it counts was not published within 1 s" if not settled
                         else self.log.inexact_why({sid: rooms}, window_seconds))
         session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
-                          positions, emit_seq, window, exact and settled)
+                          positions, emit_seq, window, exact and settled, _listed(joins))
         self.store.put(pid, session)
         self.stats["saved"] += 1
         return session
@@ -805,10 +830,12 @@ class Recovery:
         for (sid, namespace), pid in list(self._pids.items()):
             # Forgotten here: its disconnect below changes nothing more.
             self.store.put(pid, Session(SAVED, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.log.tag, now, positions, emit_seq))
+                                        self.owner, self.log.tag, now, positions, emit_seq,
+                                        joined=_listed(self._joins.get((sid, namespace), {}))))
             self.stats["saved"] += 1
             self.store.let_go(pid)
         self._pids.clear()
+        self._joins.clear()
         return held
 
     def _close_sockets(self, held: list[tuple[str, str]], timeout: float) -> None:
@@ -838,9 +865,9 @@ class Recovery:
             return True
         sid, namespace = key
         try:
-            future = self.store.put(pid, Session(LIVE, sid, namespace,
-                                                 self._rooms(sid, namespace),
-                                                 self.owner, self.log.tag, time.time()))
+            future = self.store.put(pid, Session(
+                LIVE, sid, namespace, self._rooms(sid, namespace), self.owner, self.log.tag,
+                time.time(), joined=_listed(self._joins.get(key, {}))))
         except Exception:
             logger.warning("could not write the session of %s; retrying with the next "
                            "checkpoint", sid, exc_info=True)
@@ -1005,3 +1032,8 @@ class Recovery:
         # setdefault: two first replays at once share one pool.
         return self.__dict__.setdefault("_replay_consumers",
                                         ConsumerPool(self.core.new_consumer))
+
+
+def _listed(joins: dict[tuple[str, int], int]) -> list[Position]:
+    """A connection's join positions as a session holds them."""
+    return [(base, p, off) for (base, p), off in sorted(joins.items())]

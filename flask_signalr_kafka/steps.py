@@ -136,11 +136,12 @@ class DeliveryLog:
 
     def mark(self, positions: dict[Slot, int]) -> None:
         """A connection joined a room: its slots' positions now, so that a
-        full offset does not reach back before the join."""
+        full offset does not reach back before the join (before the first
+        reference point too: :meth:`use_ref` counts from what is marked)."""
         with self._lock:
-            if self._ref is not None:
-                for slot, position in positions.items():
-                    self._advance(slot, position, self._ref[1])
+            at_ref = self._ref[1] if self._ref is not None else {}
+            for slot, position in positions.items():
+                self._advance(slot, position, at_ref)
 
     def use_ref(self, n: int, positions: dict[Slot, int], emit_seq: int) -> None:
         """Reference point ``n`` is durable: full offsets count from it."""
