@@ -787,6 +787,7 @@ class Recovery:
                                          self.core.runtime.sleep)[sid]
         if not (exact and settled):
             # Its next recovery is refused as window-lost: say why here.
+            self.stats["saved-inexact"] += 1
             logger.info("the saved window of %s is not exact: %s", sid,
                         "an emit it counts was not published within 1 s" if not settled
                         else self.log.inexact_why({sid: rooms}, window_seconds))

@@ -51,7 +51,7 @@ def test_an_offset_naming_a_reference_point_before_the_join_is_not_taken():
     starts = {(b, p): off for b, p, off in taken.positions}
     room = slots_of_room(r.core.partition_count, "r1")
     assert all(starts[s] >= 200 for s in room), "replayed events sent before the join"
-    assert taken is session
+    assert taken is session and r.stats["offsets-before-join"] == 1
     assert all(off == 200 for _, _, off in session.joined)
 
 

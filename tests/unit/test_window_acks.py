@@ -78,6 +78,7 @@ def test_a_record_the_broker_refused_makes_the_window_inexact_without_a_wait():
     session = r._save("pid", "sid~a", "/", 12.0)
     assert not session.exact and session.window == []
     assert r.log.inexact_why({"sid~a": ["r1"]}, 12.0) == "own records the broker refused"
+    assert r.stats["saved-inexact"] == 1
     # The save's other waits are bounded by 1 s each (no Kafka here).
     assert time.monotonic() - began < 1.9
 
