@@ -261,6 +261,8 @@ class Recovery:
             self.core.flush(timeout)
         except Exception:
             logger.warning("could not flush before saving sessions", exc_info=True)
+        # Where its records landed, known here (own_acked) once answered.
+        self.log.wait_acks(max(0.0, deadline - time.monotonic()), self.core.runtime.sleep)
         while True:
             positions = self.positions()
             # A partition not read here (another dyno's home) has nothing to wait for.
@@ -1016,6 +1018,11 @@ class Recovery:
             self.core.flush(5.0)
         except Exception:
             logger.warning("could not flush before a replay", exc_info=True)
+        # An ack known only after the flush returned would end the own range
+        # before its record: neither replayed nor read live (skipped as own).
+        if not self.log.wait_acks(5.0, self.core.runtime.sleep):
+            logger.warning("own records of %s's replay not acked within 5 s; the replay "
+                           "may miss them", session.sid)
         own = {s: (ends[s], self.log.own_acked[s] + 1) for s in relevant
                if s in ends and self.log.own_acked.get(s, -1) + 1 > ends[s]}
         logger.debug("replay of %s reads %d window records, ranges %s and own %s",

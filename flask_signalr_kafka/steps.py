@@ -38,6 +38,9 @@ PRIVATE_STEPS = 5000
 #: (the record is on its way, or its report not yet handed over), and once
 #: the broker refused it.
 PENDING, REFUSED = -1, -2
+#: Seconds after which a record still without the broker's answer is taken
+#: as one that will never get it (beyond the producers' delivery timeouts).
+UNANSWERED_MAX_AGE = 330.0
 #: Why a window is not exact (the log says).
 PENDING_WHY = "own records not yet acked"
 REFUSED_WHY = "own records the broker refused"
@@ -71,6 +74,10 @@ class DeliveryLog:
         self.own_acked: dict[tuple[str, int], int] = {}
         #: Emits counted but not yet handed to the producer.
         self._open_emits: set[int] = set()
+        #: Records of this dyno tracked so far, and those still without the
+        #: broker's answer (their numbers, oldest first).
+        self._tracked = 0
+        self._unanswered: dict[int, float] = {}
         #: Set once the first reference point is acked: the dyno's home
         #: partition takes writes (a topic created a second ago may not yet).
         self.ready = threading.Event()
@@ -109,6 +116,27 @@ class DeliveryLog:
                 return False
             sleep(0.005)
         return True
+
+    def wait_acks(self, timeout: float, sleep: Callable[[float], None]) -> bool:
+        """Wait until the broker answered for every record tracked so far, so
+        that :attr:`own_acked` and the steps' coords know where each landed
+        (a flush can return first: its timeout, or confluent's report task
+        settling a report a moment later); ``False`` after ``timeout``."""
+        upto = self._tracked
+        deadline = time.monotonic() + timeout
+        while True:
+            oldest = next(iter(self._unanswered.items()), None)
+            if oldest is None or oldest[0] > upto:
+                return True
+            now = time.monotonic()
+            if now - oldest[1] > UNANSWERED_MAX_AGE:
+                # A future its producer dropped (a replaced one): no answer
+                # will come, and it must not hold every later wait.
+                self._unanswered.pop(oldest[0], None)
+                continue
+            if now > deadline:
+                return False
+            sleep(0.005)
 
     def step(self, coords: list, only: str | None = None) -> str:
         """Register one delivery step (the records it came from, filled in as
@@ -167,15 +195,21 @@ class DeliveryLog:
         """Note where one of this dyno's records lands, once the broker says."""
         coord = [base, key, -1, PENDING]
         coords.append(coord)
+        with self._lock:
+            self._tracked += 1
+            number = self._tracked
+            self._unanswered[number] = time.monotonic()
 
         def landed(metadata: Any) -> None:
             coord[2], coord[3] = metadata.partition, metadata.offset
             slot = (base, metadata.partition)
             if metadata.offset > self.own_acked.get(slot, -1):
                 self.own_acked[slot] = metadata.offset
+            self._unanswered.pop(number, None)
 
         def refused(_error: Any) -> None:
             coord[3] = REFUSED  # never in Kafka: no wait for it
+            self._unanswered.pop(number, None)
 
         future.add_callback(landed)
         future.add_errback(refused)
