@@ -686,7 +686,16 @@ class Recovery:
         """Before python-socketio forgets the connection: save its session
         if the client may come back, else delete it."""
         left = self.forget(sid, namespace, reason)
-        if left is not None:
+        if left is None:
+            return
+        if self.log.emitting_here():
+            # Noticed inside an emit: engine.io closes a socket whose client
+            # missed its ping when something is sent to it. The save waits
+            # for that very emit to be published: elsewhere, or it waited
+            # its whole second and the session was refused as window-lost
+            # (soak seed 873330).
+            self.core.runtime.spawn(left)
+        else:
             left()
 
     def forget(self, sid: str, namespace: str,
@@ -716,10 +725,12 @@ class Recovery:
                   else eio.ping_interval + eio.ping_timeout + 2)
         saving = _Saving()
         self._keep_saving(pid, saving)
+        # Its rooms now: the save may run once python-socketio forgot them.
+        rooms, at = self._rooms(sid, namespace), time.monotonic()
 
         def save() -> None:
             try:
-                saving.session = self._save(pid, sid, namespace, window, joins)
+                saving.session = self._save(pid, sid, namespace, window, joins, rooms, at)
                 self.store.let_go(pid)
             finally:
                 saving.done.set()
@@ -768,8 +779,15 @@ class Recovery:
         return saved
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float,
-              joins: dict[tuple[str, int], int] | None = None) -> Session:
-        rooms = self._rooms(sid, namespace)
+              joins: dict[tuple[str, int], int] | None = None,
+              rooms: list[str] | None = None, at: float | None = None) -> Session:
+        """Save a dropped connection's session: its window holds what was
+        sent to it in the ``window_seconds`` before ``at`` (monotonic; now
+        by default) and since: the waits below must not shorten it."""
+        if at is None:
+            at = time.monotonic()
+        if rooms is None:
+            rooms = self._rooms(sid, namespace)
         if joins is None:
             joins = self._joins.get((sid, namespace), {})
         # The emit counter first, and every emit it counts delivered and
@@ -785,14 +803,15 @@ class Recovery:
         # replayed: a flush may return (its timeout, or confluent handing a
         # report to its report task) before the ack is known here, and the
         # client was then refused as window-lost (soak seed 873330).
-        window, exact = self.log.windows({sid: rooms}, window_seconds, ACK_WAIT,
+        seconds = window_seconds + time.monotonic() - at
+        window, exact = self.log.windows({sid: rooms}, seconds, ACK_WAIT,
                                          self.core.runtime.sleep)[sid]
         if not (exact and settled):
             # Its next recovery is refused as window-lost: say why here.
             self.stats["saved-inexact"] += 1
             logger.info("the saved window of %s is not exact: %s", sid,
                         "an emit it counts was not published within 1 s" if not settled
-                        else self.log.inexact_why({sid: rooms}, window_seconds))
+                        else self.log.inexact_why({sid: rooms}, seconds))
         session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
                           positions, emit_seq, window, exact and settled, _listed(joins))
         self.store.put(pid, session)

@@ -72,8 +72,9 @@ class DeliveryLog:
         self._past_ref: dict[Slot, int] = {}
         #: (base, partition) -> the offset of this dyno's last acked record.
         self.own_acked: dict[tuple[str, int], int] = {}
-        #: Emits counted but not yet handed to the producer.
-        self._open_emits: set[int] = set()
+        #: Emits counted but not yet handed to the producer, and the thread
+        #: (greenlet) of each.
+        self._open_emits: dict[int, int] = {}
         #: Records of this dyno tracked so far, and those still without the
         #: broker's answer (their numbers, oldest first).
         self._tracked = 0
@@ -99,12 +100,18 @@ class DeliveryLog:
         """Count an emit; :meth:`emit_done` once its records are published."""
         with self._lock:
             self._emit_seq += 1
-            self._open_emits.add(self._emit_seq)
+            self._open_emits[self._emit_seq] = threading.get_ident()
             return self._emit_seq
 
     def emit_done(self, seq: int) -> None:
         with self._lock:
-            self._open_emits.discard(seq)
+            self._open_emits.pop(seq, None)
+
+    def emitting_here(self) -> bool:
+        """Whether the calling thread (greenlet) is inside an emit: a wait
+        for that emit here would wait for itself."""
+        here = threading.get_ident()
+        return here in list(self._open_emits.values())
 
     def wait_emits(self, upto: int, timeout: float, sleep: Callable[[float], None]) -> bool:
         """Wait until every emit numbered ``upto`` or less has handed its
