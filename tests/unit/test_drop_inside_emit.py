@@ -10,12 +10,13 @@ this one included: it waited for itself for a second, and the session was
 saved inexact. The save must run once that emit is published, and its
 window must hold the emit's record (the dead socket never got it).
 """
+import asyncio
 import time
 from types import SimpleNamespace
 
 from test_recovery_state import FakeCore
 
-from flask_signalr_kafka import ConnectionStateRecovery
+from flask_signalr_kafka import ConnectionStateRecovery, socketio_hooks
 from flask_signalr_kafka.concurrency import Runtime
 from flask_signalr_kafka.recovery import Recovery
 
@@ -59,3 +60,35 @@ def test_a_drop_outside_an_emit_is_saved_before_the_disconnect_handler_returns()
     r.log.emit_done(r.log.next_emit())
     r.on_disconnect("sid~a", "/", "transport close")
     assert saved and saved[-1].exact
+
+
+def test_under_asyncio_a_drop_noticed_inside_an_emit_does_not_wait_for_it():
+    """The same inside an emit of the event loop: the disconnect hook awaited
+    the save (in a thread), which waited for the emit awaiting the hook."""
+    r, saved = dyno()
+
+    async def run():
+        loop = asyncio.get_running_loop()
+
+        async def call(fn):
+            return await loop.run_in_executor(None, fn)
+
+        seq = r.log.next_emit()  # an emit on the loop, sending to sid~a ...
+        coords: list = []
+        r.log.step(coords)
+        began = time.monotonic()
+        await socketio_hooks._forget(r, call, "sid~a", "/", "ping timeout")  # ... found dead
+        inside = time.monotonic() - began
+        landed = SimpleNamespace(partition=3, offset=41)
+        r.log.track(SimpleNamespace(add_callback=lambda fn: fn(landed),
+                                    add_errback=lambda fn: None), coords, "send-group", "r1")
+        r.log.emit_done(seq)
+        deadline = time.monotonic() + 5.0
+        while not r._saving["pid"].done.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the save, in its thread
+        return inside
+
+    inside = asyncio.run(run())
+    assert inside < 0.5, f"the emit waited {inside:.1f} s for the save"
+    assert saved[-1].exact
+    assert [entry[1:] for entry in saved[-1].window] == [("send-group", 3, 41)]
