@@ -727,10 +727,15 @@ class Recovery:
         self._keep_saving(pid, saving)
         # Its rooms now: the save may run once python-socketio forgot them.
         rooms, at = self._rooms(sid, namespace), time.monotonic()
+        # Inside an emit the save runs apart, after python-socketio forgot
+        # the connection: where it stood is cut now (a record read later for
+        # a room with no other member here makes no step, so no window holds
+        # it, and later positions would skip it).
+        cut = (self.log.emit_seq, self._position_list()) if self.log.emitting_here() else None
 
         def save() -> None:
             try:
-                saving.session = self._save(pid, sid, namespace, window, joins, rooms, at)
+                saving.session = self._save(pid, sid, namespace, window, joins, rooms, at, cut)
                 self.store.let_go(pid)
             finally:
                 saving.done.set()
@@ -780,10 +785,14 @@ class Recovery:
 
     def _save(self, pid: str, sid: str, namespace: str, window_seconds: float,
               joins: dict[tuple[str, int], int] | None = None,
-              rooms: list[str] | None = None, at: float | None = None) -> Session:
+              rooms: list[str] | None = None, at: float | None = None,
+              cut: tuple[int, list[Position]] | None = None) -> Session:
         """Save a dropped connection's session: its window holds what was
         sent to it in the ``window_seconds`` before ``at`` (monotonic; now
-        by default) and since: the waits below must not shorten it."""
+        by default) and since: the waits below must not shorten it.
+
+        :param cut: the emit counter and positions where the connection
+            stood, taken when it was forgotten (the save runs later)."""
         if at is None:
             at = time.monotonic()
         if rooms is None:
@@ -795,10 +804,13 @@ class Recovery:
         # this dyno's own records up to it as delivered at emit time, so one
         # counted but stepped after the cut (its socket still registered, a
         # ping timeout or a release under way) was in neither and was lost.
-        emit_seq = self.log.emit_seq
+        emit_seq = self.log.emit_seq if cut is None else cut[0]
         settled = self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
-        self.await_readback(1.0)
-        positions = self._position_list()
+        if cut is None:
+            self.await_readback(1.0)
+            positions = self._position_list()
+        else:
+            positions = cut[1]
         # Each of this dyno's own records in the window must be acked to be
         # replayed: a flush may return (its timeout, or confluent handing a
         # report to its report task) before the ack is known here, and the

@@ -92,3 +92,23 @@ def test_under_asyncio_a_drop_noticed_inside_an_emit_does_not_wait_for_it():
     assert inside < 0.5, f"the emit waited {inside:.1f} s for the save"
     assert saved[-1].exact
     assert [entry[1:] for entry in saved[-1].window] == [("send-group", 3, 41)]
+
+
+def test_a_save_apart_keeps_where_the_connection_stood_when_it_was_forgotten():
+    """Records read after the connection was forgotten, for a room with no
+    other member here, make no step: the save, run once the emit is
+    published, must not take positions past them (they were never sent)."""
+    r, saved = dyno()
+    at = {("send-group", 3): 40}
+    r.core.positions = lambda bases: dict(at)
+    seq = r.log.next_emit()
+    coords: list = []
+    r.log.step(coords)
+    r.on_disconnect("sid~a", "/", "ping timeout")
+    at[("send-group", 3)] = 45  # five records for r1 read since: no one here to get them
+    landed = SimpleNamespace(partition=3, offset=45)
+    r.log.track(SimpleNamespace(add_callback=lambda fn: fn(landed),
+                                add_errback=lambda fn: None), coords, "send-group", "r1")
+    r.log.emit_done(seq)
+    assert r._saving["pid"].done.wait(5.0)
+    assert saved[-1].positions == [("send-group", 3, 40)]
