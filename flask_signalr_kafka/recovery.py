@@ -94,6 +94,9 @@ SUPERSEDE_WAIT = 3.0
 #: Seconds a drop's save is kept after it began, for a client that comes
 #: back here before the record can be read back (:meth:`Recovery._take_over`).
 KEEP_SAVES = 30.0
+#: Seconds a save waits for the acks of this dyno's own records in its
+#: window (a checkpoint waits 1 s; a save has a client waiting for it).
+ACK_WAIT = 2.0
 #: What a pid we made looks like (:func:`.sessions.new_pid`).
 _PID_SHAPE = re.compile(r"[0-9]{1,6}\.[A-Za-z0-9_-]{22}")
 
@@ -195,6 +198,8 @@ class Recovery:
         self._saving: dict[str, _Saving] = {}
         #: recovered connections -> the dyno that held them before.
         self._taken: dict[tuple[str, str], str] = {}
+        #: connection -> where it came and joined its rooms (slot -> position).
+        self._joins: dict[tuple[str, str], dict[tuple[str, int], int]] = {}
         self._checkpointer: Any = None
         self._stopping = False
         #: Set by :meth:`drain`: new connections are turned away.
@@ -225,15 +230,25 @@ class Recovery:
     # -- delivery: steps, offsets and own records ------------------------------
 
     def joined(self, sid: str, namespace: str, room: str | None) -> None:
-        """A connection joined ``room``: its session changes, and a full
-        offset from now on must not reach back before the join (a record
-        for the room read here before it joined was not for it)."""
+        """A connection joined ``room`` (its own sid's: it came): its session
+        changes, and a full offset from now on must not reach back before
+        the join (a record for the room read here before it joined was not
+        for it). Where it joined goes in its session: an offset naming an
+        older reference point is not taken (:meth:`_exactly`)."""
         self.touch(sid, namespace)
-        if room is None or room == sid or not self.log.has_ref:
+        if room is None:
             return
+        count = self.core.partition_count
+        # A connection is in the broadcasts from when it came.
+        slots = ({(SEND_ALL, p) for p in range(count(SEND_ALL))} if room == sid
+                 else slots_of_room(count, room))
         positions = self.positions()
-        self.log.mark({s: positions[s] for s in slots_of_room(self.core.partition_count, room)
-                       if s in positions})
+        at = {s: positions[s] for s in slots if s in positions}
+        joins = self._joins.setdefault((sid, namespace), {})
+        for slot, position in at.items():
+            if position > joins.get(slot, -1):
+                joins[slot] = position
+        self.log.mark(at)
 
     def positions(self) -> dict[tuple[str, int], int]:
         """This dyno's delivery position on every partition of the send topics."""
@@ -247,6 +262,8 @@ class Recovery:
             self.core.flush(timeout)
         except Exception:
             logger.warning("could not flush before saving sessions", exc_info=True)
+        # Where its records landed, known here (own_acked) once answered.
+        self.log.wait_acks(max(0.0, deadline - time.monotonic()), self.core.runtime.sleep)
         while True:
             positions = self.positions()
             # A partition not read here (another dyno's home) has nothing to wait for.
@@ -394,6 +411,7 @@ class Recovery:
         self._replay_ends.pop(sid, None)
         self._recovered.discard(key)
         self._taken.pop(key, None)
+        self._joins.pop(key, None)
         if restore is not None:
             self.stats["abandoned"] += 1
             with self._attempts_lock:
@@ -590,6 +608,14 @@ class Recovery:
         positions = {(b, p): off for b, p, off in ref.positions}
         for slot, n in parsed.slots.items():
             positions[slot] = positions.get(slot, 0) + n
+        if any(positions.get((b, p), 0) < off for b, p, off in session.joined):
+            # Older than the connection's join (any of the dyno's last
+            # reference points can be named): it would replay events sent
+            # to its rooms before it was in them. What the session says holds.
+            self.stats["offsets-before-join"] += 1
+            logger.info("the offset of %s reaches back before it joined; not taken",
+                        session.sid)
+            return session
         return msgspec.structs.replace(
             session, positions=[(b, p, off) for (b, p), off in sorted(positions.items())],
             emit_seq=ref.emit_seq + parsed.emits, window=[], exact=True,
@@ -661,7 +687,16 @@ class Recovery:
         """Before python-socketio forgets the connection: save its session
         if the client may come back, else delete it."""
         left = self.forget(sid, namespace, reason)
-        if left is not None:
+        if left is None:
+            return
+        if self.log.emitting_here():
+            # Noticed inside an emit: engine.io closes a socket whose client
+            # missed its ping when something is sent to it. The save waits
+            # for that very emit to be published: elsewhere, or it waited
+            # its whole second and the session was refused as window-lost
+            # (soak seed 873330).
+            self.core.runtime.spawn(left)
+        else:
             left()
 
     def forget(self, sid: str, namespace: str,
@@ -672,6 +707,7 @@ class Recovery:
         key = (sid, namespace)
         pid = self._pids.pop(key, None)
         self._taken.pop(key, None)
+        joins = self._joins.pop(key, {})
         self.announced.discard(sid)
         self.replaying.pop(sid, None)
         self._replay_ends.pop(sid, None)
@@ -690,10 +726,17 @@ class Recovery:
                   else eio.ping_interval + eio.ping_timeout + 2)
         saving = _Saving()
         self._keep_saving(pid, saving)
+        # Its rooms now: the save may run once python-socketio forgot them.
+        rooms, at = self._rooms(sid, namespace), time.monotonic()
+        # Inside an emit the save runs apart, after python-socketio forgot
+        # the connection: where it stood is cut now (a record read later for
+        # a room with no other member here makes no step, so no window holds
+        # it, and later positions would skip it).
+        cut = (self.log.emit_seq, self._position_list()) if self.log.emitting_here() else None
 
         def save() -> None:
             try:
-                saving.session = self._save(pid, sid, namespace, window)
+                saving.session = self._save(pid, sid, namespace, window, joins, rooms, at, cut)
                 self.store.let_go(pid)
             finally:
                 saving.done.set()
@@ -741,20 +784,49 @@ class Recovery:
             self.host.close_socket(eio_sid)
         return saved
 
-    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float) -> Session:
-        rooms = self._rooms(sid, namespace)
+    def _save(self, pid: str, sid: str, namespace: str, window_seconds: float,
+              joins: dict[tuple[str, int], int] | None = None,
+              rooms: list[str] | None = None, at: float | None = None,
+              cut: tuple[int, list[Position]] | None = None) -> Session:
+        """Save a dropped connection's session: its window holds what was
+        sent to it in the ``window_seconds`` before ``at`` (monotonic; now
+        by default) and since: the waits below must not shorten it.
+
+        :param cut: the emit counter and positions where the connection
+            stood, taken when it was forgotten (the save runs later)."""
+        if at is None:
+            at = time.monotonic()
+        if rooms is None:
+            rooms = self._rooms(sid, namespace)
+        if joins is None:
+            joins = self._joins.get((sid, namespace), {})
         # The emit counter first, and every emit it counts delivered and
         # handed to the producer before the window is cut: a replay skips
         # this dyno's own records up to it as delivered at emit time, so one
         # counted but stepped after the cut (its socket still registered, a
         # ping timeout or a release under way) was in neither and was lost.
-        emit_seq = self.log.emit_seq
+        emit_seq = self.log.emit_seq if cut is None else cut[0]
         settled = self.log.wait_emits(emit_seq, 1.0, self.core.runtime.sleep)
-        self.await_readback(1.0)
-        positions = self._position_list()
-        window, exact = self.log.windows({sid: rooms}, window_seconds)[sid]
+        if cut is None:
+            self.await_readback(1.0)
+            positions = self._position_list()
+        else:
+            positions = cut[1]
+        # Each of this dyno's own records in the window must be acked to be
+        # replayed: a flush may return (its timeout, or confluent handing a
+        # report to its report task) before the ack is known here, and the
+        # client was then refused as window-lost (soak seed 873330).
+        seconds = window_seconds + time.monotonic() - at
+        window, exact = self.log.windows({sid: rooms}, seconds, ACK_WAIT,
+                                         self.core.runtime.sleep)[sid]
+        if not (exact and settled):
+            # Its next recovery is refused as window-lost: say why here.
+            self.stats["saved-inexact"] += 1
+            logger.info("the saved window of %s is not exact: %s", sid,
+                        "an emit it counts was not published within 1 s" if not settled
+                        else self.log.inexact_why({sid: rooms}, seconds))
         session = Session(SAVED, sid, namespace, rooms, self.owner, self.log.tag, time.time(),
-                          positions, emit_seq, window, exact and settled)
+                          positions, emit_seq, window, exact and settled, _listed(joins))
         self.store.put(pid, session)
         self.stats["saved"] += 1
         return session
@@ -793,10 +865,12 @@ class Recovery:
         for (sid, namespace), pid in list(self._pids.items()):
             # Forgotten here: its disconnect below changes nothing more.
             self.store.put(pid, Session(SAVED, sid, namespace, self._rooms(sid, namespace),
-                                        self.owner, self.log.tag, now, positions, emit_seq))
+                                        self.owner, self.log.tag, now, positions, emit_seq,
+                                        joined=_listed(self._joins.get((sid, namespace), {}))))
             self.stats["saved"] += 1
             self.store.let_go(pid)
         self._pids.clear()
+        self._joins.clear()
         return held
 
     def _close_sockets(self, held: list[tuple[str, str]], timeout: float) -> None:
@@ -826,9 +900,9 @@ class Recovery:
             return True
         sid, namespace = key
         try:
-            future = self.store.put(pid, Session(LIVE, sid, namespace,
-                                                 self._rooms(sid, namespace),
-                                                 self.owner, self.log.tag, time.time()))
+            future = self.store.put(pid, Session(
+                LIVE, sid, namespace, self._rooms(sid, namespace), self.owner, self.log.tag,
+                time.time(), joined=_listed(self._joins.get(key, {}))))
         except Exception:
             logger.warning("could not write the session of %s; retrying with the next "
                            "checkpoint", sid, exc_info=True)
@@ -979,6 +1053,11 @@ class Recovery:
             self.core.flush(5.0)
         except Exception:
             logger.warning("could not flush before a replay", exc_info=True)
+        # An ack known only after the flush returned would end the own range
+        # before its record: neither replayed nor read live (skipped as own).
+        if not self.log.wait_acks(5.0, self.core.runtime.sleep):
+            logger.warning("own records of %s's replay not acked within 5 s; the replay "
+                           "may miss them", session.sid)
         own = {s: (ends[s], self.log.own_acked[s] + 1) for s in relevant
                if s in ends and self.log.own_acked.get(s, -1) + 1 > ends[s]}
         logger.debug("replay of %s reads %d window records, ranges %s and own %s",
@@ -996,3 +1075,8 @@ class Recovery:
         # setdefault: two first replays at once share one pool.
         return self.__dict__.setdefault("_replay_consumers",
                                         ConsumerPool(self.core.new_consumer))
+
+
+def _listed(joins: dict[tuple[str, int], int]) -> list[Position]:
+    """A connection's join positions as a session holds them."""
+    return [(base, p, off) for (base, p), off in sorted(joins.items())]

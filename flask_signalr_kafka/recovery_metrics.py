@@ -46,6 +46,13 @@ def metric_families(recovery_of: Callable[[], Recovery | None]) -> list[Family]:
                (), counter("replayed")),
         Family("sessions_saved", COUNTER, "Sessions this dyno saved at a drop or shutdown.", (),
                counter("saved")),
+        Family("sessions_saved_inexact", COUNTER,
+               "Saved sessions whose window the dyno no longer knew whole (their "
+               "recovery is refused as window-lost; the log says why).", (),
+               counter("saved-inexact")),
+        Family("recovery_offsets_before_join", COUNTER,
+               "Client offsets not taken because they reached back before the "
+               "connection came or joined its rooms.", (), counter("offsets-before-join")),
         Family("sessions_records_read", COUNTER,
                "Records this dyno read from the sessions topic for reconnecting clients.",
                (), lambda: (r := recovery_of()) and r.store.reader.records_read or 0),

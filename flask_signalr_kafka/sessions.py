@@ -81,6 +81,11 @@ class Session(msgspec.Struct, array_like=True):
                    which the client may not have received; the client's
                    offset says which it did.
     :param exact: ``False`` when the owner no longer knew the whole window.
+    :param joined: the owner's positions where the connection came and
+                   joined its rooms (the newest join of each slot): a
+                   client's offset that reaches back before them is not
+                   taken, or it would be replayed events sent to a room
+                   before it was in it.
     """
 
     state: int
@@ -94,6 +99,7 @@ class Session(msgspec.Struct, array_like=True):
     emit_seq: int = 0
     window: list[WindowEntry] = msgspec.field(default_factory=list)
     exact: bool = True
+    joined: list[Position] = msgspec.field(default_factory=list)
 
 
 class Checkpoint(msgspec.Struct, array_like=True):

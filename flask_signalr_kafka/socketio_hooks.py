@@ -14,6 +14,7 @@ python-socketio changes the code these copies follow.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version
@@ -342,11 +343,27 @@ async def _forget(recovery: Recovery, call: Callable[..., Awaitable[Any]], sid: 
     """Recovery's on_disconnect: forgotten on the loop, the session saved (or
     deleted) in a thread, before python-socketio forgets the rooms."""
     left = recovery.forget(sid, namespace, reason)
-    if left is not None:
-        try:
-            await call(left)
-        except Exception:
-            logger.exception("could not save or delete the session of %s", sid)
+    if left is None:
+        return
+    if recovery.log.emitting_here():
+        # Noticed inside an emit (Recovery.on_disconnect): awaited, the save
+        # would wait for that emit, which waits for this.
+        task = asyncio.ensure_future(_left(call, left, sid))
+        _LATER.add(task)
+        task.add_done_callback(_LATER.discard)
+        return
+    await _left(call, left, sid)
+
+
+#: Saves under way apart from the disconnect that asked for them.
+_LATER: set[asyncio.Future] = set()
+
+
+async def _left(call: Callable[..., Awaitable[Any]], left: Callable[[], None], sid: str) -> None:
+    try:
+        await call(left)
+    except Exception:
+        logger.exception("could not save or delete the session of %s", sid)
 
 
 async def send_event_async(server: Any, eio_sid: str, namespace: str, event: str, args: list,

@@ -34,6 +34,17 @@ TAIL_STEPS = 5000
 #: keeps, apart: a recovery storm's replays must not push the other
 #: clients' steps out of the tail.
 PRIVATE_STEPS = 5000
+#: A record's offset in a step's coords while the broker has not answered
+#: (the record is on its way, or its report not yet handed over), and once
+#: the broker refused it.
+PENDING, REFUSED = -1, -2
+#: Seconds after which a record still without the broker's answer is taken
+#: as one that will never get it (beyond the producers' delivery timeouts).
+UNANSWERED_MAX_AGE = 330.0
+#: Why a window is not exact (the log says).
+PENDING_WHY = "own records not yet acked"
+REFUSED_WHY = "own records the broker refused"
+RING_WHY = "the ring forgot part of it"
 
 
 class DeliveryLog:
@@ -61,8 +72,13 @@ class DeliveryLog:
         self._past_ref: dict[Slot, int] = {}
         #: (base, partition) -> the offset of this dyno's last acked record.
         self.own_acked: dict[tuple[str, int], int] = {}
-        #: Emits counted but not yet handed to the producer.
-        self._open_emits: set[int] = set()
+        #: Emits counted but not yet handed to the producer, and the thread
+        #: (greenlet) of each.
+        self._open_emits: dict[int, int] = {}
+        #: Records of this dyno tracked so far, and those still without the
+        #: broker's answer (their numbers, oldest first).
+        self._tracked = 0
+        self._unanswered: dict[int, float] = {}
         #: Set once the first reference point is acked: the dyno's home
         #: partition takes writes (a topic created a second ago may not yet).
         self.ready = threading.Event()
@@ -84,12 +100,18 @@ class DeliveryLog:
         """Count an emit; :meth:`emit_done` once its records are published."""
         with self._lock:
             self._emit_seq += 1
-            self._open_emits.add(self._emit_seq)
+            self._open_emits[self._emit_seq] = threading.get_ident()
             return self._emit_seq
 
     def emit_done(self, seq: int) -> None:
         with self._lock:
-            self._open_emits.discard(seq)
+            self._open_emits.pop(seq, None)
+
+    def emitting_here(self) -> bool:
+        """Whether the calling thread (greenlet) is inside an emit: a wait
+        for that emit here would wait for itself."""
+        here = threading.get_ident()
+        return here in list(self._open_emits.values())
 
     def wait_emits(self, upto: int, timeout: float, sleep: Callable[[float], None]) -> bool:
         """Wait until every emit numbered ``upto`` or less has handed its
@@ -101,6 +123,27 @@ class DeliveryLog:
                 return False
             sleep(0.005)
         return True
+
+    def wait_acks(self, timeout: float, sleep: Callable[[float], None]) -> bool:
+        """Wait until the broker answered for every record tracked so far, so
+        that :attr:`own_acked` and the steps' coords know where each landed
+        (a flush can return first: its timeout, or confluent's report task
+        settling a report a moment later); ``False`` after ``timeout``."""
+        upto = self._tracked
+        deadline = time.monotonic() + timeout
+        while True:
+            oldest = next(iter(self._unanswered.items()), None)
+            if oldest is None or oldest[0] > upto:
+                return True
+            now = time.monotonic()
+            if now - oldest[1] > UNANSWERED_MAX_AGE:
+                # A future its producer dropped (a replaced one): no answer
+                # will come, and it must not hold every later wait.
+                self._unanswered.pop(oldest[0], None)
+                continue
+            if now > deadline:
+                return False
+            sleep(0.005)
 
     def step(self, coords: list, only: str | None = None) -> str:
         """Register one delivery step (the records it came from, filled in as
@@ -128,11 +171,12 @@ class DeliveryLog:
 
     def mark(self, positions: dict[Slot, int]) -> None:
         """A connection joined a room: its slots' positions now, so that a
-        full offset does not reach back before the join."""
+        full offset does not reach back before the join (before the first
+        reference point too: :meth:`use_ref` counts from what is marked)."""
         with self._lock:
-            if self._ref is not None:
-                for slot, position in positions.items():
-                    self._advance(slot, position, self._ref[1])
+            at_ref = self._ref[1] if self._ref is not None else {}
+            for slot, position in positions.items():
+                self._advance(slot, position, at_ref)
 
     def use_ref(self, n: int, positions: dict[Slot, int], emit_seq: int) -> None:
         """Reference point ``n`` is durable: full offsets count from it."""
@@ -156,16 +200,26 @@ class DeliveryLog:
 
     def track(self, future: Any, coords: list, base: str, key: str | None) -> None:
         """Note where one of this dyno's records lands, once the broker says."""
-        coord = [base, key, -1, -1]
+        coord = [base, key, -1, PENDING]
         coords.append(coord)
+        with self._lock:
+            self._tracked += 1
+            number = self._tracked
+            self._unanswered[number] = time.monotonic()
 
         def landed(metadata: Any) -> None:
             coord[2], coord[3] = metadata.partition, metadata.offset
             slot = (base, metadata.partition)
             if metadata.offset > self.own_acked.get(slot, -1):
                 self.own_acked[slot] = metadata.offset
+            self._unanswered.pop(number, None)
+
+        def refused(_error: Any) -> None:
+            coord[3] = REFUSED  # never in Kafka: no wait for it
+            self._unanswered.pop(number, None)
 
         future.add_callback(landed)
+        future.add_errback(refused)
 
     def _recent(self, cutoff: float) -> list:
         """The ring's steps at or after ``cutoff``, oldest first; the caller
@@ -178,20 +232,50 @@ class DeliveryLog:
         recent.reverse()
         return recent
 
-    def windows(self, rooms_of: dict[str, list[str]],
-                 seconds: float) -> dict[str, tuple[list[WindowEntry], bool]]:
+    def windows(self, rooms_of: dict[str, list[str]], seconds: float, wait: float = 0.0,
+                pause: Callable[[float], Any] | None = None,
+                ) -> dict[str, tuple[list[WindowEntry], bool]]:
         """For each connection of ``rooms_of`` (sid -> rooms): the records
         sent in the last ``seconds`` addressed to it, in the order they were
         sent, and whether that is all of them. One pass over the ring for
-        every connection (a shutdown saves them all)."""
+        every connection (a shutdown saves them all).
+
+        :param wait: seconds to wait (with ``pause``) for the broker's
+            answers about this dyno's own records in the windows: one not
+            yet answered is not in a window, and makes it inexact.
+        """
+        deadline = time.monotonic() + wait
+        recent, whole = self._window_steps(seconds)
+        while True:
+            cut, why = self._cut(recent, rooms_of, whole)
+            waiting = any(PENDING_WHY in reasons for reasons in why.values())
+            if not waiting or pause is None or time.monotonic() >= deadline:
+                return cut
+            pause(0.005)
+
+    def inexact_why(self, rooms_of: dict[str, list[str]], seconds: float) -> str:
+        """Why :meth:`windows` finds the window of ``rooms_of``'s connections
+        inexact now (for the log)."""
+        recent, whole = self._window_steps(seconds)
+        reasons = set().union(*self._cut(recent, rooms_of, whole)[1].values())
+        return ", ".join(sorted(reasons)) or "nothing now"
+
+    def _window_steps(self, seconds: float) -> tuple[list, bool]:
+        """The steps of the last ``seconds``, and whether the ring still
+        holds all of them."""
         cutoff = time.monotonic() - seconds
-        # The steps of the last ``seconds``, taken under the lock: consumers
-        # (threads) and the loop append as this runs, and a deque changed
-        # during its iteration raises (out of the disconnect hook: a ghost).
+        # Taken under the lock: consumers (threads) and the loop append as
+        # this runs, and a deque changed during its iteration raises (out of
+        # the disconnect hook: a ghost).
         with self._lock:
-            recent = self._recent(cutoff)
             ring = self._ring
-            exact = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+            whole = len(ring) < (ring.maxlen or 0) or (bool(ring) and ring[0][1] <= cutoff)
+            return self._recent(cutoff), whole
+
+    @staticmethod
+    def _cut(recent: list, rooms_of: dict[str, list[str]], whole: bool,
+             ) -> tuple[dict[str, tuple[list[WindowEntry], bool]], dict[str, set[str]]]:
+        """:meth:`windows` of ``recent`` steps, and why each inexact one is."""
         members: dict[tuple[str, str], list[str]] = {}
         for sid, rooms in rooms_of.items():
             members.setdefault((SEND_CONN, sid), []).append(sid)
@@ -201,17 +285,18 @@ class DeliveryLog:
                 members.setdefault(target, []).append(sid)
         everyone: list[WindowEntry] = []
         own: dict[str, list[WindowEntry]] = {sid: [] for sid in rooms_of}
-        unacked: set[str] = set()
+        why: dict[str, set[str]] = {sid: set() if whole else {RING_WHY} for sid in rooms_of}
         for step, _, coords, _, only in recent:
-            for base, key, partition, offset in coords:
+            for base, key, partition, offset in list(coords):  # acks fill them in meanwhile
                 if only is not None:
                     sids = [only] if only in own else []
                 elif base == SEND_ALL:
                     sids = list(rooms_of)
                 else:
                     sids = members.get((base, key), ())
-                if offset < 0:
-                    unacked.update(sids)  # never acked: not in Kafka to replay
+                if offset < 0:  # not in Kafka (yet): nothing to replay
+                    for sid in sids:
+                        why[sid].add(PENDING_WHY if offset == PENDING else REFUSED_WHY)
                     continue
                 entry = (step, base, partition, offset)
                 if base == SEND_ALL and only is None:
@@ -219,8 +304,8 @@ class DeliveryLog:
                 else:
                     for sid in sids:
                         own[sid].append(entry)
-        return {sid: (latest_each(heapq.merge(everyone, own[sid])), exact and sid not in unacked)
-                for sid in rooms_of}
+        return {sid: (latest_each(heapq.merge(everyone, own[sid])), not why[sid])
+                for sid in rooms_of}, why
 
     def checkpoint(self, owner: str, positions: list[Position],
                    pause: Callable[[float], Any]) -> Checkpoint:
@@ -233,7 +318,7 @@ class DeliveryLog:
             recent, before, shared, cut = self._tail(cutoff)
         # Its own records' places come with the broker's acks.
         deadline = time.monotonic() + 1.0
-        while any(c[3] < 0 for _, _, coords, _, _ in recent for c in coords):
+        while any(c[3] == PENDING for _, _, coords, _, _ in recent for c in coords):
             if time.monotonic() > deadline:
                 break
             pause(0.005)

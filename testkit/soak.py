@@ -677,9 +677,10 @@ def client_ledger(c: dict, rep: dict, sent: dict, faults: list[Fault], labels: d
         if extra <= 0:
             continue
         # what it had before its first drop, again at its first reconnect
-        # (replayed events may come just before the client's "connect")
+        # (replayed events may come just before the client's "connect"; one
+        # got in the drop's own millisecond was had before it)
         allowed = (not announcing and first_drop is not None and first_back is not None
-                   and times[0] < first_drop
+                   and times[0] <= first_drop
                    and all(first_drop <= t <= first_back + REPEAT_WITHIN for t in times[1:]))
         if allowed:
             repeats += extra

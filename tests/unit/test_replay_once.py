@@ -87,8 +87,8 @@ def test_a_save_waits_for_the_emits_it_counts():
         coords: list = []
         r.log.step(coords)
         landed = SimpleNamespace(partition=3, offset=7)
-        r.log.track(SimpleNamespace(add_callback=lambda fn: fn(landed)), coords,
-                    "send-conn", "sid~a")
+        future = SimpleNamespace(add_callback=lambda fn: fn(landed), add_errback=lambda fn: None)
+        r.log.track(future, coords, "send-conn", "sid~a")
         r.log.emit_done(seq)
 
     emitter = threading.Thread(target=deliver_later)
