@@ -162,7 +162,8 @@ def test_a_hung_kafka_gets_an_answer_in_time(monkeypatch):
     ("3." + "a" * 5000, None),
     (PID, "junk"),
     (PID, "77hab.12"),  # a home partition that does not exist
-], ids=["no-dot", "short", "no-partition", "huge", "junk-offset", "no-home"])  # PID is random: xdist's workers must agree on ids
+    # PID is random per process: named ids, so that xdist's workers agree.
+], ids=["no-dot", "short", "no-partition", "huge", "junk-offset", "no-home"])
 def test_a_bogus_pid_or_offset_reads_nothing(pid, offset):
     r = make()
     assert r.prepare("e1", "/", pid, offset) is None
