@@ -35,7 +35,7 @@ from confluent_kafka import TopicPartition as _TP
 from kafka.errors import KafkaTimeoutError
 
 from .client_config import BUFFER_MEMORY, CONFLUENT_REQUEST_TIMEOUT_MS, librdkafka_configs
-from .concurrency import Runtime
+from .concurrency import Runtime, gevent_patched
 from .kafka_client import TopicPartition
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ REPORT_WAIT = 0.5
 COUNTS_MAX_AGE = 60.0
 #: Records taken from librdkafka's queue per poll.
 BATCH = 500
+#: Batches a consumer's poll thread may queue before it waits for them to
+#: be taken.
+QUEUED_BATCHES = 4
+#: Seconds a poll thread waits in librdkafka before it looks for a stop.
+THREAD_WAIT = 0.5
 _METADATA_TIMEOUT = 10.0
 
 
@@ -250,6 +255,10 @@ class ConfluentConsumer:
     the core uses, with manual assignment and positions kept here: a seek
     before the next poll becomes the offset the partition is assigned at.
 
+    Under gevent a :class:`PollThread` of its own polls librdkafka and hands
+    the records over in batches; elsewhere :meth:`poll` polls in the
+    caller's thread.
+
     :param config: librdkafka consumer properties.
     :param runtime: where blocking calls wait.
     :param earliest: an out-of-range position resets to the log start.
@@ -258,16 +267,30 @@ class ConfluentConsumer:
     def __init__(self, config: dict[str, Any], runtime: Runtime, earliest: bool = False) -> None:
         config = {**config, "auto.offset.reset": "earliest" if earliest else "latest"}
         self._runtime = runtime
-        self._worker = runtime.worker()  # polls and close, one at a time
         self._consumer = _made(confluent_kafka.Consumer, config, "consumer_config")
         self._queries = Queries.acquire(config, runtime)
+        self._setup()
+        self._closed = False
+        self._thread: PollThread | None = None
+        if runtime.green and gevent_patched():
+            self._thread = PollThread(self)
+        else:
+            self._worker = runtime.worker()  # polls and close, one at a time
+
+    def _setup(self) -> None:
         self._assigned: list[TopicPartition] = []
         self._active: dict[TopicPartition, int | None] = {}  # assigned in librdkafka, at
         self._positions: dict[TopicPartition, int] = {}
         self._seeks: dict[TopicPartition, int] = {}
         self._paused: set[TopicPartition] = set()
         self._partition_ids: dict[str, set[int]] = {}  # the last metadata answer, by topic
-        self._closed = False
+        # What tells a poll thread's records of an old assignment from the
+        # new one's: librdkafka's (re)assignments are numbered, and a batch
+        # carries the number current when its poll began.
+        self._lock = _raw_lock()
+        self._seq = 0
+        self._dropped_at: dict[TopicPartition, int] = {}
+        self._assigned_at: dict[TopicPartition, int] = {}
 
     # -- metadata and offsets (requests to the cluster) ---------------------------
 
@@ -379,20 +402,49 @@ class ConfluentConsumer:
         drop = [tp for tp in self._active if tp not in wanted or (
             tp in self._seeks and self._seeks[tp] != self._active[tp])]
         add = [tp for tp in self._assigned if tp not in self._active or tp in drop]
-        if drop:
-            self._consumer.incremental_unassign([_TP(tp.topic, tp.partition) for tp in drop])
+        with self._lock:  # not while the poll thread re-reads a partition
+            if drop:
+                self._consumer.incremental_unassign([_TP(tp.topic, tp.partition) for tp in drop])
+                for tp in drop:
+                    del self._active[tp]
+                    self._assigned_at.pop(tp, None)
+            if add:
+                default = confluent_kafka.OFFSET_END
+                self._consumer.incremental_assign([
+                    _TP(tp.topic, tp.partition, self._positions.get(tp, default)) for tp in add])
+                for tp in add:
+                    self._active[tp] = self._positions.get(tp)
+                    self._assigned_at[tp] = self._positions.get(tp, default)
+                paused = [_TP(tp.topic, tp.partition) for tp in add if tp in self._paused]
+                if paused:
+                    self._consumer.pause(paused)
+            # Numbered once librdkafka has it: a poll that began before this
+            # line may hold records of the old assignment.
+            self._seq += 1
             for tp in drop:
-                del self._active[tp]
-        if add:
-            default = confluent_kafka.OFFSET_END
+                self._dropped_at[tp] = self._seq
+        self._seeks.clear()
+
+    def _overlapped(self, began: int, tps: Any) -> None:
+        """In the poll thread, after a poll that began at ``began`` returned
+        records of ``tps``: a partition reassigned meanwhile may have given
+        records of both assignments, which cannot be told apart. Those are
+        all dropped (:meth:`_deliver`) and the partition is assigned again
+        where it was, now that no poll is under way."""
+        with self._lock:
+            again = [tp for tp in tps if self._dropped_at.get(tp, -1) > began
+                     and tp in self._assigned_at]
+            if not again:
+                return
+            self._consumer.incremental_unassign([_TP(tp.topic, tp.partition) for tp in again])
             self._consumer.incremental_assign([
-                _TP(tp.topic, tp.partition, self._positions.get(tp, default)) for tp in add])
-            for tp in add:
-                self._active[tp] = self._positions.get(tp)
-            paused = [_TP(tp.topic, tp.partition) for tp in add if tp in self._paused]
+                _TP(tp.topic, tp.partition, self._assigned_at[tp]) for tp in again])
+            paused = [_TP(tp.topic, tp.partition) for tp in again if tp in self._paused]
             if paused:
                 self._consumer.pause(paused)
-        self._seeks.clear()
+            self._seq += 1
+            for tp in again:
+                self._dropped_at[tp] = self._seq
 
     # -- records ------------------------------------------------------------------
 
@@ -405,7 +457,14 @@ class ConfluentConsumer:
         if not self._active:
             self._runtime.sleep(timeout_ms / 1000)  # nothing to read: wait as a poll would
             return {}
-        messages = self._worker.call(self._fetch, timeout_ms / 1000)
+        if self._thread is not None:
+            return self._deliver(self._thread.take(timeout_ms / 1000))
+        began = self._seq
+        records = self._records(self._worker.call(_fetch, self._consumer, timeout_ms / 1000))
+        return self._deliver([(began, records)] if records else [])
+
+    @staticmethod
+    def _records(messages: list) -> dict[TopicPartition, list[Record]]:
         out: dict[TopicPartition, list[Record]] = {}
         for message in messages:
             error = message.error()
@@ -416,29 +475,151 @@ class ConfluentConsumer:
                 continue
             record = Record(message)
             tp = TopicPartition(record.topic, record.partition)
-            if tp not in self._active or tp in self._seeks:
-                continue  # fetched before it was unassigned or sought
-            out.setdefault(tp, []).append(record)
+            batch = out.get(tp)
+            if batch is None:
+                out[tp] = [record]
+            else:
+                batch.append(record)
+        return out
+
+    def _deliver(self, batches: list) -> dict[TopicPartition, list[Record]]:
+        """``(began, records by partition)`` batches as one poll's answer,
+        without what an assignment since ``began`` has made stale."""
+        out: dict[TopicPartition, list[Record]] = {}
+        for began, records in batches:
+            for tp, batch in records.items():
+                if tp not in self._active or self._dropped_at.get(tp, -1) > began:
+                    continue  # fetched before it was unassigned or sought
+                if tp in out:
+                    out[tp].extend(batch)
+                else:
+                    out[tp] = batch
         for tp, batch in out.items():
             self._positions[tp] = self._active[tp] = batch[-1].offset + 1
         return out
-
-    def _fetch(self, timeout: float) -> list:
-        consumer = self._consumer
-        first = consumer.poll(timeout)
-        if first is None:
-            return []
-        return [first, *consumer.consume(BATCH - 1, 0)]
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._worker.call(self._consumer.close)
+            if self._thread is not None:
+                self._thread.close()
+            else:
+                self._worker.call(self._consumer.close)
         finally:
-            self._worker.close()
+            if self._thread is None:
+                self._worker.close()
             self._queries.release()
+
+
+def _fetch(consumer: Any, timeout: float) -> list:
+    """Up to :data:`BATCH` messages: waits ``timeout`` s for the first only
+    (``consume`` with a timeout waits for all of them)."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH - 1, 0)]
+
+
+def _raw_lock() -> Any:
+    """A lock of the OS (gevent's patched one is for greenlets): held for
+    moments by a poll thread and the hub."""
+    if gevent_patched():
+        from gevent import monkey
+
+        return monkey.get_original("_thread", "allocate_lock")()
+    return threading.Lock()
+
+
+class PollThread:
+    """A consumer's poll thread under gevent: a real thread that waits in
+    librdkafka's poll and queues each batch it reads for the consumer's
+    greenlet, waking the hub through one long-lived watcher when the queue
+    goes from empty to non-empty: one hand-off per batch, none per poll.
+    It holds at most :data:`QUEUED_BATCHES` batches and then waits for the
+    greenlet to take them (librdkafka's own queue then fills, and it stops
+    fetching). It closes the librdkafka consumer when stopped: no poll
+    overlaps the close.
+
+    :param owner: the consumer it reads for.
+    """
+
+    def __init__(self, owner: ConfluentConsumer) -> None:
+        from gevent import get_hub
+        from gevent.event import Event
+        from gevent.threadpool import ThreadPool
+
+        self._owner = owner
+        self._batches: collections.deque = collections.deque()
+        self._scheduled = False  # a wake-up is on its way
+        self._ready = Event()
+        self._watcher = get_hub().loop.async_()
+        self._watcher.start(self._ready.set)
+        self._space = _raw_lock()
+        self._space.acquire()  # held: released by the greenlet for a waiting thread
+        self._waiting = False
+        self._stopping = False
+        self._pool = ThreadPool(1)
+        self._done = self._pool.spawn(self._run)
+
+    def _run(self) -> None:
+        owner, consumer, batches = self._owner, self._owner._consumer, self._batches
+        try:
+            while not self._stopping:
+                if len(batches) >= QUEUED_BATCHES:
+                    self._waiting = True
+                    if len(batches) >= QUEUED_BATCHES:
+                        self._space.acquire(timeout=THREAD_WAIT)
+                    self._waiting = False
+                    continue
+                began = owner._seq
+                try:
+                    messages = _fetch(consumer, THREAD_WAIT)
+                except Exception:
+                    logger.exception("polling a consumer failed")
+                    self._space.acquire(timeout=THREAD_WAIT)  # a pause, not a spin
+                    continue
+                records = owner._records(messages) if messages else None
+                if not records:
+                    continue
+                owner._overlapped(began, records)
+                # Appended before the flag is read; the greenlet resets the
+                # flag before it takes: no batch waits for a later one.
+                batches.append((began, records))
+                if not self._scheduled:
+                    self._scheduled = True
+                    self._watcher.send()
+        finally:
+            consumer.close()
+
+    def take(self, timeout: float) -> list:
+        """The queued batches, waiting up to ``timeout`` s for one (in the
+        consumer's greenlet)."""
+        self._ready.clear()
+        self._scheduled = False
+        batches = self._batches
+        if not batches:
+            self._ready.wait(timeout)
+            self._ready.clear()
+            self._scheduled = False
+        out = []
+        while batches:
+            out.append(batches.popleft())
+        if self._waiting and self._space.locked():
+            self._space.release()
+        return out
+
+    def close(self) -> None:
+        """Stop polling and close the consumer (waits for its poll to end)."""
+        self._stopping = True
+        if self._space.locked():
+            self._space.release()
+        try:
+            self._done.get()
+        finally:
+            self._watcher.close()
+            self._pool.kill()
 
 
 class Queries:

@@ -282,8 +282,8 @@ def test_the_confluent_consumer_assigns_at_our_positions_and_keeps_them():
     consumer._runtime = Runtime("threading", None, time.sleep)
     consumer._worker = Worker(threaded=False)
     consumer._consumer = fake
-    consumer._assigned, consumer._active, consumer._positions = [], {}, {}
-    consumer._seeks, consumer._paused, consumer._closed = {}, set(), False
+    consumer._setup()
+    consumer._thread, consumer._closed = None, False
     t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
     consumer.assign([t0, t1])
     consumer.seek(t0, 5)
