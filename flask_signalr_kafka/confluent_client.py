@@ -10,10 +10,13 @@ Nothing polls in a loop without a timeout. A consumer's metadata and
 offsets requests go through :class:`Queries`, not its own connections,
 where they would wait behind its long-poll fetches.
 
-The producer's delivery reports are served by a task of its own: it waits
-in ``poll`` (in the worker) until reports come, and settles their futures
-back in the runtime (a greenlet under gevent), so callbacks and waiters
-never run in librdkafka's or the worker's thread.
+The producer's delivery reports are settled in the runtime (a greenlet
+under gevent), so callbacks and waiters never run in librdkafka's or a
+worker's thread. Under gevent no thread wakes the hub for them: a
+``poll(0)`` after each ``produce`` and a slow timer while records are in
+flight serve them on the hub, and a worker waits in ``poll`` only while
+someone waits for a report (``Delivery.get``). Elsewhere a thread of the
+producer's waits in ``poll``.
 
 Partitioning is kafka-python's: keys by murmur2 (librdkafka's
 ``murmur2_random``, the Java client's), and the records without a key
@@ -40,9 +43,13 @@ from .kafka_client import TopicPartition
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a delivery-report wait lasts when nothing comes (an idle dyno
-#: wakes twice a second for it).
-REPORT_WAIT = 0.5
+#: Seconds a delivery-report wait in a thread lasts when nothing comes.
+#: Under 200 ms: from confluent-kafka 2.13 a longer ``Producer.poll`` polls
+#: in chunks and returns when its time is up, not at the first report.
+REPORT_WAIT = 0.19
+#: Seconds between the hub's looks for delivery reports while records are
+#: in flight and nobody waits for one (gevent).
+REPORT_TICK = 0.02
 #: Seconds between refreshes of the partition counts of unkeyed sends.
 COUNTS_MAX_AGE = 60.0
 #: Records taken from librdkafka's queue per poll.
@@ -61,10 +68,12 @@ class Delivery:
     is its own record metadata: ``topic``, ``partition``, ``offset``)."""
 
     __slots__ = ("_queue", "done", "error", "_callbacks", "_event", "topic", "offset",
-                 "partition")
+                 "partition", "_producer")
 
-    def __init__(self, queue: collections.deque, topic: str = "") -> None:
+    def __init__(self, queue: collections.deque, topic: str = "",
+                 producer: ConfluentProducer | None = None) -> None:
         self._queue = queue
+        self._producer = producer  # told while someone waits in get()
         self.done = False
         self.error: BaseException | None = None
         #: ``(on_error, fn, args)`` in the order they were added.
@@ -129,9 +138,16 @@ class Delivery:
         :raises KafkaTimeoutError: no answer within ``timeout`` seconds.
         """
         if not self.done:
-            self._event = threading.Event()
-            if not self.done and not self._event.wait(timeout):
-                raise KafkaTimeoutError(f"no delivery report within {timeout} s")
+            producer = self._producer
+            self._event = threading.Event() if producer is None else producer.event()
+            if producer is not None:
+                producer.waiting(1)
+            try:
+                if not self.done and not self._event.wait(timeout):
+                    raise KafkaTimeoutError(f"no delivery report within {timeout} s")
+            finally:
+                if producer is not None:
+                    producer.waiting(-1)
         if self.error is not None:
             raise self.error
         return self
@@ -150,6 +166,10 @@ class ConfluentProducer:
         self._runtime = runtime
         self._worker = runtime.worker(serial=False)
         self._reports: collections.deque = collections.deque()
+        # Under gevent, reports are served on the hub (see _serve_on_hub).
+        self._on_hub = runtime.green and gevent_patched()
+        self._waiters = 0
+        self._wake = self.event()
         self._slot = random.randrange(1 << 30)
         self._counts: dict[str, int] = {}
         self._counts_at = 0.0
@@ -161,7 +181,7 @@ class ConfluentProducer:
 
     def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
              partition: int | None = None) -> Delivery:
-        delivery = Delivery(self._reports, topic)
+        delivery = Delivery(self._reports, topic, self if self._on_hub else None)
         if partition is None and key is None:
             partition = self._slot % self._count(topic)
         # A BufferError (librdkafka's queue is full) goes to the caller: the
@@ -174,7 +194,30 @@ class ConfluentProducer:
                 self._producer.produce(topic, value, key, partition, on_delivery=delivery)
         except KafkaException as exc:
             delivery.settle(exc.args[0], None)
+            return delivery
+        if self._on_hub:
+            # Earlier records' reports, if in: no thread, no wake-up.
+            self._producer.poll(0)
+            self._settle()
+            if not self._wake.is_set():
+                self._wake.set()
         return delivery
+
+    def event(self) -> Any:
+        """An event of the runtime: gevent's where reports are served on the hub."""
+        if self._on_hub:
+            from gevent.event import Event
+
+            return Event()
+        return threading.Event()
+
+    def waiting(self, change: int) -> None:
+        """One more (``1``) or one fewer (``-1``) caller waiting in
+        :meth:`Delivery.get`: while there are any, reports are waited for in
+        a worker, which wakes the hub at the first."""
+        self._waiters += change
+        if change > 0 and not self._wake.is_set():
+            self._wake.set()
 
     def _count(self, topic: str) -> int:
         count = self._counts.get(topic)
@@ -195,11 +238,13 @@ class ConfluentProducer:
                 self._counts[name] = len(meta.partitions)
 
     def _serve(self) -> None:
-        """Serve delivery reports until closed: wait in ``poll`` until some
-        come, settle them here."""
+        """Serve delivery reports until closed, settle them here."""
         while not self._closed:
             try:
-                self._worker.call(self._producer.poll, REPORT_WAIT)
+                if self._on_hub:
+                    self._serve_on_hub()
+                else:  # this task's own thread
+                    self._producer.poll(REPORT_WAIT)
             except Exception:
                 logger.exception("serving the producer's delivery reports failed")
                 self._runtime.sleep(REPORT_WAIT)
@@ -208,6 +253,20 @@ class ConfluentProducer:
                 self._counts_at = time.monotonic()
                 for topic in list(self._counts):
                     self._refresh_counts(topic)
+
+    def _serve_on_hub(self) -> None:
+        """One step of the report task under gevent: a worker's ``poll`` while
+        someone waits for a report; a look every :data:`REPORT_TICK` s
+        while records are in flight; else sleep until a send."""
+        if self._waiters:
+            self._worker.call(self._producer.poll, REPORT_WAIT)
+        elif len(self._producer):
+            self._runtime.sleep(REPORT_TICK)
+            self._producer.poll(0)
+        else:
+            self._wake.clear()
+            if not len(self._producer) and not self._waiters:
+                self._wake.wait(COUNTS_MAX_AGE)
 
     def _settle(self) -> None:
         reports = self._reports
@@ -227,6 +286,7 @@ class ConfluentProducer:
             self.flush(timeout)
         finally:
             self._closed = True
+            self._wake.set()
             self._runtime.stop(self._task, REPORT_WAIT + 1)
             self._settle()
             self._worker.close()
@@ -285,12 +345,10 @@ class ConfluentConsumer:
         self._paused: set[TopicPartition] = set()
         self._partition_ids: dict[str, set[int]] = {}  # the last metadata answer, by topic
         # What tells a poll thread's records of an old assignment from the
-        # new one's: librdkafka's (re)assignments are numbered, and a batch
-        # carries the number current when its poll began.
-        self._lock = _raw_lock()
+        # new one's: assignment changes are numbered, and a batch carries
+        # the number of the last change applied when its poll began.
         self._seq = 0
         self._dropped_at: dict[TopicPartition, int] = {}
-        self._assigned_at: dict[TopicPartition, int] = {}
 
     # -- metadata and offsets (requests to the cluster) ---------------------------
 
@@ -350,6 +408,8 @@ class ConfluentConsumer:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         """The log end seen by the last fetch (no request)."""
+        if self._thread is not None:
+            return self._thread.highwater.get(tp)
         try:
             high = self._consumer.get_watermark_offsets(_TP(tp.topic, tp.partition),
                                                         cached=True)[1]
@@ -387,13 +447,22 @@ class ConfluentConsumer:
         self._paused.update(partitions)
         active = [_TP(tp.topic, tp.partition) for tp in partitions if tp in self._active]
         if active:
-            self._consumer.pause(active)
+            self._call(self._consumer.pause, active)
 
     def resume(self, *partitions: TopicPartition) -> None:
         self._paused.difference_update(partitions)
         active = [_TP(tp.topic, tp.partition) for tp in partitions if tp in self._active]
         if active:
-            self._consumer.resume(active)
+            self._call(self._consumer.resume, active)
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        """``fn(*args)`` on librdkafka's consumer: in the poll thread between
+        two polls if there is one (the binding makes any other call wait for
+        a poll under way), else now."""
+        if self._thread is not None:
+            self._thread.call(self._seq, fn, *args)
+        else:
+            fn(*args)
 
     def _sync(self) -> None:
         """Make librdkafka's assignment ours: drop what is no longer read,
@@ -402,49 +471,25 @@ class ConfluentConsumer:
         drop = [tp for tp in self._active if tp not in wanted or (
             tp in self._seeks and self._seeks[tp] != self._active[tp])]
         add = [tp for tp in self._assigned if tp not in self._active or tp in drop]
-        with self._lock:  # not while the poll thread re-reads a partition
-            if drop:
-                self._consumer.incremental_unassign([_TP(tp.topic, tp.partition) for tp in drop])
-                for tp in drop:
-                    del self._active[tp]
-                    self._assigned_at.pop(tp, None)
-            if add:
-                default = confluent_kafka.OFFSET_END
-                self._consumer.incremental_assign([
-                    _TP(tp.topic, tp.partition, self._positions.get(tp, default)) for tp in add])
-                for tp in add:
-                    self._active[tp] = self._positions.get(tp)
-                    self._assigned_at[tp] = self._positions.get(tp, default)
-                paused = [_TP(tp.topic, tp.partition) for tp in add if tp in self._paused]
-                if paused:
-                    self._consumer.pause(paused)
-            # Numbered once librdkafka has it: a poll that began before this
-            # line may hold records of the old assignment.
-            self._seq += 1
+        # Numbered: records of a poll that began before the poll thread
+        # applied this change are of the old assignment (see _deliver).
+        self._seq += 1
+        if drop:
+            self._call(self._consumer.incremental_unassign,
+                       [_TP(tp.topic, tp.partition) for tp in drop])
             for tp in drop:
+                del self._active[tp]
                 self._dropped_at[tp] = self._seq
-        self._seeks.clear()
-
-    def _overlapped(self, began: int, tps: Any) -> None:
-        """In the poll thread, after a poll that began at ``began`` returned
-        records of ``tps``: a partition reassigned meanwhile may have given
-        records of both assignments, which cannot be told apart. Those are
-        all dropped (:meth:`_deliver`) and the partition is assigned again
-        where it was, now that no poll is under way."""
-        with self._lock:
-            again = [tp for tp in tps if self._dropped_at.get(tp, -1) > began
-                     and tp in self._assigned_at]
-            if not again:
-                return
-            self._consumer.incremental_unassign([_TP(tp.topic, tp.partition) for tp in again])
-            self._consumer.incremental_assign([
-                _TP(tp.topic, tp.partition, self._assigned_at[tp]) for tp in again])
-            paused = [_TP(tp.topic, tp.partition) for tp in again if tp in self._paused]
+        if add:
+            default = confluent_kafka.OFFSET_END
+            self._call(self._consumer.incremental_assign, [
+                _TP(tp.topic, tp.partition, self._positions.get(tp, default)) for tp in add])
+            for tp in add:
+                self._active[tp] = self._positions.get(tp)
+            paused = [_TP(tp.topic, tp.partition) for tp in add if tp in self._paused]
             if paused:
-                self._consumer.pause(paused)
-            self._seq += 1
-            for tp in again:
-                self._dropped_at[tp] = self._seq
+                self._call(self._consumer.pause, paused)
+        self._seeks.clear()
 
     # -- records ------------------------------------------------------------------
 
@@ -459,7 +504,7 @@ class ConfluentConsumer:
             return {}
         if self._thread is not None:
             return self._deliver(self._thread.take(timeout_ms / 1000))
-        began = self._seq
+        began = self._seq  # every change is made: nothing to drop
         records = self._records(self._worker.call(_fetch, self._consumer, timeout_ms / 1000))
         return self._deliver([(began, records)] if records else [])
 
@@ -483,8 +528,8 @@ class ConfluentConsumer:
         return out
 
     def _deliver(self, batches: list) -> dict[TopicPartition, list[Record]]:
-        """``(began, records by partition)`` batches as one poll's answer,
-        without what an assignment since ``began`` has made stale."""
+        """``(applied, records by partition)`` batches as one poll's answer,
+        without what a change after the ``applied``-th has made stale."""
         out: dict[TopicPartition, list[Record]] = {}
         for began, records in batches:
             for tp, batch in records.items():
@@ -537,10 +582,16 @@ class PollThread:
     librdkafka's poll and queues each batch it reads for the consumer's
     greenlet, waking the hub through one long-lived watcher when the queue
     goes from empty to non-empty: one hand-off per batch, none per poll.
-    It holds at most :data:`QUEUED_BATCHES` batches and then waits for the
-    greenlet to take them (librdkafka's own queue then fills, and it stops
-    fetching). It closes the librdkafka consumer when stopped: no poll
-    overlaps the close.
+
+    confluent-kafka makes any call on a consumer wait for a poll under way
+    in another thread (an assign waited for ever behind back-to-back
+    polls), so the greenlet's calls (assign, pause, resume) are queued and
+    made here between two polls, each poll waiting at most as long as the
+    greenlet's (200 ms for a claim's consumers); the log ends a fetch saw
+    are read here too. The thread holds at most :data:`QUEUED_BATCHES`
+    batches and then waits for the greenlet to take them (librdkafka's own
+    queue then fills, and it stops fetching). It closes the consumer when
+    stopped.
 
     :param owner: the consumer it reads for.
     """
@@ -552,6 +603,10 @@ class PollThread:
 
         self._owner = owner
         self._batches: collections.deque = collections.deque()
+        self._calls: collections.deque = collections.deque()
+        #: The log end of each partition at its last fetch.
+        self.highwater: dict[TopicPartition, int] = {}
+        self._wait = THREAD_WAIT
         self._scheduled = False  # a wake-up is on its way
         self._ready = Event()
         self._watcher = get_hub().loop.async_()
@@ -563,19 +618,41 @@ class PollThread:
         self._pool = ThreadPool(1)
         self._done = self._pool.spawn(self._run)
 
+    def call(self, seq: int, fn: Any, *args: Any) -> None:
+        """Make ``fn(*args)`` before the next poll; its records carry ``seq``."""
+        self._calls.append((seq, fn, args))
+        self._unblock()
+
+    def _unblock(self) -> None:
+        if self._waiting and self._space.locked():
+            self._space.release()
+
     def _run(self) -> None:
-        owner, consumer, batches = self._owner, self._owner._consumer, self._batches
+        owner, consumer = self._owner, self._owner._consumer
+        batches, calls = self._batches, self._calls
+        applied = 0
         try:
             while not self._stopping:
-                if len(batches) >= QUEUED_BATCHES:
+                if not applied and not calls:  # nothing assigned yet
                     self._waiting = True
-                    if len(batches) >= QUEUED_BATCHES:
+                    if not calls:
                         self._space.acquire(timeout=THREAD_WAIT)
                     self._waiting = False
                     continue
-                began = owner._seq
+                while calls:
+                    applied, fn, args = calls.popleft()
+                    try:
+                        fn(*args)
+                    except Exception:
+                        logger.exception("a consumer call failed")
+                if len(batches) >= QUEUED_BATCHES:
+                    self._waiting = True
+                    if len(batches) >= QUEUED_BATCHES and not calls:
+                        self._space.acquire(timeout=THREAD_WAIT)
+                    self._waiting = False
+                    continue
                 try:
-                    messages = _fetch(consumer, THREAD_WAIT)
+                    messages = _fetch(consumer, self._wait)
                 except Exception:
                     logger.exception("polling a consumer failed")
                     self._space.acquire(timeout=THREAD_WAIT)  # a pause, not a spin
@@ -583,10 +660,17 @@ class PollThread:
                 records = owner._records(messages) if messages else None
                 if not records:
                     continue
-                owner._overlapped(began, records)
+                for tp in records:
+                    try:
+                        high = consumer.get_watermark_offsets(
+                            _TP(tp.topic, tp.partition), cached=True)[1]
+                    except KafkaException:
+                        continue
+                    if high >= 0:
+                        self.highwater[tp] = high
                 # Appended before the flag is read; the greenlet resets the
                 # flag before it takes: no batch waits for a later one.
-                batches.append((began, records))
+                batches.append((applied, records))
                 if not self._scheduled:
                     self._scheduled = True
                     self._watcher.send()
@@ -596,6 +680,7 @@ class PollThread:
     def take(self, timeout: float) -> list:
         """The queued batches, waiting up to ``timeout`` s for one (in the
         consumer's greenlet)."""
+        self._wait = min(max(timeout, 0.01), THREAD_WAIT)
         self._ready.clear()
         self._scheduled = False
         batches = self._batches
@@ -606,8 +691,7 @@ class PollThread:
         out = []
         while batches:
             out.append(batches.popleft())
-        if self._waiting and self._space.locked():
-            self._space.release()
+        self._unblock()
         return out
 
     def close(self) -> None:
