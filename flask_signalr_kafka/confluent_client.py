@@ -169,6 +169,7 @@ class ConfluentProducer:
         # Under gevent, reports are served on the hub (see _serve_on_hub).
         self._on_hub = runtime.green and gevent_patched()
         self._waiters = 0
+        self._idle = False
         self._wake = self.event()
         self._slot = random.randrange(1 << 30)
         self._counts: dict[str, int] = {}
@@ -199,7 +200,8 @@ class ConfluentProducer:
             # Earlier records' reports, if in: no thread, no wake-up.
             self._producer.poll(0)
             self._settle()
-            if not self._wake.is_set():
+            if self._idle:
+                self._idle = False
                 self._wake.set()
         return delivery
 
@@ -216,7 +218,7 @@ class ConfluentProducer:
         :meth:`Delivery.get`: while there are any, reports are waited for in
         a worker, which wakes the hub at the first."""
         self._waiters += change
-        if change > 0 and not self._wake.is_set():
+        if change > 0:
             self._wake.set()
 
     def _count(self, topic: str) -> int:
@@ -260,13 +262,16 @@ class ConfluentProducer:
         while records are in flight; else sleep until a send."""
         if self._waiters:
             self._worker.call(self._producer.poll, REPORT_WAIT)
-        elif len(self._producer):
-            self._runtime.sleep(REPORT_TICK)
+            return
+        # No switch to another greenlet before the wait: no wake-up is lost.
+        self._wake.clear()
+        if len(self._producer):
+            self._wake.wait(REPORT_TICK)  # cut short by a waiter
             self._producer.poll(0)
         else:
-            self._wake.clear()
-            if not len(self._producer) and not self._waiters:
-                self._wake.wait(COUNTS_MAX_AGE)
+            self._idle = True  # a send wakes it
+            self._wake.wait(COUNTS_MAX_AGE)
+            self._idle = False
 
     def _settle(self) -> None:
         reports = self._reports
