@@ -59,6 +59,8 @@ BATCH = 500
 QUEUED_BATCHES = 4
 #: Seconds a poll thread waits in librdkafka before it looks for a stop.
 THREAD_WAIT = 0.5
+#: Seconds between a poll thread's reads of every partition's log end.
+HIGHWATER_EVERY = 1.0
 _METADATA_TIMEOUT = 10.0
 
 
@@ -636,6 +638,7 @@ class PollThread:
         owner, consumer = self._owner, self._owner._consumer
         batches, calls = self._batches, self._calls
         applied = 0
+        next_ends = 0.0
         try:
             while not self._stopping:
                 if not applied and not calls:  # nothing assigned yet
@@ -663,16 +666,14 @@ class PollThread:
                     self._space.acquire(timeout=THREAD_WAIT)  # a pause, not a spin
                     continue
                 records = owner._records(messages) if messages else None
+                now = time.monotonic()
+                if now >= next_ends:  # every partition's: a log may shrink while idle
+                    next_ends = now + HIGHWATER_EVERY
+                    self._read_ends(list(owner._active))
+                elif records:
+                    self._read_ends(records)
                 if not records:
                     continue
-                for tp in records:
-                    try:
-                        high = consumer.get_watermark_offsets(
-                            _TP(tp.topic, tp.partition), cached=True)[1]
-                    except KafkaException:
-                        continue
-                    if high >= 0:
-                        self.highwater[tp] = high
                 # Appended before the flag is read; the greenlet resets the
                 # flag before it takes: no batch waits for a later one.
                 batches.append((applied, records))
@@ -681,6 +682,17 @@ class PollThread:
                     self._watcher.send()
         finally:
             consumer.close()
+
+    def _read_ends(self, tps: Any) -> None:
+        consumer, highwater = self._owner._consumer, self.highwater
+        for tp in tps:
+            try:
+                high = consumer.get_watermark_offsets(_TP(tp.topic, tp.partition),
+                                                      cached=True)[1]
+            except KafkaException:
+                continue
+            if high >= 0:
+                highwater[tp] = high
 
     def take(self, timeout: float) -> list:
         """The queued batches, waiting up to ``timeout`` s for one (in the
