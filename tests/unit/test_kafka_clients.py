@@ -57,6 +57,9 @@ def test_confluent_settings_reach_librdkafka_and_the_admin_in_its_names():
     assert mgr.producer_config["linger.ms"] == 7
     assert mgr.consumer_config["fetch.wait.max.ms"] == 50
     assert mgr.core._fetch_wait_given
+    # librdkafka's default only from 2.10: a paced record must not wait for an ACK.
+    assert mgr.producer_config["socket.nagle.disable"] is True
+    assert mgr.consumer_config["socket.nagle.disable"] is True
     assert mgr.admin_config["bootstrap_servers"] == ["a:1", "b:2"]
     assert mgr.admin_config["security_protocol"] == "SSL"
     assert mgr.admin_config["ssl_check_hostname"] is False
