@@ -690,9 +690,11 @@ class PollThread:
                 high = consumer.get_watermark_offsets(_TP(tp.topic, tp.partition),
                                                       cached=True)[1]
             except KafkaException:
-                continue
+                high = -1
             if high >= 0:
                 highwater[tp] = high
+            else:  # not known now (as the consumer's own answer would say)
+                highwater.pop(tp, None)
 
     def take(self, timeout: float) -> list:
         """The queued batches, waiting up to ``timeout`` s for one (in the
