@@ -676,7 +676,7 @@ class PollThread:
                     continue
                 # Appended before the flag is read; the greenlet resets the
                 # flag before it takes: no batch waits for a later one.
-                batches.append((applied, records))
+                batches.append((applied, records, len(messages)))
                 if not self._scheduled:
                     self._scheduled = True
                     self._watcher.send()
@@ -697,8 +697,9 @@ class PollThread:
                 highwater.pop(tp, None)
 
     def take(self, timeout: float) -> list:
-        """The queued batches, waiting up to ``timeout`` s for one (in the
-        consumer's greenlet)."""
+        """Queued batches of up to :data:`BATCH` records in all (as one poll
+        of librdkafka would give: the greenlet delivers them in one go),
+        waiting up to ``timeout`` s for one (in the consumer's greenlet)."""
         self._wait = min(max(timeout, 0.01), THREAD_WAIT)
         self._ready.clear()
         self._scheduled = False
@@ -707,9 +708,11 @@ class PollThread:
             self._ready.wait(timeout)
             self._ready.clear()
             self._scheduled = False
-        out = []
-        while batches:
-            out.append(batches.popleft())
+        out, count = [], 0
+        while batches and count < BATCH:
+            applied, records, size = batches.popleft()
+            out.append((applied, records))
+            count += size
         self._unblock()
         return out
 
