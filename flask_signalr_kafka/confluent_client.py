@@ -12,10 +12,10 @@ where they would wait behind its long-poll fetches.
 
 The producer's delivery reports are settled in the runtime (a greenlet
 under gevent), so callbacks and waiters never run in librdkafka's or a
-worker's thread. Under gevent no thread wakes the hub for them: a
-``poll(0)`` after each ``produce`` and a slow timer while records are in
-flight serve them on the hub, and a worker waits in ``poll`` only while
-someone waits for a report (``Delivery.get``). Elsewhere a thread of the
+worker's thread. Under gevent no thread wakes the hub for them: a slow
+timer while records are in flight serves them on the hub (``poll(0)``),
+and a worker waits in ``poll`` only while someone waits for a report
+(``Delivery.get``). Elsewhere a thread of the
 producer's waits in ``poll``.
 
 Partitioning is kafka-python's: keys by murmur2 (librdkafka's
@@ -198,13 +198,13 @@ class ConfluentProducer:
         except KafkaException as exc:
             delivery.settle(exc.args[0], None)
             return delivery
-        if self._on_hub:
-            # Earlier records' reports, if in: no thread, no wake-up.
-            self._producer.poll(0)
-            self._settle()
-            if self._idle:
-                self._idle = False
-                self._wake.set()
+        # Under gevent the report greenlet's timer serves the reports: a
+        # poll(0) here releases and re-takes the GIL at every send, and with
+        # poll threads about an emit loop ran 7 times slower (5,000 emits to
+        # one sid in 1.35 s against 0.19 s).
+        if self._on_hub and self._idle:
+            self._idle = False
+            self._wake.set()
         return delivery
 
     def event(self) -> Any:
