@@ -57,6 +57,9 @@ def test_confluent_settings_reach_librdkafka_and_the_admin_in_its_names():
     assert mgr.producer_config["linger.ms"] == 7
     assert mgr.consumer_config["fetch.wait.max.ms"] == 50
     assert mgr.core._fetch_wait_given
+    # librdkafka's default only from 2.10: a paced record must not wait for an ACK.
+    assert mgr.producer_config["socket.nagle.disable"] is True
+    assert mgr.consumer_config["socket.nagle.disable"] is True
     assert mgr.admin_config["bootstrap_servers"] == ["a:1", "b:2"]
     assert mgr.admin_config["security_protocol"] == "SSL"
     assert mgr.admin_config["ssl_check_hostname"] is False
@@ -282,8 +285,8 @@ def test_the_confluent_consumer_assigns_at_our_positions_and_keeps_them():
     consumer._runtime = Runtime("threading", None, time.sleep)
     consumer._worker = Worker(threaded=False)
     consumer._consumer = fake
-    consumer._assigned, consumer._active, consumer._positions = [], {}, {}
-    consumer._seeks, consumer._paused, consumer._closed = {}, set(), False
+    consumer._setup()
+    consumer._thread, consumer._closed = None, False
     t0, t1 = TopicPartition("t", 0), TopicPartition("t", 1)
     consumer.assign([t0, t1])
     consumer.seek(t0, 5)
