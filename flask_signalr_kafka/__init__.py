@@ -1,7 +1,5 @@
 """A Kafka backplane for Flask-SocketIO, wire-compatible with the .NET
 SignalR backplane Ascentis.SignalR.Kafka."""
-from .addressing import user
-from .async_manager import AsyncKafkaManager
 from .errors import (
     AckTimeoutError,
     BrokerUnavailableError,
@@ -12,10 +10,12 @@ from .errors import (
     ProducerBufferFullError,
     TopicCreationError,
 )
-from .fleet_records import RemoteSocket
-from .manager import KafkaManager
-from .recovery_options import ConnectionStateRecovery
-from .topics import KafkaTopicConfig, TopicSpec
+from .managers.async_manager import AsyncKafkaManager
+from .managers.manager import KafkaManager
+from .recovery.recovery_options import ConnectionStateRecovery
+from .transport.topics import KafkaTopicConfig, TopicSpec
+from .wire.addressing import user
+from .wire.fleet_records import RemoteSocket
 
 __all__ = [
     "AckTimeoutError",

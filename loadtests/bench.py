@@ -31,7 +31,7 @@ from pathlib import Path
 
 import requests
 
-from flask_signalr_kafka.broker import ENGINES, free_port, start_broker, wait_for_port
+from flask_signalr_kafka.cli.broker import ENGINES, free_port, start_broker, wait_for_port
 from testkit.measure import cpu_seconds, own_cpu, percentile, write_report
 from testkit.ws_reader import Reader
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 from bench import Dyno, start_redis
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from testkit.measure import own_cpu, percentile, write_report
 from testkit.ws_reader import Reader
 

@@ -41,9 +41,9 @@ import requests
 from bench import start_redis
 from kafka import KafkaProducer
 
-from flask_signalr_kafka import fleet_records
-from flask_signalr_kafka.broker import free_port, start_broker, wait_for_port
-from flask_signalr_kafka.liveness import HEARTBEAT_INTERVAL
+from flask_signalr_kafka.cli.broker import free_port, start_broker, wait_for_port
+from flask_signalr_kafka.fleet.liveness import HEARTBEAT_INTERVAL
+from flask_signalr_kafka.wire import fleet_records
 from testkit.harness import Fleet
 from testkit.measure import cpu_seconds, percentile, raise_fd_limit, write_report
 from testkit.ws_reader import Reader

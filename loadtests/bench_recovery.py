@@ -31,7 +31,7 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from flask_signalr_kafka.broker import start_broker  # noqa: E402
+from flask_signalr_kafka.cli.broker import start_broker  # noqa: E402
 from testkit.harness import ServerProcess  # noqa: E402
 from testkit.measure import (  # noqa: E402
     cpu_seconds,

@@ -30,8 +30,8 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from flask_signalr_kafka import hub_protocol, records
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
+from flask_signalr_kafka.wire import hub_protocol, records
 
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 _WORDS = ("the of and to in is you that it he was for on are as with his they at be this "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from loadtests.bench import Dyno
 from testkit.ws_reader import Reader
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import socketio
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import Fleet
 from testkit.measure import cpu_seconds
 

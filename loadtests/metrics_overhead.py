@@ -16,10 +16,10 @@ import timeit
 
 from kafka import KafkaConsumer, TopicPartition
 
-from flask_signalr_kafka.broker import start_broker
-from flask_signalr_kafka.producer import Publisher
-from flask_signalr_kafka.stats import ConsumerStats, DeliveryLatency, ProducerStats
-from flask_signalr_kafka.topics import KafkaTopicConfig, ensure_topics
+from flask_signalr_kafka.cli.broker import start_broker
+from flask_signalr_kafka.runtime.stats import ConsumerStats, DeliveryLatency, ProducerStats
+from flask_signalr_kafka.transport.producer import Publisher
+from flask_signalr_kafka.transport.topics import KafkaTopicConfig, ensure_topics
 
 
 def best(stmt, number, **ns) -> float:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench import Dyno, settle, start_redis, warm_up
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from testkit.measure import write_report
 from testkit.ws_reader import Reader
 

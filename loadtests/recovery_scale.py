@@ -53,8 +53,8 @@ from gevent.lock import BoundedSemaphore  # noqa: E402
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 from flask_signalr_kafka import KafkaTopicConfig  # noqa: E402
-from flask_signalr_kafka.broker import start_broker  # noqa: E402
-from flask_signalr_kafka.topics import SESSIONS, SESSIONS_CONFIGS  # noqa: E402
+from flask_signalr_kafka.cli.broker import start_broker  # noqa: E402
+from flask_signalr_kafka.transport.topics import SESSIONS, SESSIONS_CONFIGS  # noqa: E402
 from testkit.harness import ServerProcess  # noqa: E402
 from testkit.measure import (  # noqa: E402
     cpu_seconds,

@@ -27,7 +27,7 @@ from flask_signalr_kafka import (  # noqa: E402
     KafkaTopicConfig,
     user,
 )
-from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
+from flask_signalr_kafka.observability.endpoints import add_routes  # noqa: E402
 
 # The backplane's own lines (drains, recoveries, skipped records); LOG_LEVEL
 # overrides. kafka-python's chatter stays at warnings.

@@ -20,7 +20,7 @@ import requests
 import socketio
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from flask_signalr_kafka.broker import free_port
+from flask_signalr_kafka.cli.broker import free_port
 
 SERVER_APP = Path(__file__).resolve().parent.parent / "tests" / "server_app.py"
 
@@ -371,7 +371,7 @@ def bootstrap_or_broker(bootstrap: str | None, engine: str, log_dir: Path) -> It
     if bootstrap:
         yield bootstrap
         return
-    from flask_signalr_kafka.broker import start_broker
+    from flask_signalr_kafka.cli.broker import start_broker
 
     print(f"starting {engine} ...", flush=True)
     broker = start_broker(engine, log_dir=log_dir)

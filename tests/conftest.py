@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flask_signalr_kafka.broker import ENGINES, start_broker
+from flask_signalr_kafka.cli.broker import ENGINES, start_broker
 
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 

@@ -44,8 +44,8 @@ from flask_signalr_kafka import (  # noqa: E402
     TopicSpec,
     user,
 )
-from flask_signalr_kafka.client_config import to_librdkafka  # noqa: E402
-from flask_signalr_kafka.endpoints import add_routes  # noqa: E402
+from flask_signalr_kafka.observability.endpoints import add_routes  # noqa: E402
+from flask_signalr_kafka.transport.clients.client_config import to_librdkafka  # noqa: E402
 
 logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                     format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -243,7 +243,9 @@ def register(namespace):
 # -- the fault tests' stream (tests/produce_tracking.py) ---------------------
 if os.environ.get("TRACK_PRODUCE") == "1":
     if KAFKA_CLIENT == "confluent":
-        from flask_signalr_kafka.confluent_client import ConfluentProducer as KafkaProducer
+        from flask_signalr_kafka.transport.clients.confluent_client import (
+            ConfluentProducer as KafkaProducer,
+        )
     else:
         from kafka import KafkaProducer
     track(KafkaProducer)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flask_signalr_kafka.broker import free_port
+from flask_signalr_kafka.cli.broker import free_port
 
 ROOT = Path(__file__).parent.parent.parent
 

@@ -10,7 +10,7 @@ import sys
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
-from flask_signalr_kafka.broker import free_port
+from flask_signalr_kafka.cli.broker import free_port
 from testkit.harness import wait_until
 
 CLI = [sys.executable, "-m", "flask_signalr_kafka", "broker"]

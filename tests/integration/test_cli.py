@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from flask_signalr_kafka.broker import free_port
+from flask_signalr_kafka.cli.broker import free_port
 from testkit.harness import unique
 
 # The combinations besides the default one that run this module (make test).

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from flask_signalr_kafka.broker import KafkaCluster, free_port
+from flask_signalr_kafka.cli.broker import KafkaCluster, free_port
 from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique, wait_until
 
 pytestmark = pytest.mark.timeout(240)

@@ -8,9 +8,9 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from flask_signalr_kafka.concurrency import Runtime
-from flask_signalr_kafka.confluent_client import CLIENT, Queries
-from flask_signalr_kafka.kafka_client import TopicPartition
+from flask_signalr_kafka.runtime.concurrency import Runtime
+from flask_signalr_kafka.transport.clients.confluent_client import CLIENT, Queries
+from flask_signalr_kafka.transport.clients.kafka_client import TopicPartition
 from testkit.harness import unique, wait_until
 
 #: It measures time: under xdist, no other test marked serial runs beside it.

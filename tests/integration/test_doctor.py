@@ -8,8 +8,8 @@ import sys
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
-from flask_signalr_kafka.broker import free_port, start_broker
-from flask_signalr_kafka.topics import KafkaTopicConfig
+from flask_signalr_kafka.cli.broker import free_port, start_broker
+from flask_signalr_kafka.transport.topics import KafkaTopicConfig
 from testkit.harness import unique
 
 # The combinations besides the default one that run this module (make test).

@@ -21,7 +21,7 @@ from faults import Figures, Stream, active_controller, fenced_after
 from kafka import KafkaAdminClient
 from kafka.partitioner.default import murmur2
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster

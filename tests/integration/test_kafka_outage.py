@@ -25,7 +25,7 @@ import pytest
 import requests
 from faults import Stream
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import Fleet, unique
 from testkit.node_clients import NodeClients
 

@@ -17,7 +17,7 @@ from flask_signalr_kafka import (
     KafkaTopicConfig,
     TopicSpec,
 )
-from flask_signalr_kafka.broker import free_port, start_broker
+from flask_signalr_kafka.cli.broker import free_port, start_broker
 from testkit.harness import unique, wait_until
 
 # The combinations besides the default one that run this module (make test).

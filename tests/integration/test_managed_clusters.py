@@ -28,8 +28,9 @@ from kafka.admin import (
 )
 from kafka.errors import TopicAuthorizationFailedError
 
-from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec, payload_limits, topics
-from flask_signalr_kafka.broker import KafkaCluster, free_port, start_broker
+from flask_signalr_kafka import KafkaManager, KafkaTopicConfig, TopicSpec
+from flask_signalr_kafka.cli.broker import KafkaCluster, free_port, start_broker
+from flask_signalr_kafka.transport import payload_limits, topics
 from testkit.harness import unique, wait_until
 
 TENANT = {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",

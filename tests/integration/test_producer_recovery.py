@@ -5,7 +5,7 @@ fatal state: the Publisher replaces it."""
 import time
 
 from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
-from flask_signalr_kafka.broker import free_port, start_broker
+from flask_signalr_kafka.cli.broker import free_port, start_broker
 from testkit.harness import unique
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from flask_signalr_kafka.offsets import parse
+from flask_signalr_kafka.wire.offsets import parse
 from testkit.harness import unique, wait_until
 from testkit.node_clients import NodeClients
 

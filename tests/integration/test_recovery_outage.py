@@ -10,7 +10,7 @@ import time
 import pytest
 from test_recovery import Streams, add_client, js, received, servers, settled  # noqa: F401
 
-from flask_signalr_kafka.broker import start_broker
+from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import Fleet, wait_until
 
 pytestmark = pytest.mark.timeout(240)

@@ -9,9 +9,9 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from flask_signalr_kafka.concurrency import Runtime
-from flask_signalr_kafka.kafka_client import TopicPartition, client_named
-from flask_signalr_kafka.replay import ConsumerPool, read_ranges
+from flask_signalr_kafka.recovery.replay import ConsumerPool, read_ranges
+from flask_signalr_kafka.runtime.concurrency import Runtime
+from flask_signalr_kafka.transport.clients.kafka_client import TopicPartition, client_named
 from testkit.harness import unique
 
 pytestmark = pytest.mark.timeout(120)

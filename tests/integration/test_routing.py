@@ -5,7 +5,7 @@ import os
 import msgspec
 import pytest
 
-from flask_signalr_kafka import hub_protocol
+from flask_signalr_kafka.wire import hub_protocol
 from testkit.harness import unique, wait_until
 
 # The combinations besides the default one that run this module (make test).

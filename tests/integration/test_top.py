@@ -8,7 +8,7 @@ import time
 import pytest
 from kafka import KafkaProducer
 
-from flask_signalr_kafka.topics import KafkaTopicConfig
+from flask_signalr_kafka.transport.topics import KafkaTopicConfig
 from testkit.harness import unique
 
 #: It measures time: under xdist, no other test marked serial runs beside it.
