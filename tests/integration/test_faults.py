@@ -24,6 +24,9 @@ from kafka.partitioner.default import murmur2
 from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
+# serial: its tests time a failover (never beside another serial test).
+pytestmark = pytest.mark.serial
+
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
 ACK_TIMEOUT = 5.0
 #: A killed or hung leader: delivery of every kind is back this soon after
