@@ -306,8 +306,10 @@ def test_cluster_down_at_dyno_start(fleet3, cluster3, artifacts):
         failed_after, 1), "connect_timeout_s": connect_timeout}).record(artifacts)
     assert code != 0
     assert "BrokerUnavailableError" in log and cluster3.nodes[0].address in log, log[-2000:]
-    # Python startup and imports come on top of connect_timeout.
-    assert failed_after < connect_timeout + 10, failed_after
+    # Python startup and imports come on top of connect_timeout: 2-5 s
+    # alone, 15 s measured beside make test's other workers. A dyno that
+    # did not give up by itself would still run at connect_timeout + 30.
+    assert failed_after < connect_timeout + 20, failed_after
     cluster3.restart()
     a, b = dyno(fleet3, "A"), dyno(fleet3, "B")
     sender, receiver = fleet3.client(a), fleet3.client(b)

@@ -199,8 +199,18 @@ def test_await_produce_raises_and_fire_and_forget_logs(engine, artifacts, caplog
                          topic_config=KafkaTopicConfig(prefix=prefix))
             for waits in (True, False)
         ]
-        for mgr in managers:
-            mgr.emit("e", "connected", to="warmup")
+
+        def warmed_up() -> bool:
+            # The 1 s delivery budget can run out on a busy machine (make
+            # test's other workers) while the broker is up: try again.
+            try:
+                managers[0].emit("e", "connected", to="warmup")
+            except errors:
+                return False
+            return True
+
+        wait_until(warmed_up, 60, 0.5, "a warm-up emit delivered within 1 s")
+        managers[1].emit("e", "connected", to="warmup")
         managers[0].core.flush(5)
         managers[1].core.flush(5)
     waiting, fire_and_forget = managers
