@@ -8,6 +8,7 @@ import pytest
 from flask_signalr_kafka.recovery import replay
 from flask_signalr_kafka.recovery.sessions import Session
 from flask_signalr_kafka.transport.clients.kafka_client import TopicPartition
+from tests.unit.recovery.test_replay_once import LogConsumer
 
 TP = TopicPartition("t-send-all", 0)
 
@@ -20,31 +21,18 @@ class Clock:
         return self.now
 
 
-class SlowConsumer:
+class SlowConsumer(LogConsumer):
     """A consumer on a busy broker: each poll takes ``step`` seconds of the
     test's clock and returns ``per_poll`` records (none once stuck)."""
 
     def __init__(self, clock, records, step=5.0, per_poll=1, stuck_at=None):
+        super().__init__({})
         self.clock, self.step, self.per_poll, self.stuck_at = clock, step, per_poll, stuck_at
         self.records = records
-        self.at = {}
         self.closed = False
-        self.assigned = []
-
-    def assign(self, tps):
-        self.assigned = list(tps)
-
-    def resume(self, *tps):
-        pass
 
     def pause(self, *tps):
         pass
-
-    def seek(self, tp, offset):
-        self.at[tp] = offset
-
-    def position(self, tp):
-        return self.at[tp]
 
     def poll(self, timeout_ms=0):
         self.clock.now += self.step
