@@ -309,17 +309,20 @@ class KafkaCluster:
         )
 
     def stop(self) -> None:
-        self._stop_nodes()
+        """Stop every node: gracefully when its data is kept, else killed
+        (a controlled shutdown of data about to be deleted only costs time:
+        about 6 s for three nodes on an idle 2-core machine)."""
+        self._stop_nodes(graceful=self.keep)
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _stop_nodes(self) -> None:
+    def _stop_nodes(self, graceful: bool = True) -> None:
         # All at once: one by one, each later node waits out a controlled
         # shutdown that needs a quorum the earlier ones took away.
         for node in self.nodes:
             if node.running():
                 node.process.send_signal(signal.SIGCONT)
-                node.process.terminate()
+                node.process.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
         for node in self.nodes:
             node.stop()
 

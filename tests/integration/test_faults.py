@@ -25,7 +25,9 @@ from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
 # serial: its tests time a failover (never beside another serial test).
-pytestmark = pytest.mark.serial
+# The timeout guards against a hang: a test here restarts or starves a
+# three-node cluster, which took up to 50 s beside make test's workers.
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
 ACK_TIMEOUT = 5.0
