@@ -181,9 +181,10 @@ class TopicConsumer:
 
     def _lost_log(self, consumer: Consumer, partitions: list[TopicPartition]) -> bool:
         """Whether the topic changed under us: it vanished, it has other
-        partitions, or a log ends behind our position at two checks in a row
-        (the broker lost its data). The log end is the high watermark of our
-        last fetch, which is exact, where a ListOffsets lookup may not be."""
+        partitions, or a log ends behind our position (the broker lost its
+        data). A log end is first seen as the high watermark of our last
+        fetch, which is exact but may be old or lag; only a fresh lookup
+        that agrees, at the next check, makes the log count as lost."""
         ids = consumer.partitions_for_topic(self.topic)
         if len(ids) != len(self._known):
             logger.warning("topic %s now has %d partitions; reassigning", self.topic, len(ids))
@@ -202,7 +203,7 @@ class TopicConsumer:
                 # the followers catch up. Only a log still behind at the next
                 # check was lost; reading it again would deliver twice.
                 self._behind.add(tp)
-            else:
+            elif (end := self._log_end(consumer, tp)) is not None and end < self.positions[tp]:
                 self._behind.discard(tp)
                 logger.warning(
                     "%s partition %d ends at offset %d, behind our position %d: the broker "
@@ -213,6 +214,20 @@ class TopicConsumer:
                 self.positions[tp] = 0
                 lost = True
         return lost
+
+    def _log_end(self, consumer: Consumer, tp: TopicPartition) -> int | None:
+        """The log end the partition's leader reports now, or None when it
+        cannot say. The watermark of our last fetch can be the lagging one of
+        a leader elected while the cluster restarted, and stays so while no
+        fetch gets through: 23 records were read twice that way. A leader
+        whose watermark lags refuses this lookup (Kafka's OFFSET_NOT_AVAILABLE,
+        retried until the client's timeout): the suspicion then stands."""
+        try:
+            return consumer.end_offsets([tp])[tp]
+        except Exception as exc:  # the cluster is down or still electing
+            logger.info("%s partition %d: log end unknown (%s); checking again later",
+                        tp.topic, tp.partition, exc)
+            return None
 
     def _dispatch(self, record: Any) -> None:
         try:

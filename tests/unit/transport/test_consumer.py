@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import gevent
 import pytest
 from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
 
 from flask_signalr_kafka.errors import MalformedRecord
 from flask_signalr_kafka.runtime.concurrency import Runtime
@@ -269,6 +270,11 @@ def test_not_ready_while_the_topic_is_missing(make, caplog):
 def test_highwater_behind_position_resets_to_zero(make, caplog):
     cluster = FakeCluster(partitions=(0, 1), end={0: 50, 1: 7})
     cluster.high = {0: 3, 1: 7}  # partition 0 lost its log; partition 1 is fine
+
+    def lose_the_log():
+        cluster.end[0] = 3  # a fresh lookup agrees
+
+    cluster.script = [lose_the_log]
     tc = make(cluster, lambda r: None, check_interval=0)
     wait_until(lambda: len(cluster.consumers) >= 2 and len(cluster.consumers[1].seeks) == 2)
     first, second = cluster.consumers[:2]
@@ -280,7 +286,31 @@ def test_highwater_behind_position_resets_to_zero(make, caplog):
     assert any("partition 0" in m and "offset 3" in m for m in warnings)
     assert not any("partition 1" in m for m in warnings)
     assert logged(caplog, logging.ERROR) == []  # a reassignment, not a crash
-    assert cluster.offset_lookups == [("end", 0)]
+    # The startup lookup, then the one that confirmed the loss.
+    assert cluster.offset_lookups == [("end", 0), ("end", 0)]
+
+
+@pytest.mark.parametrize("lookup", ["holds our position", "fails"])
+def test_a_stale_highwater_behind_position_is_not_taken_for_a_lost_log(make, lookup):
+    """A cluster restart: the last fetch got the lagging watermark of a new
+    leader, then no fetch got through for many checks. Only a fresh lookup
+    that agrees may reread the partition (23 records were delivered twice)."""
+    cluster = FakeCluster(partitions=(0,), end={0: 23})
+    cluster.high = {0: 22}
+
+    def lookup_fails(partitions):
+        cluster.offset_lookups.append(("failed", 0))
+        raise KafkaTimeoutError("Failed to get offsets by timestamps in 30000 ms")
+
+    checks = []
+    tc = make(cluster, lambda r: None, check_interval=0)
+    wait_until(lambda: tc.ready.is_set())
+    if lookup == "fails":
+        cluster.consumers[0].end_offsets = lookup_fails
+    cluster.script = [lambda: checks.append(1)] * 20
+    wait_until(lambda: not cluster.script and len(cluster.offset_lookups) >= 3)
+    assert len(cluster.consumers) == 1  # never reassigned
+    assert tc.positions == {tp(0): 23}
 
 
 def test_no_reset_when_highwater_is_at_or_past_position(make):
