@@ -135,7 +135,7 @@ soak: $(VENV)/.installed node_modules/.package-lock.json $(KAFKA_JARS)
 # marked serial (they measure time) run one at a time.
 ENGINE ?= kafka
 TEST_WORKERS ?= 3
-XDIST = -n $(TEST_WORKERS) --dist loadgroup --durations=20
+XDIST = -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=20
 test: $(VENV)/.installed node_modules/.package-lock.json /usr/bin/chromedriver $(KAFKA_JARS) \
       lint typecheck docs package
 	$(PY) -m pytest tests --engine $(ENGINE) $(XDIST)

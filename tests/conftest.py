@@ -8,6 +8,7 @@ one engine for a quick run.
 import os
 import shutil
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def pytest_configure(config):
     # Every server process a test starts inherits it (tests/server_app.py).
     os.environ["ASYNC_MODE"] = config.getoption("async_mode")
     os.environ["KAFKA_CLIENT"] = config.getoption("client")
+    config.pluginmanager.register(LongestGroupsFirst(), "longest-groups-first")
 
 
 def pytest_report_header(config):
@@ -65,10 +67,29 @@ def pytest_collection_modifyitems(config, items):
         if not item.get_closest_marker("xdist_group"):
             group = "serial" if item.get_closest_marker("serial") else item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))
-    # The serial group is the longest (about 9 minutes of the default pass):
-    # first in the order, it is the first a worker takes, and the others
-    # share the rest beside it instead of waiting for it at the end.
-    items.sort(key=lambda item: not item.get_closest_marker("serial"))
+
+
+class LongestGroupsFirst:
+    """The longest groups first (make test passes --no-loadscope-reorder,
+    so xdist hands them out in this order): the serial group (about 9
+    minutes of the default pass), then the modules that start servers,
+    most tests first, then the unit tests, which fill the gaps. xdist's own
+    order (most tests first) put the long groups last. trylast: after
+    pytest's own reordering by fixture, which a stable sort keeps within
+    each group."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        def group(item):
+            return item.get_closest_marker("xdist_group").args[0]
+
+        sizes = Counter(group(item) for item in items)
+
+        def rank(item):
+            name = group(item)
+            return (name != "serial", name.startswith("tests/unit/"), -sizes[name])
+
+        items.sort(key=rank)
 
 
 @pytest.hookimpl(optionalhook=True)
