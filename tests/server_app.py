@@ -243,7 +243,7 @@ def register(namespace):
 # -- the fault tests' stream (tests/produce_tracking.py) ---------------------
 if os.environ.get("TRACK_PRODUCE") == "1":
     if KAFKA_CLIENT == "confluent":
-        from flask_signalr_kafka.transport.clients.confluent_client import (
+        from flask_signalr_kafka.transport.clients.confluent_producer import (
             ConfluentProducer as KafkaProducer,
         )
     else:

@@ -9,7 +9,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from flask_signalr_kafka.runtime.concurrency import Runtime
-from flask_signalr_kafka.transport.clients.confluent_client import CLIENT, Queries
+from flask_signalr_kafka.transport.clients.confluent_client import CLIENT
+from flask_signalr_kafka.transport.clients.confluent_queries import Queries
 from flask_signalr_kafka.transport.clients.kafka_client import TopicPartition
 from testkit.harness import unique, wait_until
 

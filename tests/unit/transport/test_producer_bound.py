@@ -14,7 +14,12 @@ from flask_signalr_kafka import KafkaManager, ProducerBufferFullError
 from flask_signalr_kafka.observability import metrics
 from flask_signalr_kafka.observability.prometheus import register
 from flask_signalr_kafka.transport import producer as producer_module
-from flask_signalr_kafka.transport.clients import confluent_client, kafka_python_client
+from flask_signalr_kafka.transport.clients import (
+    confluent_client,
+    confluent_consumer,
+    confluent_producer,
+    kafka_python_client,
+)
 from flask_signalr_kafka.transport.clients.client_config import request_timeout_ms
 from flask_signalr_kafka.transport.topics import KafkaTopicConfig
 
@@ -111,7 +116,7 @@ class FullLibrdkafka:
 def test_a_full_librdkafka_queue_refuses_the_emit_at_once(monkeypatch):
     # It used to retry every 5 ms until the queue had room: for ever during
     # an outage, and under asyncio in time.sleep on the event loop.
-    monkeypatch.setattr(confluent_client.confluent_kafka, "Producer", FullLibrdkafka)
+    monkeypatch.setattr(confluent_producer.confluent_kafka, "Producer", FullLibrdkafka)
     client = confluent_client.ConfluentClient()
     publisher = producer_module.Publisher({}, KafkaTopicConfig(), await_produce=False,
                                           client=client)
@@ -308,7 +313,7 @@ class SlowQueries:
 def test_a_confluent_consumer_goes_on_with_known_partitions_when_metadata_times_out():
     from kafka.errors import KafkaTimeoutError
 
-    consumer = confluent_client.ConfluentConsumer.__new__(confluent_client.ConfluentConsumer)
+    consumer = confluent_consumer.ConfluentConsumer.__new__(confluent_consumer.ConfluentConsumer)
     consumer._queries, consumer._closed, consumer._partition_ids = SlowQueries(), False, {}
     consumer._queries.answer = False
     with pytest.raises(KafkaTimeoutError):  # nothing known yet: as before

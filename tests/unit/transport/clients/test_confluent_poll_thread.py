@@ -9,8 +9,9 @@ import gevent
 import pytest
 
 from flask_signalr_kafka.runtime.concurrency import Runtime, Worker
-from flask_signalr_kafka.transport.clients import confluent_client
-from flask_signalr_kafka.transport.clients.confluent_client import ConfluentConsumer, PollThread
+from flask_signalr_kafka.transport.clients import confluent_poll_thread, librdkafka
+from flask_signalr_kafka.transport.clients.confluent_consumer import ConfluentConsumer
+from flask_signalr_kafka.transport.clients.confluent_poll_thread import PollThread
 from flask_signalr_kafka.transport.clients.kafka_client import TopicPartition
 from tests.unit.transport.clients.test_kafka_clients import FakeMessage
 
@@ -137,7 +138,8 @@ def test_records_reach_the_greenlet_in_batches_without_a_thread_call_per_poll(mo
 
 
 def test_the_poll_thread_stops_when_its_queue_is_full(monkeypatch):
-    monkeypatch.setattr(confluent_client, "BATCH", 2)
+    monkeypatch.setattr(librdkafka, "BATCH", 2)  # what a fetch reads
+    monkeypatch.setattr(confluent_poll_thread, "BATCH", 2)  # what a take hands over
     fake = ThreadedFake()
     fake.put(*[FakeMessage("t", 0, o) for o in range(40)])
     consumer = threaded_consumer(fake)
@@ -146,8 +148,8 @@ def test_the_poll_thread_stops_when_its_queue_is_full(monkeypatch):
     consumer._sync()
     gevent.sleep(0.3)
     try:
-        assert len(consumer._thread._batches) == confluent_client.QUEUED_BATCHES
-        assert len(fake.queue) == 40 - 2 * confluent_client.QUEUED_BATCHES
+        assert len(consumer._thread._batches) == confluent_poll_thread.QUEUED_BATCHES
+        assert len(fake.queue) == 40 - 2 * confluent_poll_thread.QUEUED_BATCHES
         got = poll_until(consumer, 40)
     finally:
         consumer.close()

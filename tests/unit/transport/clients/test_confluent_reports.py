@@ -8,7 +8,7 @@ import gevent
 
 from flask_signalr_kafka.runtime import concurrency
 from flask_signalr_kafka.runtime.concurrency import Runtime, Worker
-from flask_signalr_kafka.transport.clients import confluent_client
+from flask_signalr_kafka.transport.clients import confluent_producer
 
 
 class FakeProducer:
@@ -53,10 +53,10 @@ class FakeProducer:
 
 
 def hub_producer(monkeypatch):
-    monkeypatch.setattr(confluent_client.confluent_kafka, "Producer", FakeProducer)
-    monkeypatch.setattr(confluent_client, "gevent_patched", lambda: True, raising=False)
+    monkeypatch.setattr(confluent_producer.confluent_kafka, "Producer", FakeProducer)
+    monkeypatch.setattr(confluent_producer, "gevent_patched", lambda: True)
     monkeypatch.setattr(concurrency, "gevent_patched", lambda: True)
-    return confluent_client.ConfluentProducer({}, Runtime("gevent", gevent.spawn, gevent.sleep))
+    return confluent_producer.ConfluentProducer({}, Runtime("gevent", gevent.spawn, gevent.sleep))
 
 
 def test_reports_are_served_on_the_hub_without_a_thread(monkeypatch):
@@ -77,7 +77,7 @@ def test_reports_are_served_on_the_hub_without_a_thread(monkeypatch):
         started = time.monotonic()
         while not second.done and time.monotonic() - started < 2:
             gevent.sleep(0.005)
-        assert second.done and time.monotonic() - started < confluent_client.REPORT_TICK * 5
+        assert second.done and time.monotonic() - started < confluent_producer.REPORT_TICK * 5
         assert first.done and settled == [7]
         assert calls == [], "no report went through a worker's thread"
         assert all(timeout == 0 for timeout in fake.polls)
@@ -88,7 +88,7 @@ def test_reports_are_served_on_the_hub_without_a_thread(monkeypatch):
 def test_a_waiter_gets_its_report_through_a_worker_at_once(monkeypatch):
     producer = hub_producer(monkeypatch)
     fake = producer._producer
-    monkeypatch.setattr(confluent_client, "REPORT_TICK", 30)  # the timer would not do it
+    monkeypatch.setattr(confluent_producer, "REPORT_TICK", 30)  # the timer would not do it
     try:
         delivery = producer.send("t", b"a", b"k")
         gevent.sleep(0.05)
@@ -97,7 +97,7 @@ def test_a_waiter_gets_its_report_through_a_worker_at_once(monkeypatch):
         delivery.get(5)
         took = time.monotonic() - started
         assert delivery.offset == 7 and took < 1, took
-        assert confluent_client.REPORT_WAIT in fake.polls
+        assert confluent_producer.REPORT_WAIT in fake.polls
         assert producer._waiters == 0
     finally:
         producer.close(1)

@@ -19,7 +19,7 @@ from flask_signalr_kafka.transport.clients.client_config import (
     to_kafka_python,
     to_librdkafka,
 )
-from flask_signalr_kafka.transport.clients.confluent_client import Delivery
+from flask_signalr_kafka.transport.clients.confluent_producer import Delivery
 
 
 def test_kafka_python_is_the_default_and_confluent_the_other():
@@ -277,7 +277,7 @@ class FakeLibrdkafkaConsumer:
 
 def test_the_confluent_consumer_assigns_at_our_positions_and_keeps_them():
     from flask_signalr_kafka.runtime.concurrency import Runtime
-    from flask_signalr_kafka.transport.clients.confluent_client import ConfluentConsumer
+    from flask_signalr_kafka.transport.clients.confluent_consumer import ConfluentConsumer
     from flask_signalr_kafka.transport.clients.kafka_client import TopicPartition
 
     # The constructor makes a librdkafka consumer: set the adapter up by hand.
