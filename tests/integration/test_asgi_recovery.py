@@ -108,7 +108,7 @@ def test_blackholed_client_is_released_by_its_uvicorn_server(new_fleet, js):
     a, b = servers(new_fleet, "A", "B", PING_INTERVAL=1, PING_TIMEOUT=20, **UVICORN)
     _recovered_with_every_event(new_fleet, js, a, b,
                                 lambda cid: js.drop("blackhole", ids=[cid]),
-                                {"pingTimeoutMs": 400})
+                                {"pingTimeoutMs": 1500})  # see test_recovery.py
     stats = requests.get(b.url + "/stats", timeout=5).json()
     assert stats["recoveries_from_checkpoint"] == 0
 
