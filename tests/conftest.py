@@ -60,19 +60,23 @@ def pytest_generate_tests(metafunc):
 def pytest_collection_modifyitems(config, items):
     # For pytest-xdist's --dist loadgroup (make test): a module's tests stay
     # on one worker, so a module-scoped broker or fleet starts once, and the
-    # tests marked serial share one worker, so no two of them overlap.
+    # tests marked serial share one worker, so no two of them overlap:
+    # serial("name") makes a serial group of its own, which may run beside
+    # the main one (test_faults: about 6 minutes on its own cluster).
     # tryfirst: xdist's own hook (on its workers) turns the marks into the
     # groups it schedules by.
     for item in items:
         if not item.get_closest_marker("xdist_group"):
-            group = "serial" if item.get_closest_marker("serial") else item.nodeid.split("::")[0]
+            serial = item.get_closest_marker("serial")
+            group = (f"serial-{serial.args[0] if serial.args else 'main'}" if serial
+                     else item.nodeid.split("::")[0])
             item.add_marker(pytest.mark.xdist_group(group))
 
 
 class LongestGroupsFirst:
     """The longest groups first (make test passes --no-loadscope-reorder,
-    so xdist hands them out in this order): the serial group (about 9
-    minutes of the default pass), then the modules that start servers,
+    so xdist hands them out in this order): the serial groups (about 13
+    minutes of the default pass together), then the modules that start servers,
     most tests first, then the unit tests, which fill the gaps. xdist's own
     order (most tests first) put the long groups last. trylast: after
     pytest's own reordering by fixture, which a stable sort keeps within
@@ -87,7 +91,8 @@ class LongestGroupsFirst:
 
         def rank(item):
             name = group(item)
-            return (name != "serial", name.startswith("tests/unit/"), -sizes[name])
+            return (not name.startswith("serial-"), name.startswith("tests/unit/"),
+                    -sizes[name])
 
         items.sort(key=rank)
 

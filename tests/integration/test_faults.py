@@ -24,10 +24,11 @@ from kafka.partitioner.default import murmur2
 from flask_signalr_kafka.cli.broker import start_broker
 from testkit.harness import SERVER_APP, Fleet, ServerProcess, unique
 
-# serial: its tests time a failover (never beside another serial test).
+# serial: its tests time a failover, never two at once; a group of its own
+# (on its own cluster), which may run beside one test of the main group.
 # The timeout guards against a hang: a test here restarts or starves a
 # three-node cluster, which took up to 50 s beside make test's workers.
-pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.serial("faults"), pytest.mark.timeout(300)]
 
 SESSION_TIMEOUT_S = 5.0  # broker.session.timeout.ms of the local cluster
 ACK_TIMEOUT = 5.0
