@@ -68,8 +68,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             serial = item.get_closest_marker("serial")
-            group = (f"serial-{serial.args[0] if serial.args else 'main'}" if serial
-                     else item.nodeid.split("::")[0])
+            if serial:
+                group = f"serial-{serial.args[0] if serial.args else 'main'}"
+            elif item.get_closest_marker("spread"):
+                group = item.nodeid  # alone: its module shares no fixture
+            else:
+                group = item.nodeid.split("::")[0]
             item.add_marker(pytest.mark.xdist_group(group))
 
 
@@ -87,12 +91,13 @@ class LongestGroupsFirst:
         def group(item):
             return item.get_closest_marker("xdist_group").args[0]
 
-        sizes = Counter(group(item) for item in items)
+        sizes = Counter(group(item).split("::")[0] for item in items)
 
         def rank(item):
             name = group(item)
-            return (not name.startswith("serial-"), name.startswith("tests/unit/"),
-                    -sizes[name])
+            module = name.split("::")[0]
+            return (not name.startswith("serial-"), module.startswith("tests/unit/"),
+                    -sizes[module])
 
         items.sort(key=rank)
 

@@ -29,7 +29,7 @@ from test_recovery import (
 from testkit.harness import wait_until
 from testkit.node_clients import NodeClients
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.spread]
 
 UVICORN = {"RUNNER": "uvicorn"}
 #: Events per burst (test_recovered_exactly_while_records_queue_for_the_loop).

@@ -21,7 +21,8 @@ from flask_signalr_kafka.cli.broker import free_port, start_broker
 from testkit.harness import unique, wait_until
 
 # The combinations besides the default one that run this module (make test).
-pytestmark = [pytest.mark.tansu, pytest.mark.threading, pytest.mark.confluent]
+pytestmark = [pytest.mark.tansu, pytest.mark.threading, pytest.mark.confluent,
+              pytest.mark.spread]
 
 BASES = ("ack", "group-mgmt", "send-all", "send-conn", "send-group", "send-user")
 #: pytest --client: the managers this process and its scripts make use it too.

@@ -19,7 +19,7 @@ from flask_signalr_kafka.wire.offsets import parse
 from testkit.harness import unique, wait_until
 from testkit.node_clients import NodeClients
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.tansu]
+pytestmark = [pytest.mark.timeout(240), pytest.mark.tansu, pytest.mark.spread]
 #: The tests that also run with threading servers and on confluent-kafka
 #: (make test): all but the fast-reconnect half of the matrix.
 IN_SLICES = [pytest.mark.threading, pytest.mark.confluent]

@@ -12,7 +12,7 @@ from test_recovery import Streams, servers
 
 from testkit.harness import TcpProxy, unique, wait_until
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.spread]
 
 
 @pytest.mark.parametrize("gone", ["cut", "sigkill", "sigterm"])

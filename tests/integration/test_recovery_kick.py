@@ -22,7 +22,7 @@ from test_recovery import (  # noqa: F401
 
 from testkit.harness import wait_until
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.spread]
 
 
 @pytest.mark.parametrize("runner", ["gevent", "uvicorn"])
