@@ -31,7 +31,14 @@ from ..transport.topics import SESSIONS
 from ..wire import offsets
 from ..wire.addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .recovery_options import ConnectionStateRecovery
-from .replay import ConsumerPool, read_missed, slots_of_room, slots_of_session, step_of
+from .replay import (
+    ConsumerPool,
+    read_missed,
+    slots_of_room,
+    slots_of_session,
+    slots_of_sid,
+    step_of,
+)
 from .sessions import (
     LIVE,
     SAVED,
@@ -239,9 +246,12 @@ class Recovery:
         if room is None:
             return
         count = self.core.partition_count
-        # A connection is in the broadcasts from when it came.
-        slots = ({(SEND_ALL, p) for p in range(count(SEND_ALL))} if room == sid
-                 else slots_of_room(count, room))
+        # A connection is in the broadcasts, and its own stream starts, when
+        # it came. Its send-conn partition may be read here only since its
+        # claim (a recovery), so in no older reference point: an offset
+        # without it would replay that stream from the log's start.
+        slots = (slots_of_sid(count, sid) | {(SEND_ALL, p) for p in range(count(SEND_ALL))}
+                 if room == sid else slots_of_room(count, room))
         positions = self.positions()
         at = {s: positions[s] for s in slots if s in positions}
         joins = self._joins.setdefault((sid, namespace), {})
