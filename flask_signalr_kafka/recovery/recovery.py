@@ -699,15 +699,21 @@ class Recovery:
         left = self.forget(sid, namespace, reason)
         if left is None:
             return
-        if self.log.emitting_here():
+        if self._inside_send():
             # Noticed inside an emit: engine.io closes a socket whose client
             # missed its ping when something is sent to it. The save waits
             # for that very emit to be published: elsewhere, or it waited
             # its whole second and the session was refused as window-lost
-            # (soak seed 873330).
+            # (soak seed 873330). Inside a delivery, emits counted meanwhile
+            # wait for it to end: the same.
             self.core.runtime.spawn(left)
         else:
             left()
+
+    def _inside_send(self) -> bool:
+        """Whether the caller is inside an emit or a delivery step: a save
+        run here would wait for emits that wait for it."""
+        return self.log.emitting_here() or self.log.delivering_here()
 
     def forget(self, sid: str, namespace: str,
                reason: str | None) -> Callable[[], None] | None:
@@ -742,7 +748,7 @@ class Recovery:
         # the connection: where it stood is cut now (a record read later for
         # a room with no other member here makes no step, so no window holds
         # it, and later positions would skip it).
-        cut = (self.log.emit_seq, self._position_list()) if self.log.emitting_here() else None
+        cut = (self.log.emit_seq, self._position_list()) if self._inside_send() else None
 
         def save() -> None:
             try:
@@ -1034,10 +1040,16 @@ class Recovery:
         for coords, event, args in missed:
             yield event, args, self.log.step(coords, only=sid)
         buffered = self.replaying.get(sid, [])
-        while buffered:
-            event, args, coords = buffered.pop(0)
-            yield event, args, self.log.step(coords, only=sid)
-        self.replaying.pop(sid, None)
+        while True:
+            # The last look and the end under the delivery lock: a step held
+            # back by another thread between them was never sent.
+            with self.log.delivering():
+                if not buffered:
+                    self.replaying.pop(sid, None)
+                    break
+                event, args, coords = buffered.pop(0)
+                offset = self.log.step(coords, only=sid)
+            yield event, args, offset
         self.stats["succeeded"] += 1
         self.stats["replayed"] += len(missed)
 
