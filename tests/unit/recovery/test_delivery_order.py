@@ -18,8 +18,21 @@ from tests.unit.recovery.test_drop_inside_emit import dyno
 from tests.unit.recovery.test_recovery_state import recovery
 
 
-def test_a_client_receives_the_steps_of_two_threads_in_their_order():
+def one_client(send, room):
+    """A python-socketio manager with one connection, s1, in ``room``, whose
+    writes go to ``send``; and a Recovery to which s1 announced itself."""
     server = socketio.Server()
+    server._send_eio_packet = send
+    mgr = manager.Manager()
+    mgr.set_server(server)
+    mgr.basic_enter_room("s1", "/", None, eio_sid="e1")
+    mgr.basic_enter_room("s1", "/", room, eio_sid="e1")
+    r = recovery()
+    r.announced.add("s1")
+    return mgr, r
+
+
+def test_a_client_receives_the_steps_of_two_threads_in_their_order():
     arrived = []
     writing, release = threading.Event(), threading.Event()
 
@@ -29,13 +42,7 @@ def test_a_client_receives_the_steps_of_two_threads_in_their_order():
             release.wait(5)  # its step is numbered; its write is late
         arrived.append(json.loads(pkt.encode()[2:])[-1])
 
-    server._send_eio_packet = send
-    mgr = manager.Manager()
-    mgr.set_server(server)
-    mgr.basic_enter_room("s1", "/", None, eio_sid="e1")
-    mgr.basic_enter_room("s1", "/", "r1", eio_sid="e1")
-    r = recovery()
-    r.announced.add("s1")
+    mgr, r = one_client(send, "r1")
 
     def deliver(data, coords):
         socketio_hooks.emit(mgr, r, "ev", data, "/", "r1", None, coords)

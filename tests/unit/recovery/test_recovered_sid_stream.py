@@ -5,13 +5,11 @@ The partition is claimed for it at the recovery, after the dyno's last
 reference point, and its replay's steps are its own (short offsets): the
 full offsets it got next had no position on that slot, so the next recovery
 read it from the log's start."""
-from types import SimpleNamespace
-
 from flask_signalr_kafka.recovery.recovery import Restore
 from flask_signalr_kafka.recovery.sessions import SAVED, Session
 from flask_signalr_kafka.transport.home_partitions import partitions_of
 from flask_signalr_kafka.wire import offsets
-from tests.unit.recovery.test_recovery_state import recovery
+from tests.unit.recovery.test_offset_before_join import dyno as came_to_a_dyno
 
 BASES = ("send-all", "send-group", "send-user")
 SID = "sid~c"
@@ -24,17 +22,12 @@ def dyno():
     """A Recovery whose consumers stand at ``at[0]`` on every send slot but
     send-conn, of which it reads the partitions in ``conn`` (its home ones,
     and those claimed)."""
-    at, conn = [90], {0, 1}
-    r = recovery()
+    r, at, saved = came_to_a_dyno()
+    conn = {0, 1}
     r.core.positions = lambda bases: {
         **{(b, p): at[0] for b in BASES for p in range(10)},
         **{("send-conn", p): at[0] for p in conn}}
-    r.host = SimpleNamespace(get_rooms=lambda sid, ns: [sid, "r1"],
-                             server=SimpleNamespace(eio=SimpleNamespace(ping_interval=5,
-                                                                        ping_timeout=5)))
-    saved = []
-    put = r.store.put
-    r.store.put = lambda pid, session: (saved.append(session), put(pid, session))[1]
+    at[0] = 90
     return r, at, conn, saved
 
 

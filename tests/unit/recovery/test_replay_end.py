@@ -6,13 +6,10 @@ connection go live, the event was never sent."""
 import json
 import threading
 
-import socketio
-from socketio import manager
-
 from flask_signalr_kafka.managers import socketio_hooks
 from flask_signalr_kafka.recovery.recovery import Restore
 from flask_signalr_kafka.recovery.sessions import SAVED, Session
-from tests.unit.recovery.test_recovery_state import recovery
+from tests.unit.recovery.test_delivery_order import one_client
 
 
 class RacedHeld(list):
@@ -32,21 +29,15 @@ class RacedHeld(list):
 
 
 def test_a_step_held_back_as_the_replay_ends_is_sent():
-    server = socketio.Server()
     arrived = []
-    server._send_eio_packet = lambda eio_sid, pkt: arrived.append(json.loads(pkt.encode()[2:])[1])
-    mgr = manager.Manager()
-    mgr.set_server(server)
-    mgr.basic_enter_room("s1", "/", None, eio_sid="e1")
-    mgr.basic_enter_room("s1", "/", "s1", eio_sid="e1")
-    r = recovery()
-    r.announced.add("s1")
+    mgr, r = one_client(lambda eio_sid, pkt: arrived.append(json.loads(pkt.encode()[2:])[1]),
+                        "s1")
     held = r.replaying["s1"] = RacedHeld(lambda: socketio_hooks.emit(
         mgr, r, "ev", "live", "/", "s1", None, [["send-conn", "s1", 0, 9]]))
     session = Session(SAVED, "s1", "/", [], "host_2", "cd", 0.0)
     missed = [([["send-conn", "s1", 0, 8]], "ev", ["missed"])]
     for event, args, given in r.replay_steps(Restore("pid", session, None), "s1", missed):
-        socketio_hooks.send_event(server, "e1", "/", event, args, given)
+        socketio_hooks.send_event(mgr.server, "e1", "/", event, args, given)
     held.consumer.join(5)
     assert held.consumer.ident is not None and not held.consumer.is_alive()
     assert arrived == ["missed", "live"], "the event held back as the replay ended was lost"
