@@ -98,10 +98,11 @@ def emit(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str
     delivery step: clients that announced recovery get its offset, those
     whose missed events are being replayed get it afterwards."""
     server = manager.server
-    for eio_sid, pkts in _step_sends(manager, recovery, event, data, namespace, room, skip_sid,
-                                     coords):
-        for p in pkts:
-            server._send_eio_packet(eio_sid, p)
+    with recovery.log.delivering():  # threads deliver side by side: steps in order
+        for eio_sid, pkts in _step_sends(manager, recovery, event, data, namespace, room,
+                                         skip_sid, coords):
+            for p in pkts:
+                server._send_eio_packet(eio_sid, p)
 
 
 def _step_sends(manager: Any, recovery: Recovery, event: str, data: Any, namespace: str,

@@ -31,7 +31,14 @@ from ..transport.topics import SESSIONS
 from ..wire import offsets
 from ..wire.addressing import SEND_ALL, SEND_CONN, SEND_GROUP, SEND_USER
 from .recovery_options import ConnectionStateRecovery
-from .replay import ConsumerPool, read_missed, slots_of_room, slots_of_session, step_of
+from .replay import (
+    ConsumerPool,
+    read_missed,
+    slots_of_room,
+    slots_of_session,
+    slots_of_sid,
+    step_of,
+)
 from .sessions import (
     LIVE,
     SAVED,
@@ -239,9 +246,12 @@ class Recovery:
         if room is None:
             return
         count = self.core.partition_count
-        # A connection is in the broadcasts from when it came.
-        slots = ({(SEND_ALL, p) for p in range(count(SEND_ALL))} if room == sid
-                 else slots_of_room(count, room))
+        # A connection is in the broadcasts, and its own stream starts, when
+        # it came. Its send-conn partition may be read here only since its
+        # claim (a recovery), so in no older reference point: an offset
+        # without it would replay that stream from the log's start.
+        slots = (slots_of_sid(count, sid) | {(SEND_ALL, p) for p in range(count(SEND_ALL))}
+                 if room == sid else slots_of_room(count, room))
         positions = self.positions()
         at = {s: positions[s] for s in slots if s in positions}
         joins = self._joins.setdefault((sid, namespace), {})
@@ -689,15 +699,21 @@ class Recovery:
         left = self.forget(sid, namespace, reason)
         if left is None:
             return
-        if self.log.emitting_here():
+        if self._inside_send():
             # Noticed inside an emit: engine.io closes a socket whose client
             # missed its ping when something is sent to it. The save waits
             # for that very emit to be published: elsewhere, or it waited
             # its whole second and the session was refused as window-lost
-            # (soak seed 873330).
+            # (soak seed 873330). Inside a delivery, emits counted meanwhile
+            # wait for it to end: the same.
             self.core.runtime.spawn(left)
         else:
             left()
+
+    def _inside_send(self) -> bool:
+        """Whether the caller is inside an emit or a delivery step: a save
+        run here would wait for emits that wait for it."""
+        return self.log.emitting_here() or self.log.delivering_here()
 
     def forget(self, sid: str, namespace: str,
                reason: str | None) -> Callable[[], None] | None:
@@ -732,7 +748,7 @@ class Recovery:
         # the connection: where it stood is cut now (a record read later for
         # a room with no other member here makes no step, so no window holds
         # it, and later positions would skip it).
-        cut = (self.log.emit_seq, self._position_list()) if self.log.emitting_here() else None
+        cut = (self.log.emit_seq, self._position_list()) if self._inside_send() else None
 
         def save() -> None:
             try:
@@ -1024,10 +1040,16 @@ class Recovery:
         for coords, event, args in missed:
             yield event, args, self.log.step(coords, only=sid)
         buffered = self.replaying.get(sid, [])
-        while buffered:
-            event, args, coords = buffered.pop(0)
-            yield event, args, self.log.step(coords, only=sid)
-        self.replaying.pop(sid, None)
+        while True:
+            # The last look and the end under the delivery lock: a step held
+            # back by another thread between them was never sent.
+            with self.log.delivering():
+                if not buffered:
+                    self.replaying.pop(sid, None)
+                    break
+                event, args, coords = buffered.pop(0)
+                offset = self.log.step(coords, only=sid)
+            yield event, args, offset
         self.stats["succeeded"] += 1
         self.stats["replayed"] += len(missed)
 

@@ -73,10 +73,15 @@ def slots_of_session(partition_count: Callable[[str], int], session: Session) ->
     :param partition_count: the partitions of a send topic (the core's).
     """
     slots = {(SEND_ALL, p) for p in range(partition_count(SEND_ALL))}
-    slots.update(_slots_of(partition_count, SEND_CONN, session.sid))
+    slots.update(slots_of_sid(partition_count, session.sid))
     for room in session.rooms:
         slots.update(slots_of_room(partition_count, room))
     return slots
+
+
+def slots_of_sid(partition_count: Callable[[str], int], sid: str) -> set[Slot]:
+    """The send-conn slots that can hold a record for connection ``sid``."""
+    return _slots_of(partition_count, SEND_CONN, sid)
 
 
 def slots_of_room(partition_count: Callable[[str], int], room: str) -> set[Slot]:

@@ -15,7 +15,8 @@ import heapq
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..wire import offsets
@@ -58,6 +59,10 @@ class DeliveryLog:
         #: Names this dyno in its offsets (its home partition, once known).
         self.tag = ""
         self._lock = threading.Lock()
+        #: Held from a step's number to its last write (:meth:`delivering`),
+        #: and who holds it.
+        self._sending = threading.RLock()
+        self._sender: int | None = None
         self._step = 0
         self._emit_seq = 0
         #: (step, monotonic time, coords, emit counter, the one connection it
@@ -112,6 +117,26 @@ class DeliveryLog:
         for that emit here would wait for itself."""
         here = threading.get_ident()
         return here in list(self._open_emits.values())
+
+    @contextmanager
+    def delivering(self) -> Iterator[None]:
+        """Around a delivery step, from its :meth:`step` to its last write:
+        a client gets steps in their order. In threading mode the consumer's
+        thread and the handlers' (a dyno's own emits are delivered at emit
+        time) deliver side by side; a step written after a later one made
+        the client's last offset name the older, and its next recovery sent
+        the later one's event again (soak seed 873700)."""
+        with self._sending:
+            outer, self._sender = self._sender, threading.get_ident()
+            try:
+                yield
+            finally:
+                self._sender = outer
+
+    def delivering_here(self) -> bool:
+        """Whether the calling thread (greenlet) is inside :meth:`delivering`:
+        a wait here for another delivery would wait for itself."""
+        return self._sender == threading.get_ident()
 
     def wait_emits(self, upto: int, timeout: float, sleep: Callable[[float], None]) -> bool:
         """Wait until every emit numbered ``upto`` or less has handed its
