@@ -13,7 +13,10 @@ producer's waits in ``poll``.
 Partitioning is kafka-python's: keys by murmur2 (librdkafka's
 ``murmur2_random``, the Java client's), and the records without a key
 (broadcasts) of one process on one partition, chosen once, so that they
-reach every other server in the order they were sent.
+reach every other server in the order they were sent. When the cluster
+says that partition no longer exists (the topic was recreated with fewer
+partitions), the count is read again and the record sent once more, as
+kafka-python's partitioner, which reads the counts at every send, does.
 """
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ class Delivery:
     is its own record metadata: ``topic``, ``partition``, ``offset``)."""
 
     __slots__ = ("_queue", "done", "error", "_callbacks", "_event", "topic", "offset",
-                 "partition", "_producer")
+                 "partition", "_producer", "resend")
 
     def __init__(self, queue: collections.deque, topic: str = "",
                  producer: ConfluentProducer | None = None) -> None:
@@ -64,6 +67,8 @@ class Delivery:
         self.topic = topic
         self.offset = -1
         self.partition = -1
+        #: Its partition was the producer's choice, not yet made again.
+        self.resend = False
 
     def __call__(self, error: KafkaError | None, message: Any) -> None:
         """librdkafka's delivery callback, in whichever thread polled: only
@@ -166,17 +171,13 @@ class ConfluentProducer:
              partition: int | None = None) -> Delivery:
         delivery = Delivery(self._reports, topic, self if self._on_hub else None)
         if partition is None and key is None:
+            delivery.resend = True
             partition = self._slot % self._count(topic)
-        # A BufferError (librdkafka's queue is full) goes to the caller: the
-        # publisher refuses the record. Retrying here never ended during an
-        # outage, and under asyncio each retry's sleep blocked the loop.
-        try:
-            if partition is None:
-                self._producer.produce(topic, value, key, on_delivery=delivery)
-            else:
-                self._producer.produce(topic, value, key, partition, on_delivery=delivery)
-        except KafkaException as exc:
-            delivery.settle(exc.args[0], None)
+        error = self._produce(delivery, value, key, partition)
+        if error is not None and self._resent(delivery, error, value, partition):
+            error = None
+        if error is not None:
+            delivery.settle(error, None)
             return delivery
         # Under gevent the report greenlet's timer serves the reports: a
         # poll(0) here releases and re-takes the GIL at every send, and with
@@ -202,6 +203,45 @@ class ConfluentProducer:
         self._waiters += change
         if change > 0:
             self._wake.set()
+
+    def _produce(self, delivery: Delivery, value: bytes | None, key: bytes | None,
+                 partition: int | None) -> KafkaError | None:
+        """Hand a record to librdkafka; its error if it refused it at once."""
+        # A BufferError (librdkafka's queue is full) goes to the caller: the
+        # publisher refuses the record. Retrying here never ended during an
+        # outage, and under asyncio each retry's sleep blocked the loop.
+        try:
+            if partition is None:
+                self._producer.produce(delivery.topic, value, key, on_delivery=delivery)
+            else:
+                self._producer.produce(delivery.topic, value, key, partition,
+                                       on_delivery=delivery)
+        except KafkaException as exc:
+            return exc.args[0]
+        return None
+
+    def _resent(self, delivery: Delivery, error: KafkaError, value: bytes | None,
+                partition: int | None) -> bool:
+        """After ``_UNKNOWN_PARTITION``, count the topic's partitions again; send
+        an unkeyed record once more to a partition that exists.
+
+        The topic was recreated with fewer partitions (a broker that lost its
+        topics): librdkafka refuses a partition past the new count at
+        ``produce()`` and fails the records queued for one in their reports.
+        With the old count kept for a minute, every broadcast was lost.
+        """
+        if error.code() != KafkaError._UNKNOWN_PARTITION:
+            return False
+        topic = delivery.topic
+        # Once per stale count, not once per record refused for it.
+        if partition is None or self._counts.get(topic, 0) > partition:
+            if self._counts.pop(topic, None) is not None:
+                logger.info("%s has no partition %s now: counting its partitions again",
+                            topic, partition)
+        if not delivery.resend or self._closed:  # closed: its report would never come
+            return False
+        delivery.resend = False
+        return self._produce(delivery, value, None, self._slot % self._count(topic)) is None
 
     def _count(self, topic: str) -> int:
         count = self._counts.get(topic)
@@ -259,6 +299,9 @@ class ConfluentProducer:
         reports = self._reports
         while reports:
             delivery, error, message = reports.popleft()
+            if error is not None and message is not None and self._resent(
+                    delivery, error, message.value(), message.partition()):
+                continue  # its report comes again
             delivery.settle(error, message)
 
     def flush(self, timeout: float | None = None) -> None:
