@@ -34,9 +34,9 @@ from .recovery_options import ConnectionStateRecovery
 from .replay import (
     ConsumerPool,
     read_missed,
+    slots_of_connection,
     slots_of_room,
     slots_of_session,
-    slots_of_sid,
     step_of,
 )
 from .sessions import (
@@ -250,8 +250,7 @@ class Recovery:
         # it came. Its send-conn partition may be read here only since its
         # claim (a recovery), so in no older reference point: an offset
         # without it would replay that stream from the log's start.
-        slots = (slots_of_sid(count, sid) | {(SEND_ALL, p) for p in range(count(SEND_ALL))}
-                 if room == sid else slots_of_room(count, room))
+        slots = slots_of_connection(count, sid) if room == sid else slots_of_room(count, room)
         positions = self.positions()
         at = {s: positions[s] for s in slots if s in positions}
         joins = self._joins.setdefault((sid, namespace), {})

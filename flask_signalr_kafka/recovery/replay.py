@@ -72,16 +72,18 @@ def slots_of_session(partition_count: Callable[[str], int], session: Session) ->
 
     :param partition_count: the partitions of a send topic (the core's).
     """
-    slots = {(SEND_ALL, p) for p in range(partition_count(SEND_ALL))}
-    slots.update(slots_of_sid(partition_count, session.sid))
+    slots = slots_of_connection(partition_count, session.sid)
     for room in session.rooms:
         slots.update(slots_of_room(partition_count, room))
     return slots
 
 
-def slots_of_sid(partition_count: Callable[[str], int], sid: str) -> set[Slot]:
-    """The send-conn slots that can hold a record for connection ``sid``."""
-    return _slots_of(partition_count, SEND_CONN, sid)
+def slots_of_connection(partition_count: Callable[[str], int], sid: str) -> set[Slot]:
+    """The slots of connection ``sid`` apart from its rooms: every broadcast
+    partition and its own send-conn slot."""
+    slots = {(SEND_ALL, p) for p in range(partition_count(SEND_ALL))}
+    slots.update(_slots_of(partition_count, SEND_CONN, sid))
+    return slots
 
 
 def slots_of_room(partition_count: Callable[[str], int], room: str) -> set[Slot]:
