@@ -58,6 +58,12 @@ def pytest_generate_tests(metafunc):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("async_mode") != "gevent" or config.getoption("client") != "kafka-python":
+        # Their servers are the same in every pass: the default one runs them.
+        repeated = [item for item in items if item.get_closest_marker("asgi_only")]
+        if repeated:
+            config.hook.pytest_deselected(items=repeated)
+            items[:] = [item for item in items if not item.get_closest_marker("asgi_only")]
     # For pytest-xdist's --dist loadgroup (make test): a module's tests stay
     # on one worker, so a module-scoped broker or fleet starts once, and the
     # tests marked serial share one worker, so no two of them overlap:

@@ -30,7 +30,8 @@ def uvicorn(app, *options):
 
 
 @pytest.mark.confluent  # cheap: no broker to start
-@pytest.mark.parametrize("mode", ["gevent", "threading", "uvicorn"])
+@pytest.mark.parametrize("mode", ["gevent", "threading",
+                                  pytest.param("uvicorn", marks=pytest.mark.asgi_only)])
 def test_dyno_fails_fast_naming_the_servers(artifacts, mode):
     address = f"127.0.0.1:{free_port()}"
     server = ServerProcess(address, unique("down"), "A", artifacts, ASYNC_MODE=mode,

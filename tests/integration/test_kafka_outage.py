@@ -1,7 +1,8 @@
 """The whole cluster down for a minute mid-run (the one node of a cluster of
-its own frozen with SIGSTOP) under two dynos with connection state recovery
-on, streaming every kind of emit to each other (tests/integration/faults.py),
-while a burst emits far more than the producer may hold.
+its own frozen with SIGSTOP; 25 s in the runs that repeat it elsewhere)
+under two dynos with connection state recovery on, streaming every kind of
+emit to each other (tests/integration/faults.py), while a burst emits far
+more than the producer may hold.
 
 What the contract ("When Kafka is unavailable") asks, and this asserts:
 the dynos' memory stays bounded (the producer refuses what is beyond its
@@ -36,7 +37,13 @@ HAVE_NODE = bool(shutil.which("node")) and (ROOT / "node_modules" / "socket.io-c
 #: It takes 85-110 s alone: pytest-timeout's default 120 s cut it under load.
 pytestmark = [pytest.mark.serial, pytest.mark.timeout(300)]
 
+#: The outage of the default pass's gevent dyno, the contract's minute.
 OUTAGE_S = 60.0
+#: The runs that repeat it with another server or client (uvicorn, the
+#: threading and confluent passes of make test) freeze the cluster for less:
+#: the burst (at 10 s) and the stream (after ~15 s) have filled the producer
+#: by then, which is what those runs check.
+SHORT_OUTAGE_S = 25.0
 #: The producer's memory bound in this test (the default is 32 MB): the
 #: stream alone fills it after ~15 s of outage, the burst at once.
 BUFFER_BYTES = 1 << 20
@@ -105,6 +112,9 @@ def answer_after(js, cid: str, since_ms: float) -> float | None:
 def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
     if runner == "uvicorn" and os.environ.get("KAFKA_CLIENT") == "confluent":
         pytest.skip("tests/asgi_server_app.py runs on kafka-python")
+    default_pass = (os.environ.get("KAFKA_CLIENT") != "confluent"
+                    and os.environ.get("ASYNC_MODE") != "threading")
+    outage_s = OUTAGE_S if runner == "socketio.run" and default_pass else SHORT_OUTAGE_S
     fleet = Fleet(cluster, artifacts, prefix=unique("o"))
     env = {"CONNECTION_STATE_RECOVERY": 1, "TRACK_PRODUCE": 1, "ACK_TIMEOUT": 5,
            "PRODUCER_JSON": json.dumps(bound()), "RUNNER": runner}
@@ -133,7 +143,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
         node.signal(signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            while time.monotonic() < stopped + OUTAGE_S:
+            while time.monotonic() < stopped + outage_s:
                 # A local round trip: the hub serves its own clients, and a
                 # local emit reaches them, even when the producer refuses
                 # its record (the emit then raises in the handler: no ack).
@@ -188,7 +198,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
         if cut_ms is not None and answer_s is None:
             answer_s = answer_after(js, cid, cut_ms)
         fig = stream.figures(
-            "f.cluster-down-60s", must="returned",
+            f"f.cluster-down-{outage_s:g}s", must="returned",
             rss_before_mb={k: round(v / 2**20, 1) for k, v in before.items()},
             rss_peak_mb={k: round(v / 2**20, 1) for k, v in peak.items()},
             refused=sum(refused.values()), burst=burst,
@@ -207,7 +217,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
             assert peak[label] - before[label] < RSS_GROWTH_MAX, fig.line()
             kafka = during[label]["kafka"]
             assert kafka["reachable"] is False, during[label]
-            assert kafka["unacknowledged_seconds"] > OUTAGE_S - 10, during[label]
+            assert kafka["unacknowledged_seconds"] > outage_s - 10, during[label]
             assert after_health[label]["reachable"] is True, after_health
         assert during["A"]["kafka"]["buffered_bytes"] <= BUFFER_BYTES
         assert unreachable_after is not None and unreachable_after < 10, unreachable_after

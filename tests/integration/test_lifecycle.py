@@ -131,7 +131,8 @@ def test_no_consumer_groups_are_left_behind(new_fleet):
     admin.close()
 
 
-@pytest.mark.parametrize("runner", ["socketio.run", "uvicorn"])
+@pytest.mark.parametrize("runner", [
+    "socketio.run", pytest.param("uvicorn", marks=pytest.mark.asgi_only)])
 def test_recovers_when_the_broker_loses_its_topics(engine, artifacts, runner):
     """The topics vanish under running servers (on Apache Kafka: deleted and
     so recreated; on Tansu: the in-memory broker restarted on the same
