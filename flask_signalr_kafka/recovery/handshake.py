@@ -3,11 +3,11 @@
 A client that reconnects with a pid (and an offset) is answered by
 :meth:`Handshake.prepare` within :data:`PREPARE_BUDGET` seconds: its session
 is found in the store, taken over from a dyno that still holds it (asked to
-let go, or resumed from its last checkpoint), narrowed to the client's full
-offset, and its send-conn partitions are claimed here, before the manager
-registers the connection. The attempts of one client and their claims are
-kept here; the saves it asks for (a release, a drop saved here) are
-:mod:`.saves`' (docs/recovery.md).
+let go, or resumed from its last checkpoint: :mod:`.resume`), narrowed to
+the client's full offset, and its send-conn partitions are claimed here,
+before the manager registers the connection. The attempts of one client
+and their claims are kept here; the saves it asks for (a release, a drop
+saved here) are :mod:`.saves`' (docs/recovery.md).
 """
 from __future__ import annotations
 
@@ -20,20 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from ..errors import MalformedRecord
 from ..wire import offsets
 from .replay import slots_of_session, step_of
-from .sessions import LIVE, SAVED, SHARED_READ, Checkpoint, Session, home_of_tag, partition_of
+from .resume import Resume
+from .sessions import LIVE, SAVED, Session, home_of_tag, partition_of
 from .state import RecoveryState
-from .steps import latest_each
 
 logger = logging.getLogger(__name__)
 
-#: Seconds two dynos' wall clocks may differ (a checkpoint's age is read
-#: from its writer's clock only the first time it is seen).
-CLOCK_SKEW = 0.5
 #: Auth keys of the recovery handshake, removed before the app sees auth.
 AUTH_KEYS = ("pid", "offset", "csr")
 #: Seconds a recovery's decision may take: every client that comes back
@@ -122,8 +117,8 @@ class Handshake:
         #: pids whose connection the server ended on purpose (monotonic time):
         #: refused even before their session's deletion can be read back.
         self._ended: dict[str, float] = {}
-        #: owner -> (its checkpoint last seen, when it was seen to change).
-        self._checkpoints_seen: dict[str, tuple[tuple[float, int], float]] = {}
+        #: where a session resumes when its dyno cannot say.
+        self.resume = Resume(state)
 
     def prepare(self, eio_sid: str, namespace: str, pid: str, offset: str | None) -> Restore | None:
         """Decide whether ``pid`` can be recovered; the restored sid is then
@@ -291,7 +286,7 @@ class Handshake:
             raise RecoveryFailed("unknown", "the session is of another namespace")
         if session.state == LIVE:
             session = self._take_over(pid, session, where, offset)
-        session = self._exactly(session, offset)
+        session = self.resume.exactly(session, offset)
         if time.time() - session.saved_at > state.options.max_disconnection_duration:
             raise RecoveryFailed("expired", "away longer than max_disconnection_duration")
         if not session.exact:
@@ -360,7 +355,7 @@ class Handshake:
         """The session is still live on its dyno: the client came back before
         that dyno noticed the drop, or the dyno died. Have it let go (it
         saves the session), or resume from its last checkpoint."""
-        state = self.state
+        state, resume = self.state, self.resume
         key = (session.sid, session.namespace)
         if session.owner == state.owner:
             # Its drop is saved here (a ping timeout noticed as the client
@@ -373,7 +368,7 @@ class Handshake:
             saved = self._release(*key) if state.host.is_local(*key) else None
             if saved is not None:
                 return saved
-        elif self._alive(session.owner):
+        elif resume.alive(session.owner):
             state.stats["releases-requested"] += 1
             logger.info("asking %s to release %s", session.owner, session.sid)
             state.host.request_release(session.sid, session.namespace)
@@ -381,7 +376,7 @@ class Handshake:
             # take a while to save it, a dead one never will (its checkpoints
             # stop).
             saved = state.store.wait_for(
-                pid, where, lambda s: s is None or s.state == SAVED or not self._alive(s.owner),
+                pid, where, lambda s: s is None or s.state == SAVED or not resume.alive(s.owner),
                 state.options.release_timeout)
             if saved is None:  # deleted: disconnected on purpose meanwhile
                 raise RecoveryFailed("ended", "the session ended while it was released")
@@ -392,87 +387,7 @@ class Handshake:
             raise RecoveryFailed("no-checkpoint", "its dyno is gone and left no checkpoint")
         state.stats["from-checkpoint"] += 1
         logger.info("%s resumes from the last checkpoint of %s", session.sid, session.owner)
-        return self._from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
-
-    def _alive(self, owner: str) -> bool:
-        """Whether ``owner`` still writes checkpoints. Timed on this dyno's
-        own clock, from when its checkpoint was last seen to change: the
-        owner's clock may differ from ours, and a live owner's round may be
-        slow (acks, a connect storm). Its wall-clock age counts only for a
-        checkpoint seen for the first time, less :data:`CLOCK_SKEW`."""
-        checkpoint = self.state.store.checkpoint(owner, since=time.monotonic() - SHARED_READ)
-        if checkpoint is None:
-            return False
-        now = time.monotonic()
-        seen = self._checkpoints_seen
-        last = seen.get(owner)
-        if last is None or last[0] != (checkpoint.at, checkpoint.step):
-            if len(seen) > 10_000:
-                seen.clear()  # owners of long ago
-            age = 0.0 if last is not None else max(0.0, time.time() - checkpoint.at - CLOCK_SKEW)
-            last = seen[owner] = ((checkpoint.at, checkpoint.step), now - age)
-        return now - last[1] < self.state.liveness()
-
-    def _from_checkpoint(self, session: Session, checkpoint: Checkpoint,
-                         last: int | None) -> Session:
-        """The session of a connection whose dyno died, as of the client's
-        last step ``last`` (``None``: unknown, so the whole tail is sent
-        again): the checkpoint's positions, and its tail's records of later
-        steps as the window."""
-        whole = checkpoint.tail_whole
-        if last is None:
-            last = checkpoint.tail_from - 1
-        else:
-            whole = True  # the client said where it stood
-        emit_seq = checkpoint.tail_emit_seq
-        for step, seq in checkpoint.emit_steps:
-            if step > last:
-                break
-            emit_seq = seq
-        if last >= checkpoint.step:
-            # Steps after the checkpoint may have reached the client too:
-            # they are sent again (never lost).
-            emit_seq, window, exact = checkpoint.emit_seq, [], True
-        else:
-            slots = slots_of_session(self.state.core.partition_count, session)
-            window = [e for e in latest_each(
-                [e for e in checkpoint.tail if (e[1], e[2]) in slots]
-                + [(st, b, p, o) for st, sid, b, p, o in checkpoint.private
-                   if sid == session.sid]) if e[0] > last]
-            # Steps between the client's and the tail's may have been for it,
-            # and so may its private steps left out of the tail.
-            cut = dict(checkpoint.private_cut).get(session.sid, -1)
-            exact = whole and last >= checkpoint.tail_from - 1 and last >= cut
-        return msgspec.structs.replace(
-            session, state=SAVED, saved_at=checkpoint.at, positions=checkpoint.positions,
-            emit_seq=emit_seq, window=window, tag=checkpoint.tag, exact=exact,
-        )
-
-    def _exactly(self, session: Session, offset: str | None) -> Session:
-        """The session as of the client's full offset, when it has one from
-        the session's last holder and that dyno's reference point is still in
-        the topic: exactly what the client had, whatever befell the dyno."""
-        parsed = offsets.parse(offset)
-        if parsed is None or parsed.ref is None or parsed.tag != session.tag:
-            return session
-        ref = self.state.store.ref(session.owner, parsed.ref)
-        if ref is None or ref.tag != parsed.tag:
-            return session
-        positions = {(b, p): off for b, p, off in ref.positions}
-        for slot, n in parsed.slots.items():
-            positions[slot] = positions.get(slot, 0) + n
-        if any(positions.get((b, p), 0) < off for b, p, off in session.joined):
-            # Older than the connection's join (any of the dyno's last
-            # reference points can be named): it would replay events sent
-            # to its rooms before it was in them. What the session says holds.
-            self.state.stats["offsets-before-join"] += 1
-            logger.info("the offset of %s reaches back before it joined; not taken",
-                        session.sid)
-            return session
-        return msgspec.structs.replace(
-            session, positions=[(b, p, off) for (b, p), off in sorted(positions.items())],
-            emit_seq=ref.emit_seq + parsed.emits, window=[], exact=True,
-        )
+        return resume.from_checkpoint(session, checkpoint, step_of(offset, checkpoint.tag))
 
     def _catch_up(self, session: Session) -> None:
         """Before the connection joins its rooms here: this dyno's positions

@@ -104,7 +104,7 @@ class Recovery:
         changes, and a full offset from now on must not reach back before
         the join (a record for the room read here before it joined was not
         for it). Where it joined goes in its session: an offset naming an
-        older reference point is not taken (:meth:`.handshake.Handshake._exactly`)."""
+        older reference point is not taken (:meth:`.resume.Resume.exactly`)."""
         self.touch(sid, namespace)
         if room is None:
             return

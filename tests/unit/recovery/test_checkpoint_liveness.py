@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from flask_signalr_kafka.recovery import handshake as handshake_module
+from flask_signalr_kafka.recovery import resume as resume_module
 from flask_signalr_kafka.recovery import saves as saves_module
 from flask_signalr_kafka.recovery.sessions import (
     Checkpoint,
@@ -35,7 +35,7 @@ class Clocks:
 @pytest.fixture
 def clocks(monkeypatch):
     clocks = Clocks()
-    monkeypatch.setattr(handshake_module, "time", SimpleNamespace(
+    monkeypatch.setattr(resume_module, "time", SimpleNamespace(
         monotonic=lambda: clocks.mono, time=lambda: clocks.wall, sleep=time.sleep))
     return clocks
 
@@ -56,7 +56,7 @@ def watch(r, clocks, every, skew=0.0, seconds=20.0):
             step += 1
             write(r, "other", clocks.wall + skew, step)
             next_write += every
-        said.append(r.handshake._alive("other"))
+        said.append(r.handshake.resume.alive("other"))
         clocks.advance(0.1)
         t += 0.1
     return said
@@ -81,7 +81,7 @@ def test_a_dead_dyno_counts_dead_within_the_bound(clocks):
     # It stops writing: dead once the bound has passed on our clock.
     said = []
     for _ in range(60):
-        said.append(r.handshake._alive("other"))
+        said.append(r.handshake.resume.alive("other"))
         clocks.advance(0.1)
     first_dead = said.index(False) * 0.1
     assert r.state.liveness() - 0.3 <= first_dead <= r.state.liveness() + 0.3
@@ -91,8 +91,8 @@ def test_a_dead_dyno_counts_dead_within_the_bound(clocks):
 def test_a_checkpoint_long_old_when_first_seen_is_dead_at_once(clocks):
     r = recovery()
     write(r, "other", clocks.wall - 10, 7)
-    assert r.handshake._alive("other") is False
-    assert r.handshake._alive("nobody") is False
+    assert r.handshake.resume.alive("other") is False
+    assert r.handshake.resume.alive("nobody") is False
 
 
 def test_pruning_does_not_hold_the_checkpoints_back(monkeypatch):
