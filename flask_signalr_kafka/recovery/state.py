@@ -49,14 +49,8 @@ class ConnectionHost(Protocol):
 
 
 class RecoveryState:
-    """The state a dyno's recovery parts share (see the module's docstring).
-
-    :param core: the server's Kafka core (positions, publishing, claims).
-    :param host: the Socket.IO side: its connections and server.
-    :param options: the settings.
-    :param delivered: where delivery stands on each send partition, if it
-                      lags the core's positions (the default).
-    """
+    """The state a dyno's recovery parts share (see the module's docstring),
+    made from :class:`.recovery.Recovery`'s arguments (documented there)."""
 
     def __init__(self, core: KafkaCore, host: ConnectionHost, options: ConnectionStateRecovery,
                  delivered: Callable[[], dict[tuple[str, int], int]] | None = None) -> None:
