@@ -7,7 +7,7 @@ session, reading what a connection missed, saving a session, letting a
 connection go, the drain's saves) run in threads of their own, and
 everything that writes to a socket or touches the rooms runs on the event
 loop. :class:`LoopRecovery` is that split, and the
-:class:`.recovery.ConnectionHost` its threads see.
+:class:`.state.ConnectionHost` its threads see.
 
 What the loop and the threads share: the rooms are read from the threads
 (single reads, or a copy made in one call), never changed there;

@@ -1,5 +1,5 @@
 """Connection state recovery: the sessions topic, delivery steps, replay, the
-decisions of ``Recovery``, its settings and figures. Takes the core and a
-``ConnectionHost`` the manager meets; imports neither the fleet nor
-observability.
+handshake's decisions, the saves, ``Recovery`` over them, its settings and
+figures. Takes the core and a ``ConnectionHost`` the manager meets; imports
+neither the fleet nor observability.
 """

@@ -127,7 +127,7 @@ def test_async_handshake_replays_before_connect_and_waits_for_kafka_off_the_loop
         def prepare(eio_sid, namespace, pid, offset):
             threads["prepare"] = threading.current_thread()
             restore = Restore(pid, session, offset)
-            r._pending[(eio_sid, namespace)] = restore
+            r.handshake._pending[(eio_sid, namespace)] = restore
             return restore
 
         def read_missed(restore):

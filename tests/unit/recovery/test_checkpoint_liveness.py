@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from flask_signalr_kafka.recovery import recovery as recovery_module
+from flask_signalr_kafka.recovery import resume as resume_module
+from flask_signalr_kafka.recovery import saves as saves_module
 from flask_signalr_kafka.recovery.sessions import (
     Checkpoint,
     decode_checkpoint,
@@ -34,7 +35,7 @@ class Clocks:
 @pytest.fixture
 def clocks(monkeypatch):
     clocks = Clocks()
-    monkeypatch.setattr(recovery_module, "time", SimpleNamespace(
+    monkeypatch.setattr(resume_module, "time", SimpleNamespace(
         monotonic=lambda: clocks.mono, time=lambda: clocks.wall, sleep=time.sleep))
     return clocks
 
@@ -55,7 +56,7 @@ def watch(r, clocks, every, skew=0.0, seconds=20.0):
             step += 1
             write(r, "other", clocks.wall + skew, step)
             next_write += every
-        said.append(r._alive("other"))
+        said.append(r.handshake.resume.alive("other"))
         clocks.advance(0.1)
         t += 0.1
     return said
@@ -80,24 +81,24 @@ def test_a_dead_dyno_counts_dead_within_the_bound(clocks):
     # It stops writing: dead once the bound has passed on our clock.
     said = []
     for _ in range(60):
-        said.append(r._alive("other"))
+        said.append(r.handshake.resume.alive("other"))
         clocks.advance(0.1)
     first_dead = said.index(False) * 0.1
-    assert r._liveness() - 0.3 <= first_dead <= r._liveness() + 0.3
+    assert r.state.liveness() - 0.3 <= first_dead <= r.state.liveness() + 0.3
     assert not any(said[int(first_dead * 10) + 1:])
 
 
 def test_a_checkpoint_long_old_when_first_seen_is_dead_at_once(clocks):
     r = recovery()
     write(r, "other", clocks.wall - 10, 7)
-    assert r._alive("other") is False
-    assert r._alive("nobody") is False
+    assert r.handshake.resume.alive("other") is False
+    assert r.handshake.resume.alive("nobody") is False
 
 
 def test_pruning_does_not_hold_the_checkpoints_back(monkeypatch):
     """Pruning reads partitions for up to seconds; in the checkpoint loop it
     delayed the next checkpoint by as long."""
-    monkeypatch.setattr(recovery_module, "_PRUNE_EVERY", 0.2)
+    monkeypatch.setattr(saves_module, "_PRUNE_EVERY", 0.2)
     r = recovery(checkpoint_interval=0.05)
     r.core.runtime = Runtime.threads("threading")
     written = []
@@ -112,13 +113,13 @@ def test_pruning_does_not_hold_the_checkpoints_back(monkeypatch):
         return 0
 
     r.store.prune = slow_prune
-    loop = threading.Thread(target=r._run_checkpoints, daemon=True)
+    loop = threading.Thread(target=r.saves._run_checkpoints, daemon=True)
     loop.start()
     try:
         assert pruned.wait(5)
         time.sleep(2.0)
     finally:
-        r._stopping = True
+        r.saves._stopping = True
         loop.join(5)
     gaps = [b - a for a, b in zip(written, written[1:], strict=False)]
     assert gaps and max(gaps) < 1.0, gaps

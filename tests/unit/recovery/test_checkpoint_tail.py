@@ -35,7 +35,7 @@ def test_replays_do_not_cut_the_other_clients_tail(monkeypatch):
 
     def resumed(sid):
         session = Session(LIVE, sid, "/", ["r"], "host_2", "", time.time())
-        return r._from_checkpoint(session, checkpoint, None)
+        return r.handshake.resume.from_checkpoint(session, checkpoint, None)
 
     plain = resumed("sid~other")
     assert plain.exact and len(plain.window) == 8

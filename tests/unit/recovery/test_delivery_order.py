@@ -84,6 +84,6 @@ def test_a_drop_noticed_inside_a_delivery_does_not_wait_for_emits_behind_it():
         r.on_disconnect("sid~a", "/", "ping timeout")  # ... and finds sid~a's socket dead
         inside = time.monotonic() - began
     emitter.join(5)
-    assert delivered.is_set() and r._saving["pid"].done.wait(5.0)
+    assert delivered.is_set() and r.saves._saving["pid"].done.wait(5.0)
     assert inside < 0.5, f"the delivery waited {inside:.1f} s for the save"
     assert saved[-1].exact, "refused as window-lost at its recovery"

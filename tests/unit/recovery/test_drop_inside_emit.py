@@ -30,7 +30,7 @@ def dyno():
     r = Recovery(core, host, ConnectionStateRecovery())
     saved = []
     r.store.put = lambda pid, session: saved.append(session)
-    r._pids[("sid~a", "/")] = "pid"
+    r.state.pids[("sid~a", "/")] = "pid"
     return r, saved
 
 
@@ -46,7 +46,7 @@ def test_a_drop_noticed_inside_an_emit_is_saved_once_the_emit_is_published():
     r.log.track(SimpleNamespace(add_callback=lambda fn: fn(landed),
                                 add_errback=lambda fn: None), coords, "send-group", "r1")
     r.log.emit_done(seq)
-    assert r._saving["pid"].done.wait(5.0)
+    assert r.saves._saving["pid"].done.wait(5.0)
     assert inside < 0.5, f"the emit waited {inside:.1f} s for the save"
     session = saved[-1]
     assert session.exact, "refused as window-lost at its recovery"
@@ -84,7 +84,7 @@ def test_under_asyncio_a_drop_noticed_inside_an_emit_does_not_wait_for_it():
                                     add_errback=lambda fn: None), coords, "send-group", "r1")
         r.log.emit_done(seq)
         deadline = time.monotonic() + 5.0
-        while not r._saving["pid"].done.is_set() and time.monotonic() < deadline:
+        while not r.saves._saving["pid"].done.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # the save, in its thread
         return inside
 
@@ -110,5 +110,5 @@ def test_a_save_apart_keeps_where_the_connection_stood_when_it_was_forgotten():
     r.log.track(SimpleNamespace(add_callback=lambda fn: fn(landed),
                                 add_errback=lambda fn: None), coords, "send-group", "r1")
     r.log.emit_done(seq)
-    assert r._saving["pid"].done.wait(5.0)
+    assert r.saves._saving["pid"].done.wait(5.0)
     assert saved[-1].positions == [("send-group", 3, 40)]

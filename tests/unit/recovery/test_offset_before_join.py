@@ -35,20 +35,20 @@ def came_and_joined(r, sid="sid~a"):
     r.joined(sid, "/", None)
     r.joined(sid, "/", sid)
     r.joined(sid, "/", "r1")
-    r._write_live = lambda key: True
+    r.saves.write_live = lambda key: True
     r.registered(sid, "/", "pid", True)
 
 
 def test_an_offset_naming_a_reference_point_before_the_join_is_not_taken():
     r, at, saved = dyno()
-    r.log.write_ref(r.owner, r._position_list(), r.store.put_ref)  # point 1, at 100
+    r.log.write_ref(r.owner, r.saves._position_list(), r.store.put_ref)  # point 1, at 100
     at[0] = 200  # events went to r1 before the connection came
     came_and_joined(r)
     r.forget("sid~a", "/", "transport close")()
     session = saved[-1]
     # The client names point 1 and nothing delivered past it.
     forged = f"{r.log.tag}.1.1.0."
-    taken = r._exactly(session, forged)
+    taken = r.handshake.resume.exactly(session, forged)
     starts = {(b, p): off for b, p, off in taken.positions}
     room = slots_of_room(r.core.partition_count, "r1")
     assert all(starts[s] >= 200 for s in room), "replayed events sent before the join"
@@ -58,7 +58,7 @@ def test_an_offset_naming_a_reference_point_before_the_join_is_not_taken():
 
 def test_an_offset_the_dyno_gave_after_the_join_is_taken():
     r, at, saved = dyno()
-    r.log.write_ref(r.owner, r._position_list(), r.store.put_ref)  # point 1, at 100
+    r.log.write_ref(r.owner, r.saves._position_list(), r.store.put_ref)  # point 1, at 100
     at[0] = 200
     came_and_joined(r)
     slot = sorted(slots_of_room(r.core.partition_count, "r1"))[0]
@@ -66,7 +66,7 @@ def test_an_offset_the_dyno_gave_after_the_join_is_taken():
     assert offsets.parse(given).ref == 1
     at[0] = 201
     r.forget("sid~a", "/", "transport close")()
-    taken = r._exactly(saved[-1], given)
+    taken = r.handshake.resume.exactly(saved[-1], given)
     assert taken.exact and taken.window == []
     starts = {(b, p): off for b, p, off in taken.positions}
     assert starts[slot] == 201 and starts[("send-all", 0)] == 200
@@ -83,7 +83,7 @@ def test_a_join_before_the_first_reference_point_still_counts_in_offsets():
                     r.store.put_ref)  # positions read before the join, acked after
     given = r.log.step([["send-all", None, 0, 160]])
     r.forget("sid~a", "/", "transport close")()
-    assert r._exactly(saved[-1], given) is not saved[-1]
+    assert r.handshake.resume.exactly(saved[-1], given) is not saved[-1]
 
 
 def test_sessions_of_older_dynos_without_joins_still_decode():

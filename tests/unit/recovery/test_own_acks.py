@@ -54,7 +54,7 @@ def test_a_replay_reads_an_own_record_acked_after_the_flush(monkeypatch):
     session = Session(SAVED, "sid~a", "/", ["r1"], "host_1", r.log.tag, time.time(),
                       [(*SLOT, 7)], 0)
     monkeypatch.setattr(recovery, "slots_of_session", lambda count, s: {SLOT})
-    r._replay_ends["sid~a"] = ({SLOT: 7}, r.log.emit_seq)  # begin(): not read back yet
+    r.state.replay_ends["sid~a"] = ({SLOT: 7}, r.log.emit_seq)  # begin(): not read back yet
     read = []
     monkeypatch.setattr(recovery, "read_missed",
                         lambda *args, **kwargs: read.append(args[5]) or [])

@@ -47,18 +47,18 @@ def recovered_here(r, at, conn):
     restore = Restore("pid", session, "cd.7")
     for _event, _args, given in r.replay_steps(restore, SID, missed):
         assert offsets.parse(given).ref is None  # its own steps: short offsets
-    r._write_live = lambda key: True
+    r.saves.write_live = lambda key: True
     r.registered(SID, "/", "pid", True)
 
 
 def test_the_offsets_after_a_replay_cover_the_connections_own_stream():
     r, at, conn, saved = dyno()
-    r.log.write_ref(r.owner, r._position_list(), r.store.put_ref)  # point 1, before the claim
+    r.log.write_ref(r.owner, r.saves._position_list(), r.store.put_ref)  # point 1, before the claim
     recovered_here(r, at, conn)
     given = r.log.step([["send-all", None, 0, 100]])  # live, to it and others
     assert offsets.parse(given).ref == 1
     r.forget(SID, "/", "transport close")()
-    taken = r._exactly(saved[-1], given)
+    taken = r.handshake.resume.exactly(saved[-1], given)
     assert taken is not saved[-1], "the dyno's own offset was not taken"
     starts = {(b, p): off for b, p, off in taken.positions}
     assert starts.get(SLOT, 0) == 100, "its sid stream would be replayed from the log's start"
@@ -75,6 +75,6 @@ def test_an_offset_without_a_position_on_its_own_stream_is_not_taken():
     recovered_here(r, at, conn)
     r.forget(SID, "/", "transport close")()
     session = saved[-1]
-    taken = r._exactly(session, f"{r.log.tag}.1.1.0.")
+    taken = r.handshake.resume.exactly(session, f"{r.log.tag}.1.1.0.")
     assert taken is session and r.stats["offsets-before-join"] == 1
     assert dict(((b, p), off) for b, p, off in session.joined)[SLOT] == 100

@@ -14,8 +14,9 @@ from socketio import packet
 from flask_signalr_kafka import ConnectionStateRecovery
 from flask_signalr_kafka.errors import MalformedRecord
 from flask_signalr_kafka.managers import socketio_hooks
-from flask_signalr_kafka.recovery import recovery as recovery_module
-from flask_signalr_kafka.recovery.recovery import SERVER_DISCONNECT, Recovery, RecoveryFailed
+from flask_signalr_kafka.recovery import handshake as handshake_module
+from flask_signalr_kafka.recovery.handshake import RecoveryFailed
+from flask_signalr_kafka.recovery.recovery import SERVER_DISCONNECT, Recovery
 from flask_signalr_kafka.recovery.sessions import (
     LIVE,
     SAVED,
@@ -132,7 +133,7 @@ def test_a_hung_kafka_gets_an_answer_in_time(monkeypatch):
     """A read that hangs: the client is answered (a new connection) within
     the budget; once the hung decision has lasted twice the budget the next
     fail at once; when it ends, it leaves nothing behind."""
-    monkeypatch.setattr(recovery_module, "PREPARE_BUDGET", 0.3)
+    monkeypatch.setattr(handshake_module, "PREPARE_BUDGET", 0.3)
     hang = threading.Event()
     reader = Reader()
     r = make(reader)
@@ -148,9 +149,9 @@ def test_a_hung_kafka_gets_an_answer_in_time(monkeypatch):
     assert r.stats["failed:not-ready"] == 2
     hang.set()
     deadline = time.monotonic() + 5
-    while r._overdue and time.monotonic() < deadline:
+    while r.handshake._overdue and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not r._overdue and not r._pending
+    assert not r.handshake._overdue and not r.handshake._pending
     assert r.core.released == ["sid~a"], "the late decision's claim is let go"
     reader.fail = None
     assert r.prepare("e3", "/", PID, None) is not None
@@ -220,7 +221,7 @@ def test_a_connection_the_server_ended_is_not_recovered():
     assert r.store.find(pid)[0] is None and r.live_sessions == 0
     r.store.put(pid, session)  # as if the tombstone were not read yet
     with pytest.raises(RecoveryFailed, match="on purpose"):
-        r._restorable(pid, "/", None)
+        r.handshake._restorable(pid, "/", None)
     assert session.sid not in r.announced
 
 
@@ -348,7 +349,7 @@ def test_attempts_leave_no_bookkeeping_behind():
     r.take_pending("e4", "/")
     r.begin(session.sid, "/", restore.session)
     r.registered(session.sid, "/", PID, True)
-    assert r._attempt_of == {} and r._pending == {}
+    assert r.handshake._attempt_of == {} and r.handshake._pending == {}
 
 
 
@@ -361,14 +362,14 @@ def test_a_claim_two_attempts_share_goes_only_with_the_last():
     saved(r, PID)
     assert r.prepare("e1", "/", PID, None) is not None
     caught_up, go_on = threading.Event(), threading.Event()
-    catch_up = r._catch_up
+    catch_up = r.handshake._catch_up
 
     def slow_catch_up(session):
         caught_up.set()
         go_on.wait(5)
         catch_up(session)
 
-    r._catch_up = slow_catch_up
+    r.handshake._catch_up = slow_catch_up
     second = []
     task = _thread(lambda: second.append(r.prepare("e2", "/", PID, None)))
     assert caught_up.wait(5)

@@ -7,7 +7,8 @@ import pytest
 
 from flask_signalr_kafka import ConnectionStateRecovery
 from flask_signalr_kafka.errors import MalformedRecord
-from flask_signalr_kafka.recovery.recovery import Recovery, RecoveryFailed
+from flask_signalr_kafka.recovery.handshake import RecoveryFailed
+from flask_signalr_kafka.recovery.recovery import Recovery
 from flask_signalr_kafka.recovery.recovery_options import options_from
 from flask_signalr_kafka.recovery.replay import step_of
 from flask_signalr_kafka.recovery.sessions import (
@@ -193,12 +194,12 @@ def test_a_full_offset_restores_exactly_what_the_client_had():
     session = Session(SAVED, "sid~a", "/", ["r1"], "host_2", "cd", time.time(),
                       [("send-all", 0, 120), ("send-group", 3, 60)], 30,
                       [(9, "send-all", 0, 119)])
-    exact = r._exactly(session, "cd.77.4.2.a0+3")
+    exact = r.handshake.resume.exactly(session, "cd.77.4.2.a0+3")
     assert exact.positions == [("send-all", 0, 103), ("send-group", 3, 50)]
     assert (exact.emit_seq, exact.window, exact.exact) == (22, [], True)
     # Another dyno's offset, a short one, or a reference point the topic lost.
     for offset in ("ab.77.4.2.a0+3", "cd.77", "cd.77.5.2.a0+3", None):
-        assert r._exactly(session, offset) is session
+        assert r.handshake.resume.exactly(session, offset) is session
 
 
 def test_a_dead_dynos_checkpoint_tail_is_cut_at_the_clients_step():
@@ -210,13 +211,13 @@ def test_a_dead_dynos_checkpoint_tail_is_cut_at_the_clients_step():
                                   (12, "send-all", 0, 9)],
                             emit_steps=[(11, 4), (12, 5)])
     live = Session(LIVE, "sid~a", "/", [], "host_2", "cd", now)
-    cut = r._from_checkpoint(live, checkpoint, 10)
+    cut = r.handshake.resume.from_checkpoint(live, checkpoint, 10)
     # Its rooms hold no send-group slot 4: only what could be for it.
     assert (cut.window, cut.emit_seq, cut.exact) == ([(12, "send-all", 0, 9)], 3, True)
-    assert r._from_checkpoint(live, checkpoint, None).window == [
+    assert r.handshake.resume.from_checkpoint(live, checkpoint, None).window == [
         (10, "send-all", 0, 7), (12, "send-all", 0, 9)]
-    assert r._from_checkpoint(live, checkpoint, 12).emit_seq == 5
-    assert not r._from_checkpoint(live, checkpoint, 3).exact  # older than the tail
+    assert r.handshake.resume.from_checkpoint(live, checkpoint, 12).emit_seq == 5
+    assert not r.handshake.resume.from_checkpoint(live, checkpoint, 3).exact  # older than the tail
 
 
 def test_checkpoint_tail_leaves_out_a_record_never_acked():
@@ -239,15 +240,15 @@ def test_a_client_without_an_offset_is_not_recovered_from_a_cut_tail():
     cut = Checkpoint("host_2", "cd", now, [], emit_seq=0, step=9, tail_from=5,
                      tail=[(5, "send-all", 0, 7)], tail_whole=False)
     live = Session(LIVE, "sid~a", "/", [], "host_2", "cd", now)
-    assert not r._from_checkpoint(live, cut, None).exact
-    assert r._from_checkpoint(live, cut, 6).exact  # its offset says where it stood
+    assert not r.handshake.resume.from_checkpoint(live, cut, None).exact
+    assert r.handshake.resume.from_checkpoint(live, cut, 6).exact  # its offset says where it stood
 
 
 def test_an_unknown_or_foreign_pid_is_a_new_connection():
     r = recovery()
     for pid in ("not-ours", new_pid(3)):
         with pytest.raises(RecoveryFailed, match="unknown"):
-            r._restorable(pid, "/", None)
+            r.handshake._restorable(pid, "/", None)
 
 
 def test_store_places_sessions_at_home_and_points_there_from_the_pid():
@@ -307,7 +308,7 @@ def test_a_step_that_went_to_one_connection_counts_for_its_window_alone():
     for sid, expected in (("sid~a", [(1, "send-all", 0, 5)]),
                           ("sid~b", [(2, "send-all", 0, 4), (3, "send-all", 0, 5)])):
         live = Session(LIVE, sid, "/", [], "host_1", checkpoint.tag, time.time())
-        assert r._from_checkpoint(live, checkpoint, 0).window == expected
+        assert r.handshake.resume.from_checkpoint(live, checkpoint, 0).window == expected
 
 
 def test_a_replay_waits_for_the_emits_counted_before_it():

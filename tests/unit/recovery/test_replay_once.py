@@ -94,7 +94,7 @@ def test_a_save_waits_for_the_emits_it_counts():
 
     emitter = threading.Thread(target=deliver_later)
     emitter.start()
-    session = r._save("pid", "sid~a", "/", 5.0)
+    session = r.saves._save("pid", "sid~a", "/", 5.0)
     emitter.join()
     assert saved == [session]
     in_window = any(entry[1:] == ("send-conn", 3, 7) for entry in session.window)
@@ -125,19 +125,19 @@ def test_a_client_back_while_its_drop_is_saved_here_gets_that_save():
     sent since; here there is none: the recovery failed). It must take the
     save under way."""
     r, saved = saving_recovery(local=True)
-    waits = r.await_readback
+    waits = r.state.await_readback
 
     def slow_readback(timeout):
         time.sleep(0.3)  # the save waits for Kafka
         return waits(timeout)
 
-    r.await_readback = slow_readback
-    r._pids[("sid~a", "/")] = "pid"
+    r.state.await_readback = slow_readback
+    r.state.pids[("sid~a", "/")] = "pid"
     save = r.forget("sid~a", "/", "ping timeout")
     saver = threading.Thread(target=save)
     saver.start()
     live = Session(LIVE, "sid~a", "/", ["r1"], "host_1", r.log.tag, time.time())
-    session = r._take_over("pid", live, 0, None)
+    session = r.handshake._take_over("pid", live, 0, None)
     saver.join()
     assert saved == [session] and session.state == SAVED
 
@@ -146,11 +146,11 @@ def test_a_drop_saved_here_a_moment_ago_is_taken_though_not_read_back():
     """The save is written, but the lookup read the partition before it:
     it found the live session. The save made here is the session."""
     r, saved = saving_recovery(local=False)
-    r._pids[("sid~a", "/")] = "pid"
+    r.state.pids[("sid~a", "/")] = "pid"
     r.forget("sid~a", "/", "ping timeout")()
     live = Session(LIVE, "sid~a", "/", ["r1"], "host_1", r.log.tag, time.time())
-    assert r._take_over("pid", live, 0, None) is saved[0]
+    assert r.handshake._take_over("pid", live, 0, None) is saved[0]
     # Once the client is connected again, that save is past.
-    r._write_live = lambda key: True
+    r.saves.write_live = lambda key: True
     r.registered("sid~a", "/", "pid", False)
-    assert "pid" not in r._saving
+    assert "pid" not in r.saves._saving

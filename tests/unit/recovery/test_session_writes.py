@@ -74,7 +74,7 @@ def test_a_write_kafka_refused_is_written_again():
     pid = r.new_pid()
     r.registered("sid~a", "/", pid, announced=True)
     assert stored(r, pid) is None
-    r._write_dirty()  # the next checkpoint round
+    r.saves._write_dirty()  # the next checkpoint round
     assert stored(r, pid).state == LIVE
 
 
@@ -91,9 +91,9 @@ def test_a_write_the_producer_raised_on_is_written_again():
     pids = [r.new_pid() for _ in range(3)]
     for n, pid in enumerate(pids):
         r.registered(f"sid~{n}", "/", pid, announced=False)  # never raises
-    r._write_dirty()
+    r.saves._write_dirty()
     fail[0] = False
-    r._write_dirty()
+    r.saves._write_dirty()
     assert all(stored(r, pid).state == LIVE for pid in pids)
 
 
@@ -109,4 +109,4 @@ def test_a_connection_that_left_is_not_written_again():
     r.registered("sid~a", "/", r.new_pid(), announced=False)
     r.forget("sid~a", "/", "client namespace disconnect")
     futures[0].fail(NotLeaderForPartitionError("late"))
-    assert not r._dirty
+    assert not r.saves._dirty

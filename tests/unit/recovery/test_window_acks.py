@@ -62,7 +62,7 @@ def test_a_save_waits_for_the_ack_of_an_own_record_in_its_window():
     r, saved = saving()
     late = LateFuture(0.3, partition=4, offset=17)
     emit_to_room(r, late)
-    session = r._save("pid", "sid~a", "/", 12.0)
+    session = r.saves._save("pid", "sid~a", "/", 12.0)
     late.settler.join()
     assert saved == [session]
     assert session.exact, "refused as window-lost at its recovery"
@@ -74,7 +74,7 @@ def test_a_record_the_broker_refused_makes_the_window_inexact_without_a_wait():
     emit_to_room(r, LateFuture(0.05, error=RuntimeError("refused")))
     time.sleep(0.2)  # refused by now
     began = time.monotonic()
-    session = r._save("pid", "sid~a", "/", 12.0)
+    session = r.saves._save("pid", "sid~a", "/", 12.0)
     assert not session.exact and session.window == []
     assert r.log.inexact_why({"sid~a": ["r1"]}, 12.0) == "own records the broker refused"
     assert r.stats["saved-inexact"] == 1
@@ -88,6 +88,6 @@ def test_an_ack_that_never_comes_is_waited_for_a_bounded_time():
     never.settler.cancel()
     emit_to_room(r, never)
     began = time.monotonic()
-    session = r._save("pid", "sid~a", "/", 12.0)
+    session = r.saves._save("pid", "sid~a", "/", 12.0)
     assert not session.exact
     assert time.monotonic() - began < 5.0

@@ -17,13 +17,13 @@ def test_a_slow_save_keeps_what_was_sent_in_the_window_before_it_began():
     saved = []
     r.store.put = lambda pid, session: saved.append(session)
     r.log.step([["send-group", "r1", 3, 41]])  # sent just before the client vanished
-    waits = r.await_readback
+    waits = r.state.await_readback
 
     def slow_readback(timeout):
         time.sleep(0.6)  # Kafka slow to answer
         return waits(timeout)
 
-    r.await_readback = slow_readback
-    session = r._save("pid", "sid~a", "/", 0.4)  # a window of 0.4 s
+    r.state.await_readback = slow_readback
+    session = r.saves._save("pid", "sid~a", "/", 0.4)  # a window of 0.4 s
     assert session is saved[-1] and session.exact
     assert [entry[1:] for entry in session.window] == [("send-group", 3, 41)]
