@@ -224,7 +224,7 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
         assert worst_local < 2.0, f"a local round trip took {worst_local:.1f} s"
         assert back_s < BACK_WITHIN_S, fig.line()
         if js is not None:
-            # Recovery's decision is bounded (recovery.PREPARE_BUDGET): an
+            # Recovery's decision is bounded (recovery.handshake.PREPARE_BUDGET): an
             # answer, recovered or a new connection, never silence.
             assert answer_s is not None and answer_s <= ANSWER_WITHIN_S, (
                 f"a recovering client got no answer within {ANSWER_WITHIN_S:g} s of its drop "
