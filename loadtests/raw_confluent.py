@@ -5,17 +5,18 @@ clients), records sent at a steady rate and timed from send to poll.
 
   python raw_confluent.py [--rate 400] [--seconds 10]
 
-Starts its own Apache Kafka; prints p50/p90/p99 ms and the process's CPU
-seconds per 1,000 records (both clients' librdkafka threads and the poll
-loop), what the bench's dynos pay on top of which is theirs.
+Starts its own Apache Kafka; writes loadtests/results/raw-confluent-<date>.md
+and .json: p50/p90/p99 ms and the process's CPU seconds per 1,000 records
+(both clients' librdkafka threads and the poll loop), what the bench's
+dynos pay on top of which is theirs.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
@@ -24,15 +25,15 @@ from pacing import paced
 
 from flask_signalr_kafka import KafkaManager
 from flask_signalr_kafka.cli.broker import start_broker
-from testkit.measure import own_cpu, percentile
+from testkit.measure import own_cpu, percentile, write_report
 
 HERE = Path(__file__).parent
 
 
 def run(bootstrap: str, rate: float, seconds: float) -> dict:
     topic = f"raw-{uuid.uuid4().hex[:8]}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-        [NewTopic(topic, num_partitions=10, replication_factor=1)])[topic].result()
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept: its futures need it
+    admin.create_topics([NewTopic(topic, num_partitions=10, replication_factor=1)])[topic].result()
     # The manager's own librdkafka properties (linger, acks, Nagle, fetch wait).
     mgr = KafkaManager(bootstrap, client="confluent")
     producer = Producer(mgr.producer_config)
@@ -79,7 +80,14 @@ def main() -> None:
     log_dir = HERE / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     with start_broker("kafka", log_dir=log_dir) as broker:
-        print(json.dumps(run(broker.bootstrap, args.rate, args.seconds)), flush=True)
+        result = run(broker.bootstrap, args.rate, args.seconds)
+    result["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    write_report(HERE / "results", "raw-confluent", result,
+                 f"Plain confluent-kafka, the manager's librdkafka settings, Apache Kafka, "
+                 f"{result['date']}: {result['received']}/{result['records']} records at "
+                 f"{result['rate']:g}/s; p50 / p90 / p99 {result['p50_ms']:.2f} / "
+                 f"{result['p90_ms']:.2f} / {result['p99_ms']:.2f} ms; "
+                 f"{result['cpu_s_per_1000']:.3f} CPU s per 1,000 records.\n")
 
 
 if __name__ == "__main__":
