@@ -13,6 +13,12 @@ counted, latency p50/p90/p99 at a fixed moderate rate, CPU seconds of the two
 servers per 1,000 deliveries, and the CPU an idle dyno burns per minute. The
 load generator's own CPU is reported too, so its limit is not taken for ours.
 
+A ``--variant LABEL=BACKEND:VAR=VALUE;...`` runs BACKEND again under
+LABEL with those environment variables for its dynos (see bench_server.py:
+PRODUCER_CONFIG, CONSUMER_CONFIG, SET), beside the others in the same run.
+When redis ran, a second table gives every backend's figures as ratios to
+RedisManager's in that run.
+
 Writes loadtests/results/bench-<date>.md and .json and prints the table.
 """
 from __future__ import annotations
@@ -49,10 +55,11 @@ class Dyno:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_dir / f"bench-{backend}-{label}.log", "ab")
+        kind = env.get("BACKEND", backend)  # a variant's backend
         self.process = subprocess.Popen(
-            [sys.executable, str(HERE / ("bench_asgi_server.py" if backend in ASYNC_BACKENDS
+            [sys.executable, str(HERE / ("bench_asgi_server.py" if kind in ASYNC_BACKENDS
                                           else "bench_server.py"))],
-            env={**os.environ, **env, "BACKEND": backend, "PORT": str(self.port)},
+            env={**os.environ, "BACKEND": kind, **env, "PORT": str(self.port)},
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
@@ -242,6 +249,41 @@ def fmt(value, spec=".0f"):
     return "n/a" if value is None else format(value, spec)
 
 
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``LABEL=BACKEND:VAR=VALUE;...`` as its label and its dynos' environment."""
+    label, _, rest = spec.partition("=")
+    backend, _, assignments = rest.partition(":")
+    if backend not in BACKENDS:
+        raise SystemExit(f"--variant {spec!r}: no backend {backend!r}")
+    env = {"BACKEND": backend}
+    for assignment in filter(None, assignments.split(";")):
+        name, _, value = assignment.partition("=")
+        env[name] = value
+    return label, env
+
+
+def ratios(report: dict) -> list[str]:
+    """Each backend's figures over RedisManager's in the same run."""
+    redis = report["results"]["redis"]
+    lines = ["", "Over RedisManager in this run (x): saturation deliveries/s; paced CPU per "
+             "1,000 deliveries; p50; p99 (broadcast / one sid / room); idle CPU.", "",
+             "| backend | saturation | paced CPU | p50 | p99 | idle |", "|---|---|---|---|---|---|"]
+    for backend, res in report["results"].items():
+        if backend in ("redis", "raw"):
+            continue
+        cells = []
+        for phase, key in (("saturation", "deliveries_per_s"), ("latency", "server_cpu_s_per_1000"),
+                           ("latency", "p50_ms"), ("latency", "p99_ms")):
+            cells.append(" / ".join(
+                f"{res[t][phase][key] / redis[t][phase][key]:.2f}"
+                if res[t][phase].get(key) and redis[t][phase].get(key) else "n/a"
+                for t in ("broadcast", "one sid", "room")))
+        base = redis["idle"]["percent_of_core"]
+        idle = f"{res['idle']['percent_of_core'] / base:.2f}" if base else "n/a"
+        lines.append(f"| {backend} | " + " | ".join(cells) + f" | {idle} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"Machine: {report['machine']}; {report['date']}; broker: "
@@ -253,14 +295,13 @@ def markdown(report: dict) -> str:
         "| generator CPU s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for backend in BACKENDS:
-        res = report["results"].get(backend)
-        if not res:
-            continue
+    ran = [b for b in report["results"] if b != "raw"]
+    for backend in ran:
+        res = report["results"][backend]
         for target in ("broadcast", "one sid", "room"):
             sat, lat = res[target]["saturation"], res[target]["latency"]
             ratio = ""
-            if backend != "ours":
+            if backend != "ours" and "ours" in report["results"]:
                 ours = report["results"]["ours"][target]["saturation"]["deliveries_per_s"]
                 ratio = f" (ours x{ours / sat['deliveries_per_s']:.1f})"
             lines.append(
@@ -277,11 +318,12 @@ def markdown(report: dict) -> str:
             f"{fmt(raw['latency']['p90_ms'], '.1f')} / {fmt(raw['latency']['p99_ms'], '.1f')} "
             f"| | |")
     lines += ["", "| backend | idle dyno CPU (% of a core) | CPU s per minute |", "|---|---|---|"]
-    for backend in BACKENDS:
-        res = report["results"].get(backend)
-        if res:
-            lines.append(f"| {backend} | {res['idle']['percent_of_core']:.2f} "
-                         f"| {res['idle']['cpu_s_per_min']:.2f} |")
+    for backend in ran:
+        res = report["results"][backend]
+        lines.append(f"| {backend} | {res['idle']['percent_of_core']:.2f} "
+                     f"| {res['idle']['cpu_s_per_min']:.2f} |")
+    if "redis" in report["results"]:
+        lines += ratios(report)
     return "\n".join(lines) + "\n"
 
 
@@ -305,8 +347,14 @@ def main() -> int:
                              "only at the deadline); 'default': ours keeps the manager's "
                              "own consumer settings (raw gets 500); the idle dyno keeps the "
                              "defaults")
+    parser.add_argument("--variant", action="append", default=[],
+                        metavar="LABEL=BACKEND:VAR=VALUE;...",
+                        help="BACKEND again as LABEL (name it in --backends) with these "
+                             "environment variables, e.g. 'linger0=ours-confluent:"
+                             "PRODUCER_CONFIG=linger.ms=0'")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
+    variants = dict(parse_variant(v) for v in args.variant)
     if args.fetch_max_wait_ms is None:
         args.fetch_max_wait_ms = 20 if args.engine == "tansu" else 500  # Tansu workaround
     ours_wait = "" if args.fetch_max_wait_ms == "default" else str(args.fetch_max_wait_ms)
@@ -331,7 +379,7 @@ def main() -> int:
             for backend in chosen:
                 prefix = f"bench-{backend}-{uuid.uuid4().hex[:6]}"
                 env = {"BOOTSTRAP": broker.bootstrap, "PREFIX": prefix,
-                       "FETCH_MAX_WAIT_MS": ours_wait}
+                       "FETCH_MAX_WAIT_MS": ours_wait, **variants.get(backend, {})}
                 if backend == "raw":
                     report["results"]["raw"] = run_raw(broker.bootstrap, args)
                     continue
@@ -345,8 +393,8 @@ def main() -> int:
             if redis_process is not None:
                 redis_process.terminate()
                 redis_process.wait()
-    table = markdown(report) if "ours" in report["results"] else json.dumps(report, indent=1)
-    write_report(out_dir, "bench", report, table)
+    report["variants"] = {label: variants[label] for label in chosen if label in variants}
+    write_report(out_dir, "bench", report, markdown(report))
     return 0
 
 

@@ -13,6 +13,10 @@ FETCH_MAX_WAIT_MS (ours only; default: the manager's own default).
 CONSUMER_GROUPS=per-topic (ours: a client consumer per topic, not the
 core's hot and cold groups) and COLD_FETCH_WAIT_MS (ours: the fetch wait of
 the cold group) set what ``loadtests/idle_cpu.py`` compares.
+PRODUCER_CONFIG and CONSUMER_CONFIG (ours: ``name=value,...`` client
+settings over the defaults) and SET (``module.NAME=value;...``: a constant
+of the package set at start) make the variants ``bench.py --variant``
+compares.
 """
 import os
 
@@ -70,17 +74,33 @@ class StockKafkaManager(socketio.KafkaManager):
         self.producer.flush()
 
 
+def _settings(name: str) -> dict:
+    """``name=value,...`` from env var ``name``, numbers and booleans as such."""
+    return {k: json.loads(v) if v in ("true", "false") or v.lstrip("-").replace(".", "", 1)
+            .isdigit() else v
+            for k, _, v in (pair.partition("=") for pair in
+                            os.environ.get(name, "").split(",") if pair)}
+
+
+for _assignment in filter(None, os.environ.get("SET", "").split(";")):
+    import importlib
+
+    _target, _, _value = _assignment.partition("=")
+    _module, _, _constant = _target.rpartition(".")
+    setattr(importlib.import_module(_module), _constant, json.loads(_value))
+
+
 def make_manager():
     if BACKEND in ("ours", "ours-threading", "ours-recovery", "ours-all", "ours-confluent"):
         from flask_signalr_kafka import KafkaManager, KafkaTopicConfig
 
         client = "confluent" if BACKEND == "ours-confluent" else "kafka-python"
-        consumer = {}
+        consumer = _settings("CONSUMER_CONFIG")
         if os.environ.get("FETCH_MAX_WAIT_MS"):
             wait = "fetch.wait.max.ms" if client == "confluent" else "fetch_max_wait_ms"
             consumer[wait] = int(os.environ["FETCH_MAX_WAIT_MS"])
         return KafkaManager(bootstrap_servers=os.environ["BOOTSTRAP"], consumer_config=consumer,
-                            client=client,
+                            producer_config=_settings("PRODUCER_CONFIG"), client=client,
                             topic_config=KafkaTopicConfig(prefix=os.environ["PREFIX"]),
                             connection_state_recovery=BACKEND == "ours-recovery",
                             home_partitions=BACKEND != "ours-all")

@@ -1,7 +1,8 @@
 """Where a paced delivery's CPU goes (`make profile-paced`): the figures behind
-issue 15's paced-CPU target, for each backend of loadtests/bench.py.
+issue 23's paced-CPU target, for each backend of loadtests/bench.py.
 
-The bench's dynos and readers (A emits to one sid on B at a steady rate);
+The bench's dynos and readers (A emits to a broadcast, one sid on B and a
+room of B's connections, one after the other, at a steady rate);
 while the emits are delivered it samples each dyno twice over:
 
 - per thread, from /proc: the CPU of the Python threads (the gevent hub that
@@ -11,7 +12,8 @@ while the emits are delivered it samples each dyno twice over:
 - per function, with py-spy (Python threads only): each sample is charged to
   the package of its innermost frame (socketio, engineio, gevent, kafka,
   confluent_kafka, redis, flask_signalr_kafka, ...), so the share of our own
-  code is set apart from the libraries'.
+  code is set apart from the libraries'; and the functions most samples
+  end in (their innermost frame, gevent's included: the hub's own work).
 
 Writes loadtests/results/profile-<date>.md and .json and prints the table.
 """
@@ -51,14 +53,18 @@ def thread_cpu(pid: int) -> dict[str, float]:
             continue  # the thread ended
         name = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
-        out[_thread_kind(name)] += (int(fields[11]) + int(fields[12])) / _TICK
+        out[_thread_kind(name, int(task.name) == pid)] += (
+            int(fields[11]) + int(fields[12])) / _TICK
     return dict(out)
 
 
-def _thread_kind(name: str) -> str:
+def _thread_kind(name: str, main: bool) -> str:
+    """librdkafka's threads by their kind (``rdk:main``, ``rdk:broker``: of
+    every client summed), Python's as the main thread (the gevent hub) and
+    the others (poll threads, workers)."""
     if name.startswith("rdk:"):
-        return "librdkafka threads"
-    return "Python threads"
+        return "rdk:broker" if name.startswith("rdk:broker") else name
+    return "Python main (hub)" if main else "Python other"
 
 
 def package_of(frame: str) -> str:
@@ -96,61 +102,99 @@ def packages(raw: Path) -> dict[str, float]:
     return {k: round(v / total * 100, 1) for k, v in counts.most_common()}
 
 
+def functions(raw: Path, top: int = 12) -> dict[str, float]:
+    """Shares of the samples by their innermost frame's function (gevent's
+    included), the ``top`` largest."""
+    counts: Counter = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if stack:
+            counts[stack.split(";")[-1]] += int(n)
+    total = sum(counts.values()) or 1
+    return {k: round(v / total * 100, 1) for k, v in counts.most_common(top)}
+
+
+#: What the profile emits to: the bench's three targets (``sid``: B's first
+#: connection).
+TARGETS = {"broadcast": ("all", True), "one sid": ("sid", False), "room": ("bench", True)}
+
+
 def profile(backend: str, env: dict, args, log_dir: Path) -> dict:
     a, b = Dyno(backend, env, log_dir, "A"), Dyno(backend, env, log_dir, "B")
     reader = Reader("127.0.0.1", b.port, args.clients)
+    out = {}
     try:
         warm_up(backend, a, reader, args.clients)
-        sid = reader.connections[0].sid
-        n = int(args.rate * args.seconds)
-        reader.reset()
-        before = {d: thread_cpu(d.process.pid) for d in (a, b)}
-        spies = {}
-        for label, d in (("A", a), ("B", b)):
-            raw = log_dir / f"spy-{backend}-{label}"
-            spies[label] = (py_spy(d.process.pid, args.seconds - 1, raw), raw)
-        sender = threading.Thread(target=a.burst, args=(sid, n, args.rate))
-        sender.start()
-        sender.join()
-        settle(reader, n)
-        after = {d: thread_cpu(d.process.pid) for d in (a, b)}
-        result = {"rate": args.rate, "emits": n, "received": reader.received, "dynos": {}}
-        for label, d in (("A", a), ("B", b)):
-            spy, raw = spies[label]
-            spy.wait(30)
-            threads = {k: round((after[d].get(k, 0) - before[d].get(k, 0))
-                                / max(reader.received, 1) * 1000, 3)
-                       for k in after[d]}
-            result["dynos"][label] = {
-                "cpu_s_per_1000_by_thread": threads,
-                "python_samples_by_package": packages(raw) if raw.exists() else {},
-            }
-        print(f"  {backend:15} {result['received']}/{n} delivered; "
-              + "; ".join(f"{lbl}: {v['cpu_s_per_1000_by_thread']}"
-                          for lbl, v in result["dynos"].items()), flush=True)
-        return result
+        for name in args.targets.split(","):
+            target, fan_out = TARGETS[name]
+            if target == "sid":
+                target = reader.connections[0].sid
+            out[name] = profile_target(backend, name, target, args.clients if fan_out else 1,
+                                       a, b, reader, args, log_dir)
+        return out
     finally:
         reader.close()
         a.stop()
         b.stop()
 
 
+def profile_target(backend: str, name: str, target: str, fan_out: int, a: Dyno, b: Dyno,
+                   reader: Reader, args, log_dir: Path) -> dict:
+    n = int(args.rate * args.seconds)
+    reader.reset()
+    before = {d: thread_cpu(d.process.pid) for d in (a, b)}
+    spies = {}
+    for label, d in (("A", a), ("B", b)):
+        raw = log_dir / f"spy-{backend}-{name.replace(' ', '-')}-{label}"
+        spies[label] = (py_spy(d.process.pid, args.seconds - 1, raw), raw)
+    sender = threading.Thread(target=a.burst, args=(target, n, args.rate))
+    sender.start()
+    sender.join()
+    settle(reader, n * fan_out)
+    after = {d: thread_cpu(d.process.pid) for d in (a, b)}
+    result = {"rate": args.rate, "emits": n, "received": reader.received, "dynos": {}}
+    for label, d in (("A", a), ("B", b)):
+        spy, raw = spies[label]
+        spy.wait(30)
+        threads = {k: round((after[d].get(k, 0) - before[d].get(k, 0))
+                            / max(reader.received, 1) * 1000, 4)
+                   for k in after[d]}
+        result["dynos"][label] = {
+            "cpu_s_per_1000_by_thread": threads,
+            "python_samples_by_package": packages(raw) if raw.exists() else {},
+            "python_samples_by_function": functions(raw) if raw.exists() else {},
+        }
+    print(f"  {backend:15} {name:9} {result['received']}/{n * fan_out} delivered; "
+          + "; ".join(f"{lbl}: {v['cpu_s_per_1000_by_thread']}"
+                      for lbl, v in result["dynos"].items()), flush=True)
+    return result
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"Machine: {report['machine']}; {report['date']}; Apache Kafka; {report['clients']} "
-        f"clients on dyno B; dyno A emits to one of them at {report['rate']:g}/s for "
+        f"clients on dyno B; dyno A emits to each target at {report['rate']:g}/s for "
         f"{report['seconds']:g} s.",
         "",
-        "| backend | dyno | CPU s per 1,000 deliveries, by thread | Python samples by package "
-        "(innermost frame not gevent's; gevent hub: gevent's alone), % |",
-        "|---|---|---|---|",
+        "| backend | target | dyno | CPU s per 1,000 deliveries, by thread | Python samples "
+        "by package (innermost frame not gevent's; gevent hub: gevent's alone), % |",
+        "|---|---|---|---|---|",
     ]
-    for backend, res in report["results"].items():
-        for label, dyno in res["dynos"].items():
-            threads = ", ".join(f"{k} {v:.3f}" for k, v in dyno["cpu_s_per_1000_by_thread"].items())
-            top = ", ".join(f"{k} {v:g}" for k, v in list(
-                dyno["python_samples_by_package"].items())[:8])
-            lines.append(f"| {backend} | {label} | {threads} | {top} |")
+    for backend, targets in report["results"].items():
+        for name, res in targets.items():
+            for label, dyno in res["dynos"].items():
+                threads = ", ".join(f"{k} {v:.3f}"
+                                    for k, v in dyno["cpu_s_per_1000_by_thread"].items())
+                top = ", ".join(f"{k} {v:g}" for k, v in list(
+                    dyno["python_samples_by_package"].items())[:8])
+                lines.append(f"| {backend} | {name} | {label} | {threads} | {top} |")
+    lines += ["", "Functions most Python samples end in (innermost frame), %:", ""]
+    for backend, targets in report["results"].items():
+        for name, res in targets.items():
+            for label, dyno in res["dynos"].items():
+                top = "; ".join(f"`{k}` {v:g}"
+                                for k, v in dyno.get("python_samples_by_function", {}).items())
+                lines.append(f"- {backend}, {name}, {label}: {top}")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +202,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backends", default="ours,ours-confluent,redis")
     parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--rate", type=float, default=400, help="emits/s to one sid")
+    parser.add_argument("--rate", type=float, default=200, help="emits/s to each target")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help="comma-separated, of: %(default)s")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--summarize", metavar="JSON",
@@ -171,9 +217,12 @@ def main() -> int:
     if args.summarize:
         path = Path(args.summarize)
         report = json.loads(path.read_text())
-        for backend, res in report["results"].items():
-            for label, dyno in res["dynos"].items():
-                dyno["python_samples_by_package"] = packages(log_dir / f"spy-{backend}-{label}")
+        for backend, targets in report["results"].items():
+            for name, res in targets.items():
+                for label, dyno in res["dynos"].items():
+                    raw = log_dir / f"spy-{backend}-{name.replace(' ', '-')}-{label}"
+                    dyno["python_samples_by_package"] = packages(raw)
+                    dyno["python_samples_by_function"] = functions(raw)
         path.write_text(json.dumps(report, indent=1))
         path.with_suffix(".md").write_text(markdown(report))
         print(markdown(report))

@@ -347,7 +347,11 @@ def librdkafka_configs(
     producer = {
         **clients,
         **fast,
-        "linger.ms": 1,
+        # librdkafka's low-latency setting: at a paced rate each record is
+        # alone in its batch and would wait out the whole linger. Against 1
+        # (loadtests/results/bench-20261203-192733.md): p50 a third, paced
+        # CPU and saturation no worse (docs/guide/benchmarks.md).
+        "linger.ms": 0,
         "acks": "all",
         # librdkafka's idempotent producer: no duplicate from a retry after a
         # leader fails over, and it handles a forgotten producer id itself
