@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -124,6 +125,12 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                if sig in (None, signal.SIGTERM):
+                    # A dyno that outlives its SIGTERM is killed by the
+                    # platform with what it still holds: never silently.
+                    self._log.close()
+                    raise AssertionError(f"server {self.label} still ran 15 s after SIGTERM "
+                                         f"(killed): {self.log()[-3000:]}") from None
         self._log.close()
 
 

@@ -9,7 +9,9 @@ so .NET servers can share the topics.
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -80,11 +82,35 @@ class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
                      once; ``None``: here, unless the caller cannot wait.
         """
         if wait is False or (wait is None and self._runtime.cannot_wait()):
+            close = (self._close_at_stop_signal if self._runtime.interrupted_by_stop_signal()
+                     else self._close)
             with self._close_lock:
                 if self._closer is None and not self._closing:
-                    self._closer = self._runtime.spawn(self._close, timeout)
+                    self._closer = self._runtime.spawn(close, timeout)
             return
         self._close(timeout)
+
+    #: Seconds after a close begun in a SIGTERM or SIGINT handler within
+    #: which the process must have begun its exit (its atexit handlers).
+    STOP_SIGNAL_EXIT_GRACE = 3.0
+
+    def _close_at_stop_signal(self, timeout: float) -> None:
+        """Close, then make sure the process exits: close() ran in a SIGTERM
+        or SIGINT handler that interrupted another greenlet, and the
+        handler's ``sys.exit`` that follows it is raised in that greenlet,
+        where the code it interrupted may swallow it (kafka-python's socket
+        writes catch every exception): the dyno would serve on, closed,
+        until the platform kills it."""
+        exiting = threading.Event()
+        atexit.register(exiting.set)  # registered last, so run first at exit
+        self._close(timeout)
+        self._runtime.sleep(self.STOP_SIGNAL_EXIT_GRACE)
+        if not exiting.is_set():
+            self._log().warning(
+                "closed in a SIGTERM/SIGINT handler, and no exit followed within %.0f s "
+                "(the code the signal interrupted swallowed it): exiting",
+                self.STOP_SIGNAL_EXIT_GRACE)
+            self._runtime.exit_main()
 
     def _close(self, timeout: float) -> None:
         with self._close_lock:

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 #: The async modes whose loops are greenlets.
@@ -153,6 +153,27 @@ class Runtime:
                 return True
         return self._current() in self._running or _kafka_io(threading.current_thread())
 
+    def interrupted_by_stop_signal(self) -> bool:
+        """Whether the caller runs in a SIGTERM or SIGINT handler
+        (``signal.signal``'s) that interrupted another greenlet than the
+        main one: the handler's own exit (``sys.exit``) is then raised
+        inside the interrupted code, which may swallow it (kafka-python's
+        socket writes catch every exception)."""
+        if not (self.green and gevent_patched()):
+            return False  # a handler runs in the main thread, where its exit works
+        import greenlet
+
+        current = greenlet.getcurrent()
+        return current.parent is not None and _in_signal_handler(
+            (signal.SIGTERM, signal.SIGINT))
+
+    def exit_main(self) -> None:
+        """End the process as its own exit would (``SystemExit`` in the main
+        greenlet: atexit handlers run). Under gevent only."""
+        from gevent import get_hub
+
+        get_hub().handle_system_error(SystemExit, SystemExit(0))
+
     def on_signal(self, signum: int, handler: Callable[[], Any]) -> Callable[[], None]:
         """Run ``handler()`` where it may block when ``signum`` arrives;
         return what cancels it."""
@@ -213,11 +234,12 @@ def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[bool, Any]:
         return True, exc
 
 
-def _in_signal_handler() -> bool:
-    """Whether a Python signal handler (``signal.signal``'s) is on the
-    caller's stack: it runs inside whatever code the signal interrupted."""
+def _in_signal_handler(signals: Iterable[int] | None = None) -> bool:
+    """Whether a Python signal handler (``signal.signal``'s; of one of
+    ``signals``, by default any) is on the caller's stack: it runs inside
+    whatever code the signal interrupted."""
     codes = set()
-    for signum in signal.valid_signals():
+    for signum in signal.valid_signals() if signals is None else signals:
         try:
             handler = signal.getsignal(signum)
         except (OSError, ValueError):

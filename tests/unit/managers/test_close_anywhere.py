@@ -163,3 +163,56 @@ def test_threading_close_from_a_thread_waits_for_a_close_under_way():
     mgr.close()
     assert done == [1]
     first.join(5)
+
+
+SWALLOWED_EXIT = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import atexit, os, signal, sys, threading
+    import gevent
+    from flask_signalr_kafka import KafkaManager
+    from flask_signalr_kafka.runtime.concurrency import Runtime
+
+    mgr = KafkaManager(bootstrap_servers="127.0.0.1:9", connect_timeout=1)
+    mgr._runtime = Runtime("gevent", gevent.spawn, gevent.sleep)
+    mgr.STOP_SIGNAL_EXIT_GRACE = 0.5
+    mgr._shut = lambda timeout: gevent.sleep(0.3)
+    atexit.register(lambda: print("closed at exit:", mgr._closed.is_set(), flush=True))
+
+    # An app's handler, as users write it.
+    def on_sigterm(signum, frame):
+        mgr.close()
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    # The signal lands in code that catches every exception, as kafka-python's
+    # socket writes do (seen in make test: the dyno served on until SIGKILL).
+    def io_loop():
+        fired = False
+        while True:
+            try:
+                if not fired:
+                    fired = True
+                    os.kill(os.getpid(), signal.SIGTERM)
+                gevent.sleep(0.01)
+            except BaseException as exc:
+                print("swallowed", type(exc).__name__, flush=True)
+    threading.Thread(target=io_loop, daemon=True).start()
+    gevent.sleep(15)  # serve_forever
+    print("still serving", flush=True)
+    sys.exit(3)
+""")
+
+
+def test_close_in_a_sigterm_handler_whose_exit_is_swallowed_still_exits():
+    """close() in an app's SIGTERM handler that interrupted another
+    greenlet: the handler's sys.exit is raised there and may be swallowed;
+    the process exits anyway once closed, through its atexit handlers."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED_EXIT], capture_output=True, text=True,
+                          timeout=60, env=dict(os.environ))
+    assert "swallowed SystemExit" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert "still serving" not in proc.stdout, proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "closed at exit: True" in proc.stdout, proc.stdout
+    assert "no exit followed" in proc.stderr, proc.stderr[-2000:]
+    assert time.monotonic() - started < 10
