@@ -60,6 +60,11 @@ def unique(label="x"):
     return f"{label}-{uuid.uuid4().hex[:10]}"
 
 
+#: Seconds a server may take to exit after SIGTERM (Heroku kills at 30 s; a
+#: threading-mode drain may wait 10 s for a long-polling client's next poll).
+STOP_WITHIN_S = 25
+
+
 class ServerProcess:
     """tests/server_app.py in its own process: gevent, Flask-SocketIO and a
     KafkaManager, like one dyno; run as ``socketio.run(app)``, or, with
@@ -121,7 +126,7 @@ class ServerProcess:
             else:
                 self.process.send_signal(sig)
             try:
-                self.process.wait(15)
+                self.process.wait(STOP_WITHIN_S)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
@@ -129,7 +134,8 @@ class ServerProcess:
                     # A dyno that outlives its SIGTERM is killed by the
                     # platform with what it still holds: never silently.
                     self._log.close()
-                    raise AssertionError(f"server {self.label} still ran 15 s after SIGTERM "
+                    raise AssertionError(f"server {self.label} still ran {STOP_WITHIN_S} s after "
+                                         "SIGTERM "
                                          f"(killed): {self.log()[-3000:]}") from None
         self._log.close()
 
