@@ -235,9 +235,13 @@ class KafkaManager(FleetCalls, ManagerBase, RoomIndex, Manager):
         (its client came back here); the saved session is the answer."""
         self._publish_command(OP_RELEASE, "", sid, namespace, key=sid)
 
+    #: Seconds a socket's close waits for its client to get the CLOSE.
+    CLOSE_WAIT = 10.0
+
     def close_socket(self, eio_sid: str) -> None:
-        """Close an Engine.IO socket of this server (recovery let it go)."""
-        self.server.eio.disconnect(eio_sid)
+        """Close an Engine.IO socket of this server (recovery let it go),
+        once its client got what was queued for it."""
+        socketio_hooks.close_socket(self.server, eio_sid, self.CLOSE_WAIT, self._runtime.sleep)
 
     def _publish_command(self, op: int, group: str, sid: str, namespace: str,
                          key: str | None = None) -> None:

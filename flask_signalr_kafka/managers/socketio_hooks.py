@@ -8,7 +8,8 @@ offset. This module is the only place that touches ``Server._handle_connect``,
 ``Server._handle_disconnect``, ``Server._send_eio_packet`` (and
 ``AsyncServer``'s) and ``Server.packet_class``, copies a ``BaseManager``
 or ``AsyncManager`` method, or relies on the order of calls in
-``Server.disconnect`` (:func:`server_disconnect`); it was written
+``Server.disconnect`` (:func:`server_disconnect`), or closes an Engine.IO
+socket past ``Socket.close``'s wait (:func:`close_socket`); it was written
 against the versions below, and tests/unit/managers/test_socketio_hooks.py fails when
 python-socketio changes the code these copies follow.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
@@ -190,6 +192,29 @@ def in_browser(environ: Any) -> bool:
     (``ConnectionStateRecovery.browser_offsets`` turns this off)."""
     agent = environ.get("HTTP_USER_AGENT", "") if isinstance(environ, dict) else ""
     return agent.startswith("Mozilla/")
+
+
+def close_socket(server: Any, eio_sid: str, limit: float, sleep: Callable[[float], Any]) -> None:
+    """Close an Engine.IO socket as ``eio.disconnect`` does (the client gets
+    what was queued for it, then CLOSE), waiting up to ``limit`` s for that.
+
+    python-engineio 4.15's ``Socket.close`` waits with ``queue.join()``,
+    and a long-polling socket's ``poll`` puts the end-of-queue ``None`` back
+    after taking it: the join then waits for a poll after the CLOSE, which a
+    client that read the CLOSE never makes. In threading mode a drain with
+    one polling client waited its whole limit (10 s, at every deploy;
+    gevent's server was not seen to). A polling socket is
+    closed without that wait, and waited for until its queue holds only the
+    ``None``: its client has polled the CLOSE."""
+    socket = server.eio.sockets.get(eio_sid)
+    if socket is None or socket.upgraded:
+        server.eio.disconnect(eio_sid)  # a websocket's writer ends the join
+        return
+    socket.close(wait=False, reason=server.eio.reason.SERVER_DISCONNECT)
+    deadline = time.monotonic() + limit
+    while socket.queue.qsize() > 1 and time.monotonic() < deadline:
+        sleep(0.01)
+    server.eio.sockets.pop(eio_sid, None)
 
 
 def _socket_open(server: Any, eio_sid: str) -> bool:

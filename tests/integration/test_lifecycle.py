@@ -122,6 +122,29 @@ def test_sigterm_flushes_what_was_emitted(new_fleet):
     assert sum(tag.encode() in r.value for r in records) == 200
 
 
+def test_a_long_polling_client_does_not_hold_the_drain(new_fleet):
+    """With recovery on, SIGTERM closes every socket cleanly (the drain). A
+    long-polling client gets its CLOSE at its next poll, and the dyno goes
+    on at once; engine.io's own close waited for a poll after that one,
+    which never comes: in threading mode the drain waited out its 10 s
+    limit (12.0 s an exit; under gevent it did not)."""
+    server = new_fleet.server("A", CONNECTION_STATE_RECOVERY=1)
+    sio = socketio.Client(reconnection=False)
+    gone = []
+    sio.on("disconnect", lambda *reason: gone.append(time.monotonic()))
+    sio.connect(server.url, transports=["polling"])
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(25)
+        took = time.monotonic() - started
+    finally:
+        sio.disconnect()
+    assert gone and gone[0] - started < 5, "the client was not disconnected by the drain"
+    assert took < 8, f"the dyno took {took:.1f} s to exit"
+
+
 def test_no_consumer_groups_are_left_behind(new_fleet):
     admin = KafkaAdminClient(bootstrap_servers=new_fleet.broker.bootstrap)
     before = set(admin.list_groups())

@@ -4,6 +4,7 @@ again before anyone relies on them."""
 import hashlib
 import inspect
 
+import engineio.socket
 import socketio
 from socketio import async_manager, base_manager, manager
 
@@ -26,6 +27,10 @@ FOLLOWED = {
     socketio.Server.disconnect: "a348aff17b8e892e",
     socketio.AsyncServer.disconnect: "7d2f76686c12cc23",
     base_manager.BaseManager.pre_disconnect: "18a8d01ed87a9682",
+    # close_socket: python-engineio 4.15's close waits for a poll after the
+    # CLOSE (poll puts the queue's None back).
+    engineio.socket.Socket.poll: "d7d705066fd3b948",
+    engineio.socket.Socket.close: "05fac55831999f25",
 }
 
 
