@@ -15,6 +15,8 @@ import textwrap
 import threading
 import time
 
+import pytest
+
 from flask_signalr_kafka.runtime.concurrency import Runtime
 
 GEVENT_CASES = textwrap.dedent("""
@@ -175,7 +177,11 @@ SWALLOWED_EXIT = textwrap.dedent("""
     mgr = KafkaManager(bootstrap_servers="127.0.0.1:9", connect_timeout=1)
     mgr._runtime = Runtime("gevent", gevent.spawn, gevent.sleep)
     mgr.STOP_SIGNAL_EXIT_GRACE = 0.5
-    mgr._shut = lambda timeout: gevent.sleep(0.3)
+    def shut(timeout):
+        gevent.sleep(0.3)
+        if os.environ.get("SHUT_FAILS"):
+            raise TimeoutError("the flush timed out")
+    mgr._shut = shut
     atexit.register(lambda: print("closed at exit:", mgr._closed.is_set(), flush=True))
 
     # An app's handler, as users write it.
@@ -203,13 +209,16 @@ SWALLOWED_EXIT = textwrap.dedent("""
 """)
 
 
-def test_close_in_a_sigterm_handler_whose_exit_is_swallowed_still_exits():
+@pytest.mark.parametrize("shut_fails", [False, True])
+def test_close_in_a_sigterm_handler_whose_exit_is_swallowed_still_exits(shut_fails):
     """close() in an app's SIGTERM handler that interrupted another
     greenlet: the handler's sys.exit is raised there and may be swallowed;
-    the process exits anyway once closed, through its atexit handlers."""
+    the process exits anyway once closed (or once its close failed: a flush
+    may time out there), through its atexit handlers."""
     started = time.monotonic()
+    env = dict(os.environ, **({"SHUT_FAILS": "1"} if shut_fails else {}))
     proc = subprocess.run([sys.executable, "-c", SWALLOWED_EXIT], capture_output=True, text=True,
-                          timeout=60, env=dict(os.environ))
+                          timeout=60, env=env)
     assert "swallowed SystemExit" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert "still serving" not in proc.stdout, proc.stdout
     assert proc.returncode == 0, proc.stderr[-3000:]
