@@ -27,7 +27,7 @@ import requests
 from faults import Stream
 
 from flask_signalr_kafka.cli.broker import start_broker
-from testkit.harness import Fleet, unique
+from testkit.harness import Fleet, unique, wait_until
 from testkit.node_clients import NodeClients
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -55,6 +55,8 @@ BURST, PAD = 20_000, 1000
 RSS_GROWTH_MAX = 16 << 20
 #: Delivery back after the cluster (the contract: within 10 s).
 BACK_WITHIN_S = 10.0
+#: Health reachable again after the cluster (its old records acknowledged).
+HEALTH_BACK_WITHIN_S = 30.0
 #: A recovering client's answer (connected, or a connect error), after its drop.
 ANSWER_WITHIN_S = 10.0
 
@@ -173,7 +175,18 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
         back = time.monotonic()
         stream.wait_flowing_after(back, timeout=60)
         back_s = time.monotonic() - back
-        after_health = {"A": health(a)["kafka"], "B": health(b)["kafka"]}
+        # Health says reachable again once the records sent before the
+        # freeze are acknowledged: their retries may come after delivery of
+        # new ones resumed (CI: B still unreachable, 677 records held, when
+        # sampled right after the stream flowed; every record delivered).
+        def reachable_again() -> dict | None:
+            kafka = {"A": health(a)["kafka"], "B": health(b)["kafka"]}
+            return kafka if all(k["reachable"] for k in kafka.values()) else None
+
+        try:
+            after_health = wait_until(reachable_again, HEALTH_BACK_WITHIN_S, 0.5, "health")
+        except AssertionError:
+            after_health = {"A": health(a)["kafka"], "B": health(b)["kafka"]}
 
         def refusals() -> dict:
             return {s.label: stats(s)["records_refused"] for s in (a, b)}
