@@ -17,6 +17,7 @@ from collections import Counter
 import pytest
 import requests
 from test_recovery import (
+    BLACKHOLE_PING_TIMEOUT_MS,
     Streams,
     add_client,
     assert_exact,
@@ -108,7 +109,7 @@ def test_blackholed_client_is_released_by_its_uvicorn_server(new_fleet, js):
     a, b = servers(new_fleet, "A", "B", PING_INTERVAL=1, PING_TIMEOUT=20, **UVICORN)
     _recovered_with_every_event(new_fleet, js, a, b,
                                 lambda cid: js.drop("blackhole", ids=[cid]),
-                                {"pingTimeoutMs": 1500})  # see test_recovery.py
+                                {"pingTimeoutMs": BLACKHOLE_PING_TIMEOUT_MS})
     stats = requests.get(b.url + "/stats", timeout=5).json()
     assert stats["recoveries_from_checkpoint"] == 0
 
