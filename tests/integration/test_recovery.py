@@ -120,7 +120,10 @@ def timeline(client):
     start = client["connectLog"][0]["t"] if client["connectLog"] else 0
     events = [(c["t"], f"connect {c['upstream']} recovered={c['recovered']} sid={c['sid']}")
               for c in client["connectLog"]]
-    events += [(d["t"], f"disconnect {d['reason']!r}") for d in client["disconnectLog"]]
+    events += [(d["t"], f"disconnect {d['reason']!r} (last ping {d.get('sinceLastPing')} ms "
+                        f"before, longest gap {d.get('maxPingGap')} ms, driver's loop stalled "
+                        f"{d.get('loopStall')} ms)")
+               for d in client["disconnectLog"]]
     return "; ".join(f"+{(t - start) / 1000:.2f}s {what}" for t, what in sorted(events))
 
 

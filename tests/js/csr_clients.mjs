@@ -69,6 +69,24 @@ const args = process.argv.slice(2);
 const maxSeconds = Number(args[args.indexOf("--max-seconds") + 1] || 0) || 900;
 const T0 = Date.now();
 
+// This process's event-loop stalls (a timer late by more than 100 ms): a
+// stalled loop reads a ping late and can time a healthy connection out.
+const stalls = []; // [t, ms late]
+let tick = Date.now();
+setInterval(() => {
+  const now = Date.now();
+  const late = now - tick - 50;
+  if (late > 100) {
+    stalls.push([now, late]);
+    if (stalls.length > 200) stalls.shift();
+  }
+  tick = now;
+}, 50).unref();
+
+function loopStallSince(t) {
+  return stalls.filter(([at]) => at >= t).reduce((worst, [, late]) => Math.max(worst, late), 0);
+}
+
 function out(obj) {
   process.stdout.write(JSON.stringify({ t: Date.now(), ...obj }) + "\n");
 }
@@ -253,6 +271,17 @@ class Client {
         socket.io.engine._pingTimeout = o.pingTimeoutMs;
       });
     }
+    // For a disconnect's entry: how long since the server's last ping, the
+    // longest gap between two pings of that connection.
+    socket.io.on("open", () => {
+      this.lastPing = Date.now();
+      this.maxPingGap = 0;
+      socket.io.engine.on("ping", () => {
+        const now = Date.now();
+        this.maxPingGap = Math.max(this.maxPingGap, now - this.lastPing);
+        this.lastPing = now;
+      });
+    });
     socket.onAny((event, ...rest) => this.record(event, rest));
     socket.on("connect", () => this.onConnect());
     socket.on("disconnect", (reason) => this.onDisconnect(reason));
@@ -316,7 +345,13 @@ class Client {
 
   onDisconnect(reason) {
     this.offsetAtDisconnect = this.socket._lastOffset ?? null;
-    this.disconnects.push({ t: Date.now(), reason, lastOffset: this.offsetAtDisconnect });
+    const now = Date.now();
+    this.disconnects.push({
+      t: now, reason, lastOffset: this.offsetAtDisconnect,
+      sinceLastPing: this.lastPing ? now - this.lastPing : null,
+      maxPingGap: this.maxPingGap ?? null,
+      loopStall: loopStallSince(now - 10000), // this process's, in the last 10 s
+    });
     out({ type: "disconnect", id: this.id, reason, lastOffset: this.offsetAtDisconnect });
     if (reason === "io server disconnect" && this.options.reconnectOnServerDisconnect &&
         !this.closing) {
