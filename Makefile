@@ -168,7 +168,8 @@ docs: $(VENV)/.installed
 	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 
-# The public modules, typed (pyproject.toml's [tool.mypy] lists them).
+# The public modules and the wire, recovery, fleet and observability
+# packages, typed (pyproject.toml's [tool.mypy] lists them).
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 

@@ -112,10 +112,12 @@ class Liveness:
 
     def _run(self) -> None:
         failures = FailureLog(logger, "fleet heartbeat")
+        runtime = self._runtime
+        assert runtime is not None  # set by start(), which spawned this
         while not self._stopping:
             wall = self._wall()
             # Wake at the next slot's first instant, as every server does.
-            self._runtime.sleep(min(_TICK, (self.slot_now() + 1) * self.interval - wall))
+            runtime.sleep(min(_TICK, (self.slot_now() + 1) * self.interval - wall))
             if not self._stopping:
                 try:
                     self.tick()

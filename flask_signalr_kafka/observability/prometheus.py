@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - the message is the point
         "pip install 'flask-signalr-kafka[metrics]'"
     ) from exc
 
-from ..runtime.stats import COUNTER, GAUGE, HISTOGRAM, Family
+from ..runtime.stats import COUNTER, HISTOGRAM, Family
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -80,22 +80,20 @@ def register(
 def _metric(family: Family, value: Any) -> Metric:
     name = PREFIX + family.name
     labels = list(family.labels)
-    if family.kind == COUNTER:
-        metric = CounterMetricFamily(name, family.help, labels=labels)
-    elif family.kind == GAUGE:
-        metric = GaugeMetricFamily(name, family.help, labels=labels)
-    else:
-        metric = HistogramMetricFamily(name, family.help, labels=labels)
-    samples = value.items() if labels else [((), value)]
-    for label_values, number in samples:
-        if number is None:
-            continue
-        label_texts = [str(v) for v in label_values]
-        if family.kind == HISTOGRAM:
-            metric.add_metric(label_texts, [(_bound(b), n) for b, n in number["buckets"].items()],
-                              number["sum"])
-        else:
-            metric.add_metric(label_texts, number)
+    samples = [([str(v) for v in label_values], number)
+               for label_values, number in (value.items() if labels else [((), value)])
+               if number is not None]
+    if family.kind == HISTOGRAM:
+        histogram = HistogramMetricFamily(name, family.help, labels=labels)
+        for label_texts, number in samples:
+            histogram.add_metric(label_texts,
+                                 [(_bound(b), n) for b, n in number["buckets"].items()],
+                                 number["sum"])
+        return histogram
+    kind = CounterMetricFamily if family.kind == COUNTER else GaugeMetricFamily
+    metric = kind(name, family.help, labels=labels)
+    for label_texts, number in samples:
+        metric.add_metric(label_texts, number)
     return metric
 
 

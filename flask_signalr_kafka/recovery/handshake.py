@@ -137,8 +137,9 @@ class Handshake:
             if not hung:
                 self._attempt_of[pid] = eio_sid
         if hung:
-            return self._failed(pid, RecoveryFailed(
-                "not-ready", "an earlier recovery still waits for Kafka"))
+            self._failed(pid, RecoveryFailed("not-ready",
+                                             "an earlier recovery still waits for Kafka"))
+            return None
         self.state.core.runtime.spawn(self._decide, attempt)
         finished = attempt.done.wait(PREPARE_BUDGET)
         with self._attempts_lock:
@@ -146,10 +147,12 @@ class Handshake:
                 attempt.abandoned = True
                 self._overdue[id(attempt)] = now
         if attempt.abandoned:
-            return self._failed(pid, RecoveryFailed(
-                "not-ready", f"no decision within {PREPARE_BUDGET:g} s"))
-        if attempt.failure is not None:
-            return self._failed(pid, attempt.failure)
+            self._failed(pid, RecoveryFailed("not-ready",
+                                             f"no decision within {PREPARE_BUDGET:g} s"))
+            return None
+        if attempt.failure is not None or attempt.restore is None:
+            self._failed(pid, attempt.failure or RecoveryFailed("unknown", "no decision"))
+            return None
         restore = attempt.restore
         logger.info("recovering %s: session of %s, %d rooms, %d in its window",
                     restore.session.sid, restore.session.owner, len(restore.session.rooms),
@@ -159,7 +162,6 @@ class Handshake:
     def _failed(self, pid: str, exc: RecoveryFailed) -> None:
         self.state.stats[f"failed:{exc.reason}"] += 1
         logger.info("no recovery for pid %s…: %s", pid[:6], exc)
-        return None
 
     def _decide(self, attempt: _Attempt) -> None:
         """:meth:`prepare`'s work, in a task of its own."""
@@ -280,7 +282,7 @@ class Handshake:
             raise RecoveryFailed("not-ready", str(exc)) from exc
         except MalformedRecord as exc:
             raise RecoveryFailed("unknown", str(exc)) from exc
-        if session is None:
+        if session is None or where is None:
             raise RecoveryFailed("unknown", "no session with this pid")
         if session.namespace != namespace:
             raise RecoveryFailed("unknown", "the session is of another namespace")

@@ -318,7 +318,7 @@ class DeliveryLog:
                 elif base == SEND_ALL:
                     sids = list(rooms_of)
                 else:
-                    sids = members.get((base, key), ())
+                    sids = members.get((base, key), [])
                 if offset < 0:  # not in Kafka (yet): nothing to replay
                     for sid in sids:
                         why[sid].add(PENDING_WHY if offset == PENDING else REFUSED_WHY)

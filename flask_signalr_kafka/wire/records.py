@@ -90,7 +90,7 @@ class AckExt(Ack):
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoders = {
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {
     cls: msgspec.msgpack.Decoder(cls) for cls in (InvocationExt, GroupCommandExt, AckExt)
 }
 
