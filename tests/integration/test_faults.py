@@ -112,8 +112,8 @@ def assert_every_acknowledged_delivered(fig: Figures, stream: Stream) -> None:
     assert fig.emitted > 0 and fig.delivered > 0
     assert fig.lost == 0, fig.line()
     # A dyno delivers a record once per copy the broker holds, never more
-    # (its consumer never rereads).
-    assert fig.duplicated <= fig.held_twice, fig.line()
+    # (its consumer never rereads); a retry may write a record 3 times.
+    assert fig.redelivered == 0, fig.line()
     assert stream.joined_rooms_missing() == [], "a join that returned ok was not applied"
     # A remote join returns or raises within ack_timeout (+ scheduling slack).
     assert fig.join_max_s <= ACK_TIMEOUT + 3, fig.line()

@@ -222,7 +222,9 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
             client=os.environ.get("KAFKA_CLIENT"), runner=runner)
         fig.record(artifacts)
         assert fig.lost == 0, fig.line()
-        assert fig.duplicated <= fig.held_twice, fig.line()
+        # Each copy the broker holds may be delivered once (a retry of the
+        # producer writes a record again), never more.
+        assert fig.redelivered == 0, fig.line()
         # The bound held: the burst was refused beyond it, memory stayed put.
         assert isinstance(burst, dict) and burst["refused"] > BURST // 2, burst
         assert sum(refused.values()) >= burst["refused"], refused
