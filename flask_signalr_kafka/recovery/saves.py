@@ -383,14 +383,26 @@ class Saves:
 
     def _close_sockets(self, held: list[tuple[str, str]], timeout: float) -> None:
         """Close the sockets side by side, 64 at a time (threads, in threading
-        mode): each close waits until what was queued for it is written."""
+        mode): each close waits until what was queued for it is written.
+        Closes still waiting at ``timeout`` are logged: one such socket
+        holds the whole stop that long."""
         host, runtime = self.state.host, self.state.core.runtime
         eio_sids = [e for key in held if (e := host.eio_sid_from_sid(*key)) is not None]
+        closing = set(eio_sids)
+
+        def close(eio_sid: str) -> None:
+            host.close_socket(eio_sid)
+            closing.discard(eio_sid)
+
         deadline = time.monotonic() + timeout
         for start in range(0, len(eio_sids), 64):
-            tasks = [runtime.spawn(host.close_socket, e) for e in eio_sids[start:start + 64]]
+            tasks = [runtime.spawn(close, e) for e in eio_sids[start:start + 64]]
             for task in tasks:
                 task.join(max(0.0, deadline - time.monotonic()))
+        if closing:
+            logger.warning("drain: %d of %d sockets still closing after %g s (their clients "
+                           "may miss what was queued for them): %s", len(closing),
+                           len(eio_sids), timeout, ", ".join(sorted(closing)[:5]))
 
     def _rooms(self, sid: str, namespace: str) -> list[str]:
         return [r for r in self.state.host.get_rooms(sid, namespace) if r != sid]
