@@ -333,11 +333,11 @@ class DeliveryLog:
                 for sid in rooms_of}, why
 
     def checkpoint(self, owner: str, positions: list[Position],
-                   pause: Callable[[float], Any]) -> Checkpoint:
+                   pause: Callable[[float], Any], seconds: float = DROP_WINDOW) -> Checkpoint:
         """How far this dyno delivered now (``positions``: its consumers'),
-        with the tail of what it sent; ``pause`` waits for the broker's acks
-        of its own records."""
-        cutoff = time.monotonic() - DROP_WINDOW
+        with the tail of what it sent in the last ``seconds``; ``pause``
+        waits for the broker's acks of its own records."""
+        cutoff = time.monotonic() - seconds
         with self._lock:  # a consistent cut, and no deque changed while read
             emit_seq, step = self._emit_seq, self._step
             recent, before, shared, cut = self._tail(cutoff)

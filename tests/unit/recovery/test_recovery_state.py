@@ -126,7 +126,10 @@ def checkpoint_of(r):
 
 
 def recovery(**options):
-    r = Recovery(FakeCore(), SimpleNamespace(), ConnectionStateRecovery(**options))
+    # The host: a server with python-engineio's default ping settings.
+    host = SimpleNamespace(server=SimpleNamespace(eio=SimpleNamespace(ping_interval=25,
+                                                                      ping_timeout=20)))
+    r = Recovery(FakeCore(), host, ConnectionStateRecovery(**options))
     r.store.reader = FakeReader()
     r.store._publish = lambda key, value, partition: _put(r.store.reader, key, value, partition)
     return r
