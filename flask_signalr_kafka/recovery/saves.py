@@ -97,11 +97,6 @@ class Saves:
                 moved = (log.last_step, log.emit_seq) != (last_step, last_emit)
                 if moved or time.monotonic() - last_at >= heartbeat:
                     last_step, last_emit = log.last_step, log.emit_seq
-                    # Its tail spans what a connection may have been sent
-                    # dead and unnoticed, as a ping timeout's save does: a
-                    # client blackholed, then its dyno killed, is replayed
-                    # all of it (5 s lost a plain client 8 s of events:
-                    # make test's soak at 39bed16, seed 556713).
                     state.store.put_checkpoint(self.checkpoint())
                     last_at = time.monotonic()
                 if (moved or not log.has_ref) and time.monotonic() - last_ref >= _REF_EVERY:
@@ -407,7 +402,10 @@ class Saves:
 
     def checkpoint(self) -> Checkpoint:
         """This dyno's checkpoint now: its positions, and the tail of what it
-        sent as far back as a dead connection may go unnoticed."""
+        sent as far back as a dead connection may go unnoticed, as a ping
+        timeout's save keeps: a client blackholed, then its dyno killed, is
+        replayed all of it (a 5 s tail lost plain clients 8 s of events:
+        make test's soak at 39bed16, seed 556713)."""
         state = self.state
         return state.log.checkpoint(state.owner, self._position_list(),
                                     state.core.runtime.sleep, self._unnoticed_for())

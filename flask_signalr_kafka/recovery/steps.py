@@ -333,7 +333,7 @@ class DeliveryLog:
                 for sid in rooms_of}, why
 
     def checkpoint(self, owner: str, positions: list[Position],
-                   pause: Callable[[float], Any], seconds: float = DROP_WINDOW) -> Checkpoint:
+                   pause: Callable[[float], Any], seconds: float) -> Checkpoint:
         """How far this dyno delivered now (``positions``: its consumers'),
         with the tail of what it sent in the last ``seconds``; ``pause``
         waits for the broker's acks of its own records."""

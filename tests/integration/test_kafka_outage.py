@@ -179,14 +179,17 @@ def test_the_cluster_down_for_a_minute(cluster, artifacts, runner):
         # freeze are acknowledged: their retries may come after delivery of
         # new ones resumed (CI: B still unreachable, 677 records held, when
         # sampled right after the stream flowed; every record delivered).
+        def kafka_health() -> dict:
+            return {"A": health(a)["kafka"], "B": health(b)["kafka"]}
+
         def reachable_again() -> dict | None:
-            kafka = {"A": health(a)["kafka"], "B": health(b)["kafka"]}
+            kafka = kafka_health()
             return kafka if all(k["reachable"] for k in kafka.values()) else None
 
         try:
             after_health = wait_until(reachable_again, HEALTH_BACK_WITHIN_S, 0.5, "health")
         except AssertionError:
-            after_health = {"A": health(a)["kafka"], "B": health(b)["kafka"]}
+            after_health = kafka_health()
 
         def refusals() -> dict:
             return {s.label: stats(s)["records_refused"] for s in (a, b)}

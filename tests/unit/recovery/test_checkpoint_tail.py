@@ -7,7 +7,7 @@ connection whose private steps were left out is the only one refused."""
 import time
 
 from flask_signalr_kafka.recovery.sessions import LIVE, Session
-from flask_signalr_kafka.recovery.steps import DeliveryLog
+from flask_signalr_kafka.recovery.steps import DROP_WINDOW, DeliveryLog
 from tests.unit.recovery.test_recovery_state import recovery
 
 
@@ -27,7 +27,7 @@ def storm_log():
 def test_replays_do_not_cut_the_other_clients_tail(monkeypatch):
     monkeypatch.setattr("flask_signalr_kafka.recovery.steps.TAIL_STEPS", 10)
     monkeypatch.setattr("flask_signalr_kafka.recovery.steps.PRIVATE_STEPS", 10, raising=False)
-    checkpoint = storm_log().checkpoint("host_2", [], time.sleep)
+    checkpoint = storm_log().checkpoint("host_2", [], time.sleep, DROP_WINDOW)
     assert checkpoint.tail_whole and checkpoint.tail_from == 1
     assert len(checkpoint.tail) == 8 and len(checkpoint.private) == 10
     assert checkpoint.private_cut == [("sid~replayed", 25)]  # steps 6-25 left out
@@ -44,7 +44,7 @@ def test_replays_do_not_cut_the_other_clients_tail(monkeypatch):
 
 def test_a_tail_with_too_many_steps_to_every_client_is_cut(monkeypatch):
     monkeypatch.setattr("flask_signalr_kafka.recovery.steps.TAIL_STEPS", 4)
-    checkpoint = storm_log().checkpoint("host_2", [], time.sleep)
+    checkpoint = storm_log().checkpoint("host_2", [], time.sleep, DROP_WINDOW)
     assert not checkpoint.tail_whole
     # The tail begins after the 5th step to every client from the end.
     assert checkpoint.tail_from == 5

@@ -26,6 +26,7 @@ from flask_signalr_kafka.recovery.sessions import (
     new_pid,
     partition_of,
 )
+from flask_signalr_kafka.recovery.steps import DROP_WINDOW
 from flask_signalr_kafka.runtime.concurrency import Runtime
 from flask_signalr_kafka.wire import offsets
 
@@ -122,7 +123,7 @@ class FakeCore:
 
 
 def checkpoint_of(r):
-    return r.log.checkpoint(r.owner, [], time.sleep)
+    return r.log.checkpoint(r.owner, [], time.sleep, DROP_WINDOW)
 
 
 def recovery(**options):

@@ -6,7 +6,7 @@ errors these reads once raised."""
 import threading
 import time
 
-from flask_signalr_kafka.recovery.steps import DeliveryLog
+from flask_signalr_kafka.recovery.steps import DROP_WINDOW, DeliveryLog
 from flask_signalr_kafka.transport.core import KafkaCore
 from flask_signalr_kafka.transport.home_partitions import HomePartitions
 
@@ -69,7 +69,7 @@ def test_checkpoint_while_steps_are_appended(monkeypatch):
     log = busy_log()
     n = iter(range(10**9))
     errors = race(lambda: log.step([["send-all", None, 1, next(n)]]),
-                  lambda: log.checkpoint("me", [], time.sleep))
+                  lambda: log.checkpoint("me", [], time.sleep, DROP_WINDOW))
     assert errors == []
 
 
@@ -82,7 +82,7 @@ def test_checkpoint_tail_emit_seq_is_the_step_before_the_tail(monkeypatch):
     for n in range(10):
         log.next_emit()
         log.step([["send-all", None, 0, n]])
-    checkpoint = log.checkpoint("me", [], time.sleep)
+    checkpoint = log.checkpoint("me", [], time.sleep, DROP_WINDOW)
     assert checkpoint.tail_from == 7
     assert checkpoint.tail_emit_seq == 6  # the emit counter at step 6
     assert [e[0] for e in checkpoint.tail] == [7, 8, 9, 10]
