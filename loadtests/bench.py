@@ -11,7 +11,13 @@ testkit/ws_reader.py) hold CLIENTS connections on B. For broadcast, one sid on B
 room of all B's connections it measures: deliveries/s at saturation with loss
 counted, latency p50/p90/p99 at a fixed moderate rate, CPU seconds of the two
 servers per 1,000 deliveries, and the CPU an idle dyno burns per minute. The
-load generator's own CPU is reported too, so its limit is not taken for ours.
+load generator's own CPU is reported too, so its limit is not taken for ours,
+and so are the store's (the broker's or redis-server's) and how busy the
+machine's cores were in each phase. ``raw-confluent`` adds plain
+confluent-kafka at the one-sid rate (loadtests/raw_confluent.py), the floor
+under ``ours-confluent``'s latency. A new Apache Kafka is first warmed up
+with paced traffic (loadtests/broker_warmup.py), so that the first backend
+does not pay for the broker's JIT.
 
 A ``--variant LABEL=BACKEND:VAR=VALUE;...`` runs BACKEND again under
 LABEL with those environment variables for its dynos (see bench_server.py:
@@ -36,9 +42,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
+from broker_warmup import WINDOW, store_pids, warm
 
 from flask_signalr_kafka.cli.broker import ENGINES, free_port, start_broker, wait_for_port
-from testkit.measure import cpu_seconds, own_cpu, percentile, write_report
+from testkit.measure import cpu_seconds, machine_busy_seconds, own_cpu, percentile, write_report
 from testkit.ws_reader import Reader
 
 HERE = Path(__file__).parent
@@ -48,6 +55,8 @@ BACKENDS = ("ours", "ours-confluent", "ours-threading", "ours-all", "ours-recove
 #: Served by bench_asgi_server.py (AsyncServer under uvicorn) instead.
 ASYNC_BACKENDS = ("ours-async", "async-redis")
 BACKENDS += ASYNC_BACKENDS
+#: The floors: plain clients through the same broker, no server, no sockets.
+RAW = ("raw", "raw-confluent")
 
 
 class Dyno:
@@ -114,7 +123,29 @@ def warm_up(backend: str, a: Dyno, reader: Reader, clients: int) -> None:
         time.sleep(0.3)
 
 
-def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
+class Counters:
+    """CPU seconds so far of the two dynos, the store (the Kafka broker or
+    redis-server), this process (the readers) and the whole machine: what
+    a phase cost is the difference of two of them."""
+
+    def __init__(self, a: Dyno, b: Dyno, store_pids: list[int]) -> None:
+        self.servers = a.cpu() + b.cpu()
+        self.store = sum(cpu_seconds(pid) for pid in store_pids)
+        self.generator = own_cpu()
+        self.busy, self.total = machine_busy_seconds()
+
+    def spent(self, later: Counters, deliveries: int) -> dict:
+        per = 1000 / max(deliveries, 1)
+        return {
+            "server_cpu_s_per_1000": (later.servers - self.servers) * per,
+            "store_cpu_s_per_1000": (later.store - self.store) * per,
+            "generator_cpu_s": later.generator - self.generator,
+            # Of all cores: near 1.0, the machine itself is the limit.
+            "machine_busy": (later.busy - self.busy) / max(later.total - self.total, 1e-9),
+        }
+
+
+def run_backend(backend: str, env: dict, args, log_dir: Path, store_pids: list[int]) -> dict:
     a = Dyno(backend, env, log_dir, "A")
     b = Dyno(backend, env, log_dir, "B")
     # Readers that announce recovery get an offset on every event, as
@@ -133,10 +164,9 @@ def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
             n = args.messages if fanout > 1 else args.sid_messages
             expected = n * fanout
             reader.reset()
-            cpu0, gen0, t0 = a.cpu() + b.cpu(), own_cpu(), time.time()
+            before, t0 = Counters(a, b, store_pids), time.time()
             emit_seconds = a.burst(target, n)
             settle(reader, expected)
-            cpu1, gen1 = a.cpu() + b.cpu(), own_cpu()
             received = reader.received
             elapsed = max(reader.last - t0, 1e-9)
             sat = {
@@ -144,24 +174,22 @@ def run_backend(backend: str, env: dict, args, log_dir: Path) -> dict:
                 "lost": expected - received,
                 "deliveries_per_s": received / elapsed,
                 "emit_seconds": emit_seconds,
-                "server_cpu_s_per_1000": (cpu1 - cpu0) / max(received, 1) * 1000,
-                "generator_cpu_s": gen1 - gen0,
                 "seconds": elapsed,
+                **before.spent(Counters(a, b, store_pids), received),
             }
             rate = args.rate if fanout > 1 else args.rate * 2
             n_lat = int(rate * args.latency_seconds)
             reader.reset(measure=True)
-            cpu0 = a.cpu() + b.cpu()
+            before = Counters(a, b, store_pids)
             a.burst(target, n_lat, rate)
             settle(reader, n_lat * fanout)
-            # Both dynos, while the paced emits are delivered.
-            paced_cpu = a.cpu() + b.cpu() - cpu0
+            # While the paced emits are delivered.
+            paced = before.spent(Counters(a, b, store_pids), reader.received)
             lat = [x * 1000 for x in reader.latencies]
             results[name] = {
                 "saturation": sat,
                 "latency": {
-                    "rate_msgs_per_s": rate, "deliveries": len(lat),
-                    "server_cpu_s_per_1000": paced_cpu / max(reader.received, 1) * 1000,
+                    "rate_msgs_per_s": rate, "deliveries": len(lat), **paced,
                     "lost": n_lat * fanout - reader.received,
                     "p50_ms": percentile(lat, 0.50), "p90_ms": percentile(lat, 0.90),
                     "p99_ms": percentile(lat, 0.99),
@@ -233,6 +261,20 @@ def run_raw(bootstrap: str, args) -> dict:
     return out
 
 
+def run_raw_confluent(broker, args) -> dict:
+    """Plain confluent-kafka with the manager's settings, at the one-sid
+    phase's rate: the floor under ``ours-confluent``'s paced latency."""
+    import raw_confluent
+
+    pids = store_pids(broker)
+    store0 = sum(cpu_seconds(pid) for pid in pids)
+    result = raw_confluent.run(broker.bootstrap, args.rate * 2, args.latency_seconds)
+    result["store_cpu_s_per_1000"] = (sum(cpu_seconds(pid) for pid in pids) - store0) \
+        / max(result["received"], 1) * 1000
+    print(f"  raw confluent-kafka  p50 {fmt(result['p50_ms'], '.2f')} ms", flush=True)
+    return result
+
+
 def start_redis(log_dir: Path):
     binary = shutil.which("redis-server")
     if binary is None:
@@ -269,7 +311,7 @@ def ratios(report: dict) -> list[str]:
              "1,000 deliveries; p50; p99 (broadcast / one sid / room); idle CPU.", "",
              "| backend | saturation | paced CPU | p50 | p99 | idle |", "|---|---|---|---|---|---|"]
     for backend, res in report["results"].items():
-        if backend in ("redis", "raw"):
+        if backend in ("redis", *RAW):
             continue
         cells = []
         for phase, key in (("saturation", "deliveries_per_s"), ("latency", "server_cpu_s_per_1000"),
@@ -284,18 +326,51 @@ def ratios(report: dict) -> list[str]:
     return lines
 
 
+def warmup_line(report: dict) -> list[str]:
+    warmup = report.get("broker_warmup_ms_per_record")
+    if not warmup:
+        return []
+    return [f"Broker warmed up first ({len(warmup) * WINDOW:g} s of paced records): its CPU "
+            f"per record {warmup[0]:.3f} ms in the first {WINDOW:g} s, {warmup[-1]:.3f} ms "
+            "in the last.", ""]
+
+
+def cpu_table(report: dict, ran: list[str]) -> list[str]:
+    """Where the machine's CPU went in each phase: the dynos, the store
+    (broker or redis-server), the readers, and how busy all cores were."""
+    lines = ["", "CPU s per 1,000 deliveries: servers (A + B) / store / readers; and the "
+             "machine's cores busy, % (everything on it, the readers included).", "",
+             "| backend | target | saturation | busy % | paced | busy % |",
+             "|---|---|---|---|---|---|"]
+    for backend in ran:
+        for target in ("broadcast", "one sid", "room"):
+            cells = []
+            for phase in ("saturation", "latency"):
+                ph = report["results"][backend][target][phase]
+                if "store_cpu_s_per_1000" not in ph:  # a report from before these figures
+                    cells += ["n/a", "n/a"]
+                    continue
+                count = ph.get("received", ph.get("deliveries", 0))
+                readers = ph["generator_cpu_s"] * 1000 / max(count, 1)
+                cells += [f"{ph['server_cpu_s_per_1000']:.3f} / {ph['store_cpu_s_per_1000']:.3f}"
+                          f" / {readers:.3f}", f"{ph['machine_busy'] * 100:.0f}"]
+            lines.append(f"| {backend} | {target} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [
         f"Machine: {report['machine']}; {report['date']}; broker: "
         f"{report.get('engine', 'tansu')}; {report['clients']} clients on dyno B, "
         f"emits from dyno A; fetch_max_wait_ms={report['fetch_max_wait_ms']} for ours and raw.",
         "",
+        *warmup_line(report),
         "| backend | target | deliveries/s (saturation) | lost | p50 / p90 / p99 ms "
         "(moderate rate) | server CPU s / 1,000 deliveries (saturation / paced) "
         "| generator CPU s |",
         "|---|---|---|---|---|---|---|",
     ]
-    ran = [b for b in report["results"] if b != "raw"]
+    ran = [b for b in report["results"] if b not in RAW]
     for backend in ran:
         res = report["results"][backend]
         for target in ("broadcast", "one sid", "room"):
@@ -317,6 +392,15 @@ def markdown(report: dict) -> str:
             f"| {raw['saturation']['lost']} | {fmt(raw['latency']['p50_ms'], '.1f')} / "
             f"{fmt(raw['latency']['p90_ms'], '.1f')} / {fmt(raw['latency']['p99_ms'], '.1f')} "
             f"| | |")
+    floor = report["results"].get("raw-confluent")
+    if floor:
+        lines += ["", f"Plain confluent-kafka (loadtests/raw_confluent.py: the manager's "
+                  f"settings, no server, no sockets), {floor['rate']:g} records/s: "
+                  f"p50 / p90 / p99 {fmt(floor['p50_ms'], '.2f')} / {fmt(floor['p90_ms'], '.2f')}"
+                  f" / {fmt(floor['p99_ms'], '.2f')} ms; CPU s per 1,000 records: clients "
+                  f"{floor['cpu_s_per_1000']:.3f}, broker {floor['store_cpu_s_per_1000']:.3f}; "
+                  f"{floor['received']} of {floor['records']} received."]
+    lines += cpu_table(report, ran)
     lines += ["", "| backend | idle dyno CPU (% of a core) | CPU s per minute |", "|---|---|---|"]
     for backend in ran:
         res = report["results"][backend]
@@ -352,6 +436,10 @@ def main() -> int:
                         help="BACKEND again as LABEL (name it in --backends) with these "
                              "environment variables, e.g. 'linger0=ours-confluent:"
                              "PRODUCER_CONFIG=linger.ms=0'")
+    parser.add_argument("--warm-broker-seconds", type=float, default=60,
+                        help="paced traffic through a new Apache Kafka before the first "
+                             "backend, so that none pays for its JIT (default %(default)s; "
+                             "0: none)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     variants = dict(parse_variant(v) for v in args.variant)
@@ -374,6 +462,7 @@ def main() -> int:
         "engine": args.engine, "results": {},
     }
     with start_broker(args.engine, log_dir=log_dir) as broker:
+        report["broker_warmup_ms_per_record"] = warm(broker, args.warm_broker_seconds)
         redis_process = None
         try:
             for backend in chosen:
@@ -383,12 +472,17 @@ def main() -> int:
                 if backend == "raw":
                     report["results"]["raw"] = run_raw(broker.bootstrap, args)
                     continue
+                if backend == "raw-confluent":
+                    report["results"][backend] = run_raw_confluent(broker, args)
+                    continue
+                store = store_pids(broker)
                 if backend in ("redis", "async-redis"):
                     if redis_process is None:
                         redis_process, env["REDIS_URL"] = start_redis(log_dir)
                         redis_url = env["REDIS_URL"]
                     env["REDIS_URL"] = redis_url
-                report["results"][backend] = run_backend(backend, env, args, log_dir)
+                    store = [redis_process.pid]
+                report["results"][backend] = run_backend(backend, env, args, log_dir, store)
         finally:
             if redis_process is not None:
                 redis_process.terminate()

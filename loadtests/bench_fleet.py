@@ -31,6 +31,7 @@ from pathlib import Path
 
 import requests
 from bench import Dyno, start_redis
+from broker_warmup import warm
 
 from flask_signalr_kafka.cli.broker import start_broker
 from testkit.measure import own_cpu, percentile, write_report
@@ -171,6 +172,9 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=5)
     parser.add_argument("--room-every", type=int, default=10)
     parser.add_argument("--all-every", type=int, default=50)
+    parser.add_argument("--warm-broker-seconds", type=float, default=60,
+                        help="paced traffic through the new broker first, so that no "
+                             "backend pays for its JIT (default %(default)s; 0: none)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     out_dir = Path(args.out)
@@ -185,6 +189,7 @@ def main() -> int:
     }
     sizes = [int(s) for s in args.sizes.split(",")]
     with start_broker("kafka", log_dir=log_dir) as broker:
+        report["broker_warmup_ms_per_record"] = warm(broker, args.warm_broker_seconds)
         redis_process = redis_url = None
         try:
             for backend in args.backends.split(","):

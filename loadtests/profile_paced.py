@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import Dyno, settle, start_redis, warm_up
+from broker_warmup import warm
 
 from flask_signalr_kafka.cli.broker import start_broker
 from testkit.measure import write_report
@@ -206,6 +207,9 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(TARGETS),
                         help="comma-separated, of: %(default)s")
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--warm-broker-seconds", type=float, default=60,
+                        help="paced traffic through the new broker first, so that no "
+                             "backend pays for its JIT (default %(default)s; 0: none)")
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--summarize", metavar="JSON",
                         help="only rewrite this report's package shares from its run's "
@@ -234,6 +238,7 @@ def main() -> int:
         "clients": args.clients, "rate": args.rate, "seconds": args.seconds, "results": {},
     }
     with start_broker("kafka", log_dir=log_dir) as broker:
+        report["broker_warmup_ms_per_record"] = warm(broker, args.warm_broker_seconds)
         redis = None
         try:
             for backend in args.backends.split(","):

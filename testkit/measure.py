@@ -17,6 +17,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, all cores
+    summed (``/proc/stat``; idle and iowait are not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    total = sum(fields)
+    return (total - fields[3] - fields[4]) / TICK, total / TICK
+
+
 def own_cpu() -> float:
     t = os.times()
     return t.user + t.system
