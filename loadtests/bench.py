@@ -129,7 +129,8 @@ class Counters:
     a phase cost is the difference of two of them."""
 
     def __init__(self, a: Dyno, b: Dyno, store_pids: list[int]) -> None:
-        self.servers = a.cpu() + b.cpu()
+        self.delivering = b.cpu()
+        self.servers = a.cpu() + self.delivering
         self.store = sum(cpu_seconds(pid) for pid in store_pids)
         self.generator = own_cpu()
         self.busy, self.total = machine_busy_seconds()
@@ -142,6 +143,9 @@ class Counters:
             "generator_cpu_s": later.generator - self.generator,
             # Of all cores: near 1.0, the machine itself is the limit.
             "machine_busy": (later.busy - self.busy) / max(later.total - self.total, 1e-9),
+            # Of one core (B's Python runs on one): near 1.0, B is the limit.
+            "b_busy": (later.delivering - self.delivering)
+            / max((later.total - self.total) / (os.cpu_count() or 1), 1e-9),
         }
 
 
@@ -338,22 +342,24 @@ def warmup_line(report: dict) -> list[str]:
 def cpu_table(report: dict, ran: list[str]) -> list[str]:
     """Where the machine's CPU went in each phase: the dynos, the store
     (broker or redis-server), the readers, and how busy all cores were."""
-    lines = ["", "CPU s per 1,000 deliveries: servers (A + B) / store / readers; and the "
-             "machine's cores busy, % (everything on it, the readers included).", "",
-             "| backend | target | saturation | busy % | paced | busy % |",
-             "|---|---|---|---|---|---|"]
+    lines = ["", "CPU s per 1,000 deliveries: servers (A + B) / store / readers; the "
+             "machine's cores busy, % (everything on it, the readers included); and B's "
+             "CPU, % of one core.", "",
+             "| backend | target | saturation | busy % | B % | paced | busy % | B % |",
+             "|---|---|---|---|---|---|---|---|"]
     for backend in ran:
         for target in ("broadcast", "one sid", "room"):
             cells = []
             for phase in ("saturation", "latency"):
                 ph = report["results"][backend][target][phase]
                 if "store_cpu_s_per_1000" not in ph:  # a report from before these figures
-                    cells += ["n/a", "n/a"]
+                    cells += ["n/a", "n/a", "n/a"]
                     continue
                 count = ph.get("received", ph.get("deliveries", 0))
                 readers = ph["generator_cpu_s"] * 1000 / max(count, 1)
                 cells += [f"{ph['server_cpu_s_per_1000']:.3f} / {ph['store_cpu_s_per_1000']:.3f}"
-                          f" / {readers:.3f}", f"{ph['machine_busy'] * 100:.0f}"]
+                          f" / {readers:.3f}", f"{ph['machine_busy'] * 100:.0f}",
+                          fmt(ph.get("b_busy", None) and ph["b_busy"] * 100)]
             lines.append(f"| {backend} | {target} | " + " | ".join(cells) + " |")
     return lines
 
