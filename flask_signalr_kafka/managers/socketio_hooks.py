@@ -194,6 +194,10 @@ def in_browser(environ: Any) -> bool:
     return agent.startswith("Mozilla/")
 
 
+#: Seconds after which a socket's close is logged as slow.
+SLOW_CLOSE = 2.0
+
+
 def close_socket(server: Any, eio_sid: str, limit: float, sleep: Callable[[float], Any]) -> None:
     """Close an Engine.IO socket as ``eio.disconnect`` does (the client gets
     what was queued for it, then CLOSE), waiting up to ``limit`` s for that.
@@ -205,15 +209,31 @@ def close_socket(server: Any, eio_sid: str, limit: float, sleep: Callable[[float
     one polling client waited its whole limit (10 s, at every deploy;
     gevent's server was not seen to). A polling socket is
     closed without that wait, and waited for until its queue holds only the
-    ``None``: its client has polled the CLOSE."""
+    ``None``: its client has polled the CLOSE.
+
+    A close that takes longer than :data:`SLOW_CLOSE` s is logged with what
+    it waited for: a threading dyno's drain was once held 10 s by one socket
+    (soak seed 767198) and nothing said which kind. A websocket's close that
+    never returns shows only in the drain's own warning."""
     socket = server.eio.sockets.get(eio_sid)
+    started = time.monotonic()
     if socket is None or socket.upgraded:
         server.eio.disconnect(eio_sid)  # a websocket's writer ends the join
+        if time.monotonic() - started > SLOW_CLOSE:
+            logger.warning("closing the websocket %s took %.1f s (its writer took that long "
+                           "to send what was queued and the CLOSE)", eio_sid,
+                           time.monotonic() - started)
         return
     socket.close(wait=False, reason=server.eio.reason.SERVER_DISCONNECT)
-    deadline = time.monotonic() + limit
+    deadline = started + limit
     while socket.queue.qsize() > 1 and time.monotonic() < deadline:
         sleep(0.01)
+    if socket.queue.qsize() > 1:
+        logger.warning("the long-polling socket %s: its client did not poll the CLOSE within "
+                       "%g s (gone without a word?); closed without it", eio_sid, limit)
+    elif time.monotonic() - started > SLOW_CLOSE:
+        logger.warning("the long-polling socket %s: its client polled the CLOSE after %.1f s",
+                       eio_sid, time.monotonic() - started)
     server.eio.sockets.pop(eio_sid, None)
 
 
