@@ -15,10 +15,6 @@ from .topics import KafkaTopicConfig
 
 logger = logging.getLogger(__name__)
 
-# A greenlet emitting in a tight loop never lets the producer's IO greenlet
-# run: records pile up unsent until it yields. Yield every so often.
-_YIELD_EVERY = 64
-
 
 class Publisher:
     """Sends backplane records.
@@ -94,9 +90,11 @@ class Publisher:
         """
         topic = self.topics.names.get(base) or self.topics.name(base)
         self._sends += 1
-        if self._sends % _YIELD_EVERY == 0 and not self.await_produce:
-            # Refused sends too: an app that emits in a loop and catches
-            # the refusals must not hold the hub for the whole outage.
+        if self._sends % self.client.sends_per_yield == 0 and not self.await_produce:
+            # A greenlet emitting in a tight loop lets nothing else run, the
+            # client's I/O neither (see sends_per_yield). Refused sends
+            # too: an app that emits in a loop and catches the refusals
+            # must not hold the hub for the whole outage.
             self._pause(0)
         size = self._overhead + (len(value) if value else 0) + (len(key) if key else 0)
         self._hold(topic, size)

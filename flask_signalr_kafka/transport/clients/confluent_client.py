@@ -50,6 +50,8 @@ class ConfluentClient:
     # librdkafka's 30 s: a connection begun while the cluster was down (its
     # SYNs unanswered) came back up to 11 s after the cluster did.
     setup_timeouts = ("socket.connection.setup.timeout.ms",)
+    # librdkafka sends from its own threads: a yield only lets the others run.
+    sends_per_yield = 64
 
     def configs(self, bootstrap_servers: Any, connect_timeout: float, client_id: str,
                 producer_config: Any, consumer_config: Any, admin_config: Any,

@@ -91,6 +91,8 @@ class KafkaClient(Protocol):
     ``fallback_request_timeout_ms`` is its value when the cluster does not
     say (``None``: the library's own); ``setup_timeouts`` name the
     settings that get the same value (a connection's setup).
+    ``sends_per_yield``: a greenlet that sends in a loop yields once every
+    so many records, so that the client's I/O gets to send them.
     """
 
     name: str
@@ -103,6 +105,7 @@ class KafkaClient(Protocol):
     static_fetch_wait_ms: int | None
     timeout_errors: tuple[type[BaseException], ...]
     connection_errors: tuple[type[BaseException], ...]
+    sends_per_yield: int
 
     def configs(self, bootstrap_servers: Any, connect_timeout: float, client_id: str,
                 producer_config: Any, consumer_config: Any, admin_config: Any,
