@@ -45,7 +45,14 @@ import requests
 from broker_warmup import WINDOW, store_pids, warm
 
 from flask_signalr_kafka.cli.broker import ENGINES, free_port, start_broker, wait_for_port
-from testkit.measure import cpu_seconds, machine_busy_seconds, own_cpu, percentile, write_report
+from testkit.measure import (
+    cpu_seconds,
+    cpu_seconds_of,
+    machine_busy_seconds,
+    own_cpu,
+    percentile,
+    write_report,
+)
 from testkit.ws_reader import Reader
 
 HERE = Path(__file__).parent
@@ -131,7 +138,7 @@ class Counters:
     def __init__(self, a: Dyno, b: Dyno, store_pids: list[int]) -> None:
         self.delivering = b.cpu()
         self.servers = a.cpu() + self.delivering
-        self.store = sum(cpu_seconds(pid) for pid in store_pids)
+        self.store = cpu_seconds_of(store_pids)
         self.generator = own_cpu()
         self.busy, self.total = machine_busy_seconds()
 
@@ -271,9 +278,9 @@ def run_raw_confluent(broker, args) -> dict:
     import raw_confluent
 
     pids = store_pids(broker)
-    store0 = sum(cpu_seconds(pid) for pid in pids)
+    store0 = cpu_seconds_of(pids)
     result = raw_confluent.run(broker.bootstrap, args.rate * 2, args.latency_seconds)
-    result["store_cpu_s_per_1000"] = (sum(cpu_seconds(pid) for pid in pids) - store0) \
+    result["store_cpu_s_per_1000"] = (cpu_seconds_of(pids) - store0) \
         / max(result["received"], 1) * 1000
     print(f"  raw confluent-kafka  p50 {fmt(result['p50_ms'], '.2f')} ms", flush=True)
     return result

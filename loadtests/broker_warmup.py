@@ -21,7 +21,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from pacing import paced
 
-from testkit.measure import cpu_seconds
+from testkit.measure import cpu_seconds_of
 
 PARTITIONS = 10
 #: Seconds of traffic per measured window.
@@ -130,4 +130,4 @@ def warm(broker, seconds: float) -> list[float]:
         return []
     pids = store_pids(broker)
     print(f"warming the broker up for {seconds:g} s", flush=True)
-    return warm_broker(broker.bootstrap, lambda: sum(cpu_seconds(pid) for pid in pids), seconds)
+    return warm_broker(broker.bootstrap, lambda: cpu_seconds_of(pids), seconds)

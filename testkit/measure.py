@@ -17,6 +17,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def cpu_seconds_of(pids: list[int]) -> float:
+    """CPU seconds of several processes together (a broker's nodes)."""
+    return sum(cpu_seconds(pid) for pid in pids)
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot, all cores
     summed (``/proc/stat``; idle and iowait are not busy)."""
